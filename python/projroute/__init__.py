@@ -1,0 +1,31 @@
+"""projroute: learn maps from question embeddings into answer space, serve them from Rust.
+
+Importing projroute and serving a model need only numpy; fitting needs the ``fit``
+extra (scikit-learn), embedding and distillation the ``train`` extra (torch).
+"""
+
+from projroute._core import (
+    FORMAT_VERSION,
+    FlatIndex,
+    ModelFormatError,
+    Projector,
+    ProjrouteError,
+    __version__,
+)
+from projroute.federated import FederatedProjection
+from projroute.lda import LdaProjection
+from projroute.procrustes import GlobalProjection
+from projroute.serving import load
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FederatedProjection",
+    "FlatIndex",
+    "GlobalProjection",
+    "LdaProjection",
+    "ModelFormatError",
+    "Projector",
+    "ProjrouteError",
+    "__version__",
+    "load",
+]

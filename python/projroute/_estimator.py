@@ -1,0 +1,95 @@
+"""What every fitted projection shares: serving through the Rust core and saving."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from projroute._core import FORMAT_VERSION, Projector
+
+INDEX_TENSOR = "index.embeddings"
+INDEX_TEXTS = "index.texts"
+
+
+def check_pairs(Q: Any, A: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Training pairs as float32 arrays of shape (n, d_q) and (n, d_a)."""
+    Q = np.asarray(Q, dtype=np.float32)
+    A = np.asarray(A, dtype=np.float32)
+    if Q.ndim != 2 or A.ndim != 2 or len(Q) != len(A):
+        raise ValueError(f"Q and A must be 2-D with the same number of rows, got {Q.shape} and {A.shape}")
+    if len(Q) == 0:
+        raise ValueError("cannot fit on zero pairs")
+    if not (np.isfinite(Q).all() and np.isfinite(A).all()):
+        raise ValueError("Q and A must be finite (found NaN or infinity)")
+    return Q, A
+
+
+def resolve_top_k(top_k: int | float | None, n_clusters: int) -> tuple[int, float | None]:
+    """``top_k`` as (top_k, coverage): an int caps the clusters, a float in (0, 1) is a
+    coverage target, None means all clusters."""
+    if top_k is None:
+        return n_clusters, None
+    if isinstance(top_k, float) and 0.0 < top_k < 1.0:
+        return n_clusters, top_k
+    if isinstance(top_k, (int, np.integer)) and 1 <= top_k:
+        return min(int(top_k), n_clusters), None
+    raise ValueError(f"top_k must be an int >= 1, a coverage in (0, 1), or None; got {top_k!r}")
+
+
+class Projection:
+    """Base of the estimators: ``fit`` builds ``projector_`` (the Rust core), then
+    ``project``, ``route`` and ``save`` use it."""
+
+    kind: str
+    projector_: Projector
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _build(self, dim_in: int, dim_out: int) -> None:
+        config = {"format": "projroute", "version": FORMAT_VERSION, "kind": self.kind,
+                  "dim_in": dim_in, "dim_out": dim_out, **self._config()}
+        tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self._tensors().items()}
+        self.projector_ = Projector.from_tensors(tensors, json.dumps(config))
+
+    def _fitted(self) -> Projector:
+        if not hasattr(self, "projector_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit(Q, A) first")
+        return self.projector_
+
+    def project(self, X: np.ndarray) -> np.ndarray:
+        """Project queries ``X`` (B, D_in) into answer space: (B, D_out), float32."""
+        return self._fitted().project(X)
+
+    def route(self, X: np.ndarray) -> np.ndarray | None:
+        """Routing weights (B, K), float32, or None for a global map."""
+        return self._fitted().route(X)
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        answers: np.ndarray | None = None,
+        answer_texts: list[str] | None = None,
+    ) -> None:
+        """Write the model as one safetensors file; optionally with a searchable answer
+        corpus ``answers`` (N, D_out) and its texts."""
+        p = self._fitted()
+        tensors = p.tensors()
+        metadata = p.metadata
+        if answers is not None:
+            tensors[INDEX_TENSOR] = np.ascontiguousarray(answers, dtype=np.float32)
+            if answer_texts is not None:
+                if len(answer_texts) != len(answers):
+                    raise ValueError("answer_texts and answers differ in length")
+                metadata[INDEX_TEXTS] = json.dumps(list(answer_texts))
+        Projector.from_tensors(tensors, p.config, metadata).save(os.fspath(path))
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
+        return f"{type(self).__name__}({params})"

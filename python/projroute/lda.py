@@ -1,0 +1,69 @@
+"""LDA multi-head projection: the flat-softmax teacher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from projroute._estimator import Projection, check_pairs, resolve_top_k
+from projroute.clustering import kmeans_labels, resolve_n_clusters
+from projroute.reference import unit_rows
+
+
+class LdaProjection(Projection):
+    """One head per k-means cluster, each with a centroid and an answer embedding.
+
+    ``p = sum_k softmax(cos(q, c_k) / T)_k a_k`` over all heads (``top_k=None``, the
+    flat softmax) or the ``top_k`` best, renormalised. ``c_k`` is the normalised mean
+    question of cluster k, ``a_k`` its normalised mean answer. Clusters come from
+    k-means on the answers (or questions); ``n_clusters="auto"`` uses the effective
+    rank of the answer embeddings.
+    """
+
+    kind = "lda"
+
+    def __init__(
+        self,
+        n_clusters: int | str = "auto",
+        temperature: float = 0.1,
+        top_k: int | float | None = None,
+        cluster_on: str = "answers",
+        random_state: int = 0,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.temperature = temperature
+        self.top_k = top_k
+        self.cluster_on = cluster_on
+        self.random_state = random_state
+
+    def fit(self, Q: np.ndarray, A: np.ndarray) -> LdaProjection:
+        """Fit on pairs ``Q`` (n, d_q), ``A`` (n, d_a) of question and answer embeddings."""
+        Q, A = check_pairs(Q, A)
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.cluster_on not in ("answers", "questions"):
+            raise ValueError(f"cluster_on must be 'answers' or 'questions', got {self.cluster_on!r}")
+        Qn, An = unit_rows(Q), unit_rows(A)
+        X = An if self.cluster_on == "answers" else Qn
+        labels = kmeans_labels(X, resolve_n_clusters(self.n_clusters, X), self.random_state)
+        K = int(labels.max()) + 1
+        onehot = np.zeros((K, len(Q)), np.float32)
+        onehot[labels, np.arange(len(Q))] = 1.0
+        self.centroids_ = unit_rows(onehot @ Qn)
+        self.answers_ = unit_rows(onehot @ An)
+        self.top_k_, self.coverage_ = resolve_top_k(self.top_k, K)
+        self._build(Q.shape[1], A.shape[1])
+        return self
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        return {"centroids": self.centroids_, "answers": self.answers_}
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "n_clusters": len(self.centroids_),
+            "temperature": float(self.temperature),
+            "top_k": self.top_k_,
+            "coverage": self.coverage_,
+            "fit": {"cluster_on": self.cluster_on},
+        }

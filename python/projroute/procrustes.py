@@ -1,0 +1,115 @@
+"""Orthogonal Procrustes and the global projection.
+
+Convention everywhere: row vectors, ``p = q @ W (+ bias)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from projroute._estimator import Projection, check_pairs
+from projroute.validation import RetrievalTask, choose, cross_validate
+
+#: Shrinkage values tried on the validation split (0 = identity / base, 1 = full fit).
+SHRINKAGE_GRID = tuple(round(float(a), 2) for a in np.linspace(0.0, 1.0, 11))
+
+
+def procrustes(Q: np.ndarray, A: np.ndarray, allow_reflection: bool = False) -> np.ndarray:
+    """The orthogonal ``R`` (d, d) minimising ``||Q @ R - A||_F``.
+
+    Q, A : (n, d). A proper rotation (det +1) unless ``allow_reflection``.
+    """
+    U, _, Vt = np.linalg.svd(np.asarray(Q, np.float64).T @ np.asarray(A, np.float64))
+    if not allow_reflection and np.linalg.det(U) * np.linalg.det(Vt) < 0:
+        U[:, -1] = -U[:, -1]
+    return U @ Vt
+
+
+def least_squares_scale(Q: np.ndarray, A: np.ndarray, R: np.ndarray) -> float:
+    """The isotropic ``s`` minimising ``||s * Q @ R - A||_F`` for a fixed ``R``."""
+    return float(np.sum((Q @ R) * A) / np.sum(Q * Q))
+
+
+class GlobalProjection(Projection):
+    """One orthogonal Procrustes map for every query, shrunk toward the identity.
+
+    ``W = (1 - alpha) * I + alpha * s * R`` where ``R`` is the Procrustes rotation,
+    ``s`` an optional least-squares scale, and ``alpha`` (``shrinkage_``) is chosen by
+    the mean MRR of held-out questions in ``cv``-fold cross-validation over the
+    distinct questions, unless given as a number. With ``center=True`` the map is fitted on centred data
+    and the translation is kept as a bias: ``p = q @ W + (mean_A - mean_Q @ W)``.
+
+    Parameters
+    ----------
+    shrinkage : "auto" or float in [0, 1]
+    allow_reflection : bool, allow det(R) = -1
+    scale : bool, fit the isotropic scale ``s`` (else 1)
+    center : bool, centre Q and A before fitting and keep a bias
+    """
+
+    kind = "global"
+
+    def __init__(
+        self,
+        shrinkage: float | str = "auto",
+        allow_reflection: bool = False,
+        scale: bool = False,
+        center: bool = False,
+        cv: int = 5,
+        random_state: int = 0,
+    ) -> None:
+        self.shrinkage = shrinkage
+        self.allow_reflection = allow_reflection
+        self.scale = scale
+        self.center = center
+        self.cv = cv
+        self.random_state = random_state
+
+    def _solve(self, Q: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Full-strength map ``s * R`` and the means it was fitted around."""
+        d = Q.shape[1]
+        mu_q = Q.mean(axis=0) if self.center else np.zeros(d, np.float32)
+        mu_a = A.mean(axis=0) if self.center else np.zeros(d, np.float32)
+        Qc, Ac = Q - mu_q, A - mu_a
+        R = procrustes(Qc, Ac, self.allow_reflection)
+        s = least_squares_scale(Qc, Ac, R) if self.scale else 1.0
+        return s * R, mu_q, mu_a
+
+    @staticmethod
+    def _shrunk(M: np.ndarray, alpha: float) -> np.ndarray:
+        return (1.0 - alpha) * np.eye(len(M)) + alpha * M
+
+    def fit(self, Q: np.ndarray, A: np.ndarray) -> GlobalProjection:
+        """Fit on pairs ``Q`` (n, d), ``A`` (n, d) of question and answer embeddings."""
+        Q, A = check_pairs(Q, A)
+        if Q.shape[1] != A.shape[1]:
+            raise ValueError(f"a Procrustes map needs equal dimensions, got {Q.shape[1]} and {A.shape[1]}")
+        self.validation_: dict[float, float] = {}
+        if self.shrinkage == "auto":
+
+            def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
+                M, mu_q, mu_a = self._solve(Q[train], A[train])
+                return [task.mrr((task.queries - mu_q) @ self._shrunk(M, a) + mu_a) for a in SHRINKAGE_GRID]
+
+            scores = cross_validate(Q, A, self.cv, self.random_state, fold_scores)
+            self.validation_ = dict(zip(SHRINKAGE_GRID, scores.tolist()))
+            self.shrinkage_ = choose(SHRINKAGE_GRID, scores)
+        elif isinstance(self.shrinkage, (int, float)) and 0.0 <= self.shrinkage <= 1.0:
+            self.shrinkage_ = float(self.shrinkage)
+        else:
+            raise ValueError(f"shrinkage must be 'auto' or in [0, 1], got {self.shrinkage!r}")
+        M, mu_q, mu_a = self._solve(Q, A)
+        self.W_ = self._shrunk(M, self.shrinkage_).astype(np.float32)
+        self.bias_ = (mu_a - mu_q @ self.W_).astype(np.float32) if self.center else None
+        self._build(Q.shape[1], A.shape[1])
+        return self
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        return {"W": self.W_} if self.bias_ is None else {"W": self.W_, "bias": self.bias_}
+
+    def _config(self) -> dict[str, Any]:
+        return {"fit": {"shrinkage": self.shrinkage_, "validation_mrr": self.validation_,
+                        "scale": self.scale, "center": self.center,
+                        "allow_reflection": self.allow_reflection}}

@@ -1,0 +1,29 @@
+"""Loading any projroute model file for serving."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from projroute._core import FlatIndex, Projector
+from projroute._estimator import INDEX_TENSOR, INDEX_TEXTS
+
+
+def load(path: str | os.PathLike[str]) -> Projector:
+    """Load a projroute model file (any kind) as a Rust-backed ``Projector``.
+
+    Raises FileNotFoundError, or ModelFormatError for a foreign, truncated,
+    inconsistent or newer file.
+    """
+    return Projector.load(os.fspath(path))
+
+
+def stored_index(model: Projector) -> tuple[FlatIndex, list[str] | None] | None:
+    """The answer corpus saved with a model, as (index, texts), or None."""
+    tensors = model.tensors()
+    if INDEX_TENSOR not in tensors:
+        return None
+    texts = model.metadata.get(INDEX_TEXTS)
+    return FlatIndex(np.asarray(tensors[INDEX_TENSOR])), None if texts is None else json.loads(texts)

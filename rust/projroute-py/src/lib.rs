@@ -1,0 +1,272 @@
+//! Python bindings of the projroute core: argument conversion, GIL release and error
+//! mapping only; the work is done by the `projroute` crate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use numpy::ndarray::{Array2, ArrayView2};
+use numpy::{
+    IntoPyArray, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArray2, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
+use projroute as core;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyFileNotFoundError, PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+create_exception!(
+    projroute._core,
+    ProjrouteError,
+    PyException,
+    "Base class of projroute's own errors."
+);
+create_exception!(
+    projroute._core,
+    ModelFormatError,
+    ProjrouteError,
+    "A model file is foreign, truncated, inconsistent, or from a newer format version."
+);
+
+/// Map a core error to the Python exception that fits it.
+fn to_py_err(err: core::Error) -> PyErr {
+    match err {
+        core::Error::InvalidInput(msg) => PyValueError::new_err(msg),
+        core::Error::Format(_) | core::Error::UnsupportedVersion { .. } => {
+            ModelFormatError::new_err(err.to_string())
+        }
+        core::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            PyFileNotFoundError::new_err(io.to_string())
+        }
+        core::Error::Io(io) => PyOSError::new_err(io.to_string()),
+    }
+}
+
+/// A 2-D float32 view of `obj`: float32 arrays of any layout are read in place, other
+/// float arrays are converted, anything else is a `TypeError` or `ValueError`.
+fn as_f32_matrix<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<PyReadonlyArray2<'py, f32>> {
+    let array = obj.cast::<PyUntypedArray>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what} must be a numpy array, got {}",
+            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    })?;
+    if array.ndim() != 2 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be 2-D (n, dim), got shape {:?}; reshape a single vector with x[None, :]",
+            array.shape()
+        )));
+    }
+    let kind = array.dtype().kind();
+    if kind != b'f' {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must have a floating dtype, got {}",
+            array.dtype()
+        )));
+    }
+    let converted = if array.dtype().is_equiv_to(&numpy::dtype::<f32>(obj.py())) {
+        obj.clone()
+    } else {
+        obj.call_method1("astype", ("float32",))?
+    };
+    Ok(converted.cast_into::<PyArray2<f32>>()?.readonly())
+}
+
+/// A loaded projroute model of any kind (global, federated, lda).
+#[pyclass(module = "projroute._core", frozen)]
+struct Projector {
+    inner: core::Projector,
+    model: core::ModelFile,
+}
+
+impl Projector {
+    fn from_model(model: core::ModelFile) -> PyResult<Self> {
+        let inner = core::Projector::from_model(&model).map_err(to_py_err)?;
+        Ok(Projector { inner, model })
+    }
+}
+
+/// Build a model file from numpy tensors, a config JSON string and extra metadata.
+fn model_from_parts(
+    tensors: HashMap<String, Bound<'_, PyArrayDyn<f32>>>,
+    config: &str,
+    metadata: Option<BTreeMap<String, String>>,
+) -> PyResult<core::ModelFile> {
+    let config = core::Config::from_json(config).map_err(to_py_err)?;
+    let mut out = BTreeMap::new();
+    for (name, array) in tensors {
+        let array = array.readonly();
+        let view = array.as_array();
+        let tensor = core::Tensor::new(view.shape().to_vec(), view.iter().copied().collect())
+            .map_err(to_py_err)?;
+        out.insert(name, tensor);
+    }
+    Ok(core::ModelFile { config, tensors: out, metadata: metadata.unwrap_or_default() })
+}
+
+#[pymethods]
+impl Projector {
+    /// Load a model file (memory-mapped) and validate it.
+    ///
+    /// Raises FileNotFoundError, or ModelFormatError for a foreign, truncated,
+    /// inconsistent or newer file.
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let model = py.detach(|| core::ModelFile::open(&path)).map_err(to_py_err)?;
+        Self::from_model(model)
+    }
+
+    /// Build a model from tensors (name -> float32 ndarray), a JSON config string and
+    /// optional extra metadata strings; validated exactly as a file would be.
+    #[staticmethod]
+    #[pyo3(signature = (tensors, config, metadata=None))]
+    fn from_tensors(
+        tensors: HashMap<String, Bound<'_, PyArrayDyn<f32>>>,
+        config: &str,
+        metadata: Option<BTreeMap<String, String>>,
+    ) -> PyResult<Self> {
+        Self::from_model(model_from_parts(tensors, config, metadata)?)
+    }
+
+    /// Write the model to a safetensors file.
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| self.model.save(&path)).map_err(to_py_err)
+    }
+
+    /// Project queries `x` (B, dim_in) to (B, dim_out), float32.
+    fn project<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let x = as_f32_matrix(x, "queries")?;
+        let view: ArrayView2<f32> = x.as_array();
+        let out = py.detach(|| self.inner.project(view)).map_err(to_py_err)?;
+        Ok(out.into_pyarray(py))
+    }
+
+    /// Dense routing weights (B, K), float32; rows sum to 1. None for a global model.
+    fn route<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyArray2<f32>>>> {
+        let x = as_f32_matrix(x, "queries")?;
+        let view: ArrayView2<f32> = x.as_array();
+        let k = self.inner.n_clusters();
+        let dense: Option<Array2<f32>> = py
+            .detach(|| {
+                self.inner
+                    .route(view)
+                    .map(|r| r.map(|r| r.to_dense(k.expect("routed kinds have K"))))
+            })
+            .map_err(to_py_err)?;
+        Ok(dense.map(|d| d.into_pyarray(py)))
+    }
+
+    /// Model kind: "global", "federated" or "lda".
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    /// Input dimension.
+    #[getter]
+    fn dim_in(&self) -> usize {
+        self.inner.dim_in()
+    }
+
+    /// Output dimension.
+    #[getter]
+    fn dim_out(&self) -> usize {
+        self.inner.dim_out()
+    }
+
+    /// Number of clusters or heads (None for global).
+    #[getter]
+    fn n_clusters(&self) -> Option<usize> {
+        self.inner.n_clusters()
+    }
+
+    /// The model's JSON config string.
+    #[getter]
+    fn config(&self) -> String {
+        self.model.config.to_json()
+    }
+
+    /// Extra metadata strings stored in the file.
+    #[getter]
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.model.metadata.clone()
+    }
+
+    /// The model's tensors as float32 arrays (copies).
+    fn tensors<'py>(&self, py: Python<'py>) -> PyResult<BTreeMap<String, Bound<'py, PyArrayDyn<f32>>>> {
+        self.model
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let array = numpy::ndarray::ArrayD::from_shape_vec(t.shape.clone(), t.data.clone())
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                Ok((name.clone(), array.into_pyarray(py)))
+            })
+            .collect()
+    }
+
+    fn __repr__(&self) -> String {
+        let k = self.inner.n_clusters().map(|k| format!(", n_clusters={k}")).unwrap_or_default();
+        format!(
+            "Projector(kind={:?}, dim_in={}, dim_out={}{k})",
+            self.inner.kind(),
+            self.inner.dim_in(),
+            self.inner.dim_out()
+        )
+    }
+}
+
+/// Exact cosine search over the rows of an embedding matrix.
+#[pyclass(module = "projroute._core", frozen)]
+struct FlatIndex {
+    inner: core::FlatIndex,
+}
+
+#[pymethods]
+impl FlatIndex {
+    /// Index `embeddings` (N, D); rows are normalised (a copy is kept).
+    #[new]
+    fn new(py: Python<'_>, embeddings: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let e = as_f32_matrix(embeddings, "embeddings")?;
+        let view = e.as_array();
+        let inner = py.detach(|| core::FlatIndex::new(view)).map_err(to_py_err)?;
+        Ok(FlatIndex { inner })
+    }
+
+    /// The `k` best items per query `x` (B, D): (ids int64 (B, k), scores float32 (B, k)).
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        k: usize,
+    ) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
+        let x = as_f32_matrix(x, "queries")?;
+        let view = x.as_array();
+        let (ids, scores) = py.detach(|| self.inner.search(view, k)).map_err(to_py_err)?;
+        Ok((ids.mapv(i64::from).into_pyarray(py), scores.into_pyarray(py)))
+    }
+
+    /// Embedding dimension.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("FlatIndex(n={}, dim={})", self.inner.len(), self.inner.dim())
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Projector>()?;
+    m.add_class::<FlatIndex>()?;
+    m.add("ProjrouteError", m.py().get_type::<ProjrouteError>())?;
+    m.add("ModelFormatError", m.py().get_type::<ModelFormatError>())?;
+    m.add("FORMAT_VERSION", core::FORMAT_VERSION)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Federated projection: softmax routing over cluster centroids, then the routed
+//! clusters' maps blended by weight, `p = Σ_i w_i · (x @ W_i)`.
+
+use ndarray::{Array2, Array3, ArrayView2};
+
+use crate::blend;
+use crate::error::{format_err, Result};
+use crate::format::ModelFile;
+use crate::routing::{self, Routing, RoutingParams};
+
+/// A federated projection.
+#[derive(Clone, Debug)]
+pub struct Federated {
+    centroids: Array2<f32>,
+    maps: Array3<f32>,
+    params: RoutingParams,
+}
+
+impl Federated {
+    /// From `centroids` (K, D_in; normalised here), `maps` (K, D_in, D_out) and routing
+    /// parameters.
+    pub fn new(centroids: ArrayView2<f32>, maps: Array3<f32>, params: RoutingParams) -> Result<Self> {
+        let (k, d_in) = centroids.dim();
+        if maps.dim().0 != k || maps.dim().1 != d_in {
+            return format_err(format!(
+                "W has shape {:?}, expected ({k}, {d_in}, D_out) to match the centroids",
+                maps.shape()
+            ));
+        }
+        params.validate(k)?;
+        let centroids = crate::projector::unit_centroids(centroids)?;
+        Ok(Federated { centroids, maps, params })
+    }
+
+    pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
+        let centroids = m.tensor("centroids")?.view2("centroids")?;
+        let maps = m.tensor("W")?.view3("W")?.to_owned();
+        Self::new(centroids, maps, crate::projector::routing_params(m)?)
+    }
+
+    /// Input dimension.
+    pub fn dim_in(&self) -> usize {
+        self.centroids.ncols()
+    }
+
+    /// Output dimension.
+    pub fn dim_out(&self) -> usize {
+        self.maps.dim().2
+    }
+
+    /// Number of clusters K.
+    pub fn n_clusters(&self) -> usize {
+        self.centroids.nrows()
+    }
+
+    /// Routing parameters.
+    pub fn params(&self) -> &RoutingParams {
+        &self.params
+    }
+
+    /// Routing weights of queries `x` (B, D_in).
+    pub fn route(&self, x: ArrayView2<f32>) -> Result<Routing> {
+        routing::route(routing::cosine_scores(x, self.centroids.view())?.view(), &self.params)
+    }
+
+    /// Project queries `x` (B, D_in) to (B, D_out).
+    pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        let r = self.route(x)?;
+        Ok(blend::blend_maps(x, &r, self.maps.view()))
+    }
+}

@@ -1,0 +1,294 @@
+//! The projroute model file: one safetensors file, named f32 tensors plus a JSON
+//! config under the `projroute` key of the safetensors `__metadata__`.
+//! See `docs/format.md` for the tensors of each kind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use ndarray::{ArrayView1, ArrayView2, ArrayView3};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{format_err, invalid, Error, Result};
+
+/// Newest format version this build reads and the one it writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// `__metadata__` key holding the JSON config.
+pub const CONFIG_KEY: &str = "projroute";
+/// Value of the config's `format` field.
+pub const FORMAT_NAME: &str = "projroute";
+
+/// The JSON config of a model file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Always `"projroute"`.
+    pub format: String,
+    /// Format version the file was written with.
+    pub version: u32,
+    /// Model kind: `global`, `federated` or `lda`.
+    pub kind: String,
+    /// Dimension of the input (question) embeddings.
+    pub dim_in: usize,
+    /// Dimension of the output (answer-space) embeddings.
+    pub dim_out: usize,
+    /// Number of clusters / heads K (routed kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_clusters: Option<usize>,
+    /// Softmax temperature (routed kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Most clusters per query (routed kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// Optional coverage target (routed kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f32>,
+    /// Free-form record of how the model was fitted; not read by the core.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub fit: Map<String, Value>,
+}
+
+impl Config {
+    /// Parse and check a config JSON string (format name and version first, so that a
+    /// newer file is reported as such rather than as a schema mismatch).
+    pub fn from_json(text: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(text)
+            .or_else(|e| format_err(format!("config is not valid JSON: {e}")))?;
+        if value.get("format").and_then(Value::as_str) != Some(FORMAT_NAME) {
+            return format_err(format!("config `format` is not \"{FORMAT_NAME}\""));
+        }
+        let version = value
+            .get("version")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| Error::Format("config has no integer `version`".into()))?;
+        if version > FORMAT_VERSION as u64 {
+            return Err(Error::UnsupportedVersion {
+                found: version.min(u32::MAX as u64) as u32,
+                supported: FORMAT_VERSION,
+            });
+        }
+        serde_json::from_value(value).or_else(|e| format_err(format!("bad config: {e}")))
+    }
+
+    /// The config as a JSON string.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a Config always serialises")
+    }
+}
+
+/// One f32 tensor, owned, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    /// A tensor from a shape and matching row-major data.
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        if shape.iter().product::<usize>() != data.len() {
+            return invalid(format!("shape {shape:?} does not match {} values", data.len()));
+        }
+        Ok(Tensor { shape, data })
+    }
+
+    fn view<D: ndarray::Dimension>(&self, name: &str, dim: D) -> Result<ndarray::ArrayView<'_, f32, D>> {
+        if self.shape.len() != dim.ndim() {
+            return format_err(format!(
+                "tensor `{name}` has {} dimensions {:?}, expected {}",
+                self.shape.len(),
+                self.shape,
+                dim.ndim()
+            ));
+        }
+        ndarray::ArrayView::from_shape(dim, &self.data)
+            .or_else(|e| format_err(format!("tensor `{name}`: {e}")))
+    }
+
+    /// As a 1-D view; `name` is used in the error.
+    pub fn view1(&self, name: &str) -> Result<ArrayView1<'_, f32>> {
+        self.view(name, ndarray::Ix1(*self.shape.first().unwrap_or(&0)))
+    }
+
+    /// As a 2-D view; `name` is used in the error.
+    pub fn view2(&self, name: &str) -> Result<ArrayView2<'_, f32>> {
+        let s = &self.shape;
+        self.view(name, ndarray::Ix2(s.first().copied().unwrap_or(0), s.get(1).copied().unwrap_or(0)))
+    }
+
+    /// As a 3-D view; `name` is used in the error.
+    pub fn view3(&self, name: &str) -> Result<ArrayView3<'_, f32>> {
+        let s = &self.shape;
+        let at = |i: usize| s.get(i).copied().unwrap_or(0);
+        self.view(name, ndarray::Ix3(at(0), at(1), at(2)))
+    }
+}
+
+/// A model file in memory: config, tensors, and any other metadata strings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelFile {
+    /// The parsed config.
+    pub config: Config,
+    /// Tensors by name.
+    pub tensors: BTreeMap<String, Tensor>,
+    /// Other `__metadata__` entries (for example answer texts), kept as they are.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl ModelFile {
+    /// Read a model file, memory-mapped. Checks the config, dtypes and finiteness;
+    /// the kind-specific shapes are checked when a projector is built from it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let file = std::fs::File::open(path.as_ref())?;
+        // SAFETY: the map is read-only and dropped before this function returns; the
+        // tensors are copied out of it.
+        let mmap = unsafe { memmap2::Mmap::map(&file)? };
+        Self::from_bytes(&mmap)
+    }
+
+    /// Parse a model file from bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
+        let mut metadata: BTreeMap<String, String> =
+            header.metadata().clone().unwrap_or_default().into_iter().collect();
+        let config_json = metadata.remove(CONFIG_KEY).ok_or_else(|| {
+            Error::Format(format!("safetensors file has no `{CONFIG_KEY}` config: not a projroute model"))
+        })?;
+        let config = Config::from_json(&config_json)?;
+        let st = SafeTensors::deserialize(bytes)
+            .or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            tensors.insert(name.clone(), read_tensor(&name, &view)?);
+        }
+        Ok(ModelFile { config, tensors, metadata })
+    }
+
+    /// The tensor called `name`, or a format error naming it.
+    pub fn tensor(&self, name: &str) -> Result<&Tensor> {
+        self.tensors.get(name).ok_or_else(|| {
+            Error::Format(format!("a `{}` model needs a tensor `{name}`", self.config.kind))
+        })
+    }
+
+    /// Serialise to safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(name, data, shape)| {
+                TensorView::new(Dtype::F32, shape.clone(), data)
+                    .map(|v| (name.clone(), v))
+                    .or_else(|e| invalid(format!("tensor `{name}`: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        metadata.insert(CONFIG_KEY.to_string(), self.config.to_json());
+        safetensors::serialize(views, Some(metadata)).or_else(|e| invalid(format!("cannot serialise: {e}")))
+    }
+
+    /// Write to `path`.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        std::fs::write(path, self.to_bytes()?)?;
+        Ok(())
+    }
+}
+
+fn read_tensor(name: &str, view: &TensorView<'_>) -> Result<Tensor> {
+    if view.dtype() != Dtype::F32 {
+        return format_err(format!("tensor `{name}` has dtype {:?}, expected F32", view.dtype()));
+    }
+    let data: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if !data.iter().all(|v| v.is_finite()) {
+        return format_err(format!("tensor `{name}` contains NaN or infinite values"));
+    }
+    Ok(Tensor { shape: view.shape().to_vec(), data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(kind: &str) -> Config {
+        Config {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            kind: kind.into(),
+            dim_in: 2,
+            dim_out: 2,
+            n_clusters: None,
+            temperature: None,
+            top_k: None,
+            coverage: None,
+            fit: Map::new(),
+        }
+    }
+
+    fn model() -> ModelFile {
+        let mut tensors = BTreeMap::new();
+        tensors.insert("W".to_string(), Tensor::new(vec![2, 2], vec![1.0, 0.0, 0.0, 1.0]).unwrap());
+        ModelFile { config: config("global"), tensors, metadata: BTreeMap::new() }
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = model();
+        let back = ModelFile::from_bytes(&m.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn newer_version_is_reported_as_such() {
+        let text = r#"{"format":"projroute","version":99,"kind":"warp","dim_in":1}"#;
+        match Config::from_json(text) {
+            Err(Error::UnsupportedVersion { found: 99, supported: FORMAT_VERSION }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_and_foreign_files_are_format_errors() {
+        let bytes = model().to_bytes().unwrap();
+        for cut in [0, 7, 20, bytes.len() - 1] {
+            assert!(matches!(ModelFile::from_bytes(&bytes[..cut]), Err(Error::Format(_))), "cut {cut}");
+        }
+        let foreign = safetensors::serialize(
+            vec![("x", TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap())],
+            None,
+        )
+        .unwrap();
+        let err = ModelFile::from_bytes(&foreign).unwrap_err().to_string();
+        assert!(err.contains("not a projroute model"), "{err}");
+    }
+
+    #[test]
+    fn non_finite_and_wrong_dtype_are_rejected() {
+        let mut m = model();
+        m.tensors.get_mut("W").unwrap().data[0] = f32::INFINITY;
+        let err = ModelFile::from_bytes(&m.to_bytes().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("NaN or infinite"), "{err}");
+
+        let mut meta = HashMap::new();
+        meta.insert(CONFIG_KEY.to_string(), config("global").to_json());
+        let f64s = safetensors::serialize(
+            vec![("W", TensorView::new(Dtype::F64, vec![1], &[0u8; 8]).unwrap())],
+            Some(meta),
+        )
+        .unwrap();
+        let err = ModelFile::from_bytes(&f64s).unwrap_err().to_string();
+        assert!(err.contains("expected F32"), "{err}");
+    }
+}

@@ -1,0 +1,55 @@
+//! One linear map for every query: `p = x @ W + bias`.
+
+use ndarray::{Array1, Array2, ArrayView2};
+
+use crate::error::{format_err, Result};
+use crate::format::ModelFile;
+use crate::linalg;
+
+/// A global projection.
+#[derive(Clone, Debug)]
+pub struct Global {
+    w: Array2<f32>,
+    bias: Option<Array1<f32>>,
+}
+
+impl Global {
+    /// From the map `w` (D_in, D_out) and an optional `bias` (D_out,).
+    pub fn new(w: Array2<f32>, bias: Option<Array1<f32>>) -> Result<Self> {
+        if let Some(b) = &bias {
+            if b.len() != w.ncols() {
+                return format_err(format!("bias has {} values, W has {} columns", b.len(), w.ncols()));
+            }
+        }
+        Ok(Global { w, bias })
+    }
+
+    pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
+        let w = m.tensor("W")?.view2("W")?.to_owned();
+        let bias = match m.tensors.get("bias") {
+            Some(t) => Some(t.view1("bias")?.to_owned()),
+            None => None,
+        };
+        Self::new(w, bias)
+    }
+
+    /// Input dimension.
+    pub fn dim_in(&self) -> usize {
+        self.w.nrows()
+    }
+
+    /// Output dimension.
+    pub fn dim_out(&self) -> usize {
+        self.w.ncols()
+    }
+
+    /// Project queries `x` (B, D_in) to (B, D_out).
+    pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        linalg::check_batch(x, self.dim_in(), "queries")?;
+        let mut p = linalg::matmul(x, self.w.view());
+        if let Some(b) = &self.bias {
+            p += b;
+        }
+        Ok(p)
+    }
+}

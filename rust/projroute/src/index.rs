@@ -1,0 +1,92 @@
+//! A flat (exact) cosine index over embeddings.
+
+use ndarray::{s, Array2, ArrayView2, Axis};
+use rayon::prelude::*;
+
+use crate::error::{invalid, Result};
+use crate::linalg;
+
+/// Queries scored per GEMM block, to bound memory at (block, N) floats.
+const BLOCK: usize = 1024;
+
+/// Exact cosine search over N unit-normalised embeddings.
+#[derive(Clone, Debug)]
+pub struct FlatIndex {
+    embeddings: Array2<f32>,
+}
+
+impl FlatIndex {
+    /// Index the rows of `embeddings` (N, D); rows are normalised here.
+    pub fn new(embeddings: ArrayView2<f32>) -> Result<Self> {
+        linalg::check_batch(embeddings, embeddings.ncols(), "index embeddings")?;
+        Ok(FlatIndex { embeddings: linalg::normalize_rows(embeddings, "index embeddings")? })
+    }
+
+    /// Number of indexed items.
+    pub fn len(&self) -> usize {
+        self.embeddings.nrows()
+    }
+
+    /// True when nothing is indexed (never, as `new` rejects that).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.embeddings.ncols()
+    }
+
+    /// The `k` nearest items of each query `x` (B, D) by cosine: `(ids, scores)`, both
+    /// (B, k), best first, ties to the lower id.
+    pub fn search(&self, x: ArrayView2<f32>, k: usize) -> Result<(Array2<u32>, Array2<f32>)> {
+        linalg::check_batch(x, self.dim(), "queries")?;
+        if k == 0 || k > self.len() {
+            return invalid(format!("k must be between 1 and the index size ({}), got {k}", self.len()));
+        }
+        let q = linalg::normalize_rows(x, "queries")?;
+        let b = q.nrows();
+        let mut ids = Array2::<u32>::zeros((b, k));
+        let mut scores = Array2::<f32>::zeros((b, k));
+        for start in (0..b).step_by(BLOCK) {
+            let end = (start + BLOCK).min(b);
+            let sims = linalg::matmul(q.slice(s![start..end, ..]), self.embeddings.t());
+            ids.slice_mut(s![start..end, ..])
+                .axis_iter_mut(Axis(0))
+                .into_par_iter()
+                .zip(scores.slice_mut(s![start..end, ..]).axis_iter_mut(Axis(0)))
+                .zip(sims.axis_iter(Axis(0)))
+                .for_each(|((mut id_row, mut score_row), sim)| {
+                    let sim = sim.as_slice().expect("fresh GEMM output is contiguous");
+                    let by_score = |a: &u32, b: &u32| sim[*b as usize].total_cmp(&sim[*a as usize]).then(a.cmp(b));
+                    let mut order: Vec<u32> = (0..sim.len() as u32).collect();
+                    if k < order.len() {
+                        order.select_nth_unstable_by(k - 1, by_score);
+                        order.truncate(k);
+                    }
+                    order.sort_unstable_by(by_score);
+                    for (j, &i) in order.iter().enumerate() {
+                        id_row[j] = i;
+                        score_row[j] = sim[i as usize];
+                    }
+                });
+        }
+        Ok((ids, scores))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn finds_nearest_by_cosine() {
+        let index = FlatIndex::new(array![[1.0f32, 0.0], [0.0, 2.0], [1.0, 1.0]].view()).unwrap();
+        let (ids, scores) = index.search(array![[0.0f32, 5.0], [3.0, 0.1]].view(), 2).unwrap();
+        assert_eq!(ids, array![[1, 2], [0, 2]]);
+        assert!((scores[[0, 0]] - 1.0).abs() < 1e-6);
+        assert!(index.search(array![[1.0f32, 0.0]].view(), 4).is_err());
+        assert!(index.search(array![[1.0f32, 0.0]].view(), 0).is_err());
+    }
+}

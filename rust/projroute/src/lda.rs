@@ -1,0 +1,77 @@
+//! LDA multi-head projection (the flat-softmax teacher): each head has a centroid and
+//! an answer embedding, `p = Σ_i softmax(cos(x, c_i) / T)_i · a_i`, optionally top-k.
+
+use ndarray::{Array2, ArrayView2};
+
+use crate::blend;
+use crate::error::{format_err, Result};
+use crate::format::ModelFile;
+use crate::linalg;
+use crate::routing::{self, Routing, RoutingParams};
+
+/// An LDA multi-head projection.
+#[derive(Clone, Debug)]
+pub struct Lda {
+    centroids: Array2<f32>,
+    answers: Array2<f32>,
+    params: RoutingParams,
+}
+
+impl Lda {
+    /// From `centroids` (K, D_in; normalised here), `answers` (K, D_out) and routing
+    /// parameters.
+    pub fn new(centroids: ArrayView2<f32>, answers: Array2<f32>, params: RoutingParams) -> Result<Self> {
+        if answers.nrows() != centroids.nrows() {
+            return format_err(format!(
+                "{} answer rows for {} centroids",
+                answers.nrows(),
+                centroids.nrows()
+            ));
+        }
+        params.validate(centroids.nrows())?;
+        let centroids = crate::projector::unit_centroids(centroids)?;
+        Ok(Lda { centroids, answers, params })
+    }
+
+    pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
+        let centroids = m.tensor("centroids")?.view2("centroids")?;
+        let answers = m.tensor("answers")?.view2("answers")?.to_owned();
+        Self::new(centroids, answers, crate::projector::routing_params(m)?)
+    }
+
+    /// Input dimension.
+    pub fn dim_in(&self) -> usize {
+        self.centroids.ncols()
+    }
+
+    /// Output dimension.
+    pub fn dim_out(&self) -> usize {
+        self.answers.ncols()
+    }
+
+    /// Number of heads K.
+    pub fn n_clusters(&self) -> usize {
+        self.centroids.nrows()
+    }
+
+    /// Routing parameters.
+    pub fn params(&self) -> &RoutingParams {
+        &self.params
+    }
+
+    /// Routing weights of queries `x` (B, D_in).
+    pub fn route(&self, x: ArrayView2<f32>) -> Result<Routing> {
+        routing::route(routing::cosine_scores(x, self.centroids.view())?.view(), &self.params)
+    }
+
+    /// Project queries `x` (B, D_in) to (B, D_out).
+    pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        if self.params.is_dense(self.n_clusters()) {
+            // Flat softmax: weights in place of the scores, then one GEMM.
+            let mut w = routing::cosine_scores(x, self.centroids.view())?;
+            routing::softmax_rows(w.view_mut(), self.params.temperature);
+            return Ok(linalg::matmul(w.view(), self.answers.view()));
+        }
+        Ok(blend::blend_vectors(&self.route(x)?, self.answers.view()))
+    }
+}

@@ -1,0 +1,23 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod blend;
+mod error;
+mod federated;
+mod format;
+mod global;
+mod index;
+mod lda;
+mod linalg;
+mod projector;
+mod routing;
+
+pub use blend::{blend_maps, blend_vectors};
+pub use error::{Error, Result};
+pub use federated::Federated;
+pub use format::{Config, ModelFile, Tensor, CONFIG_KEY, FORMAT_NAME, FORMAT_VERSION};
+pub use global::Global;
+pub use index::FlatIndex;
+pub use lda::Lda;
+pub use projector::{Projector, INDEX_TENSOR};
+pub use routing::{cosine_scores, route, softmax_rows, Routing, RoutingParams};

@@ -1,0 +1,139 @@
+//! `Projector`: any projroute model, loaded from a file and ready to project.
+
+use std::path::Path;
+
+use ndarray::{Array2, ArrayView2};
+
+use crate::error::{format_err, Error, Result};
+use crate::format::{Config, ModelFile};
+use crate::routing::{Routing, RoutingParams};
+use crate::{linalg, Federated, Global, Lda};
+
+/// Optional tensor (N, D_out) of answer embeddings stored with a model for search.
+pub const INDEX_TENSOR: &str = "index.embeddings";
+
+/// A loaded model of any kind.
+#[derive(Clone, Debug)]
+pub enum Projector {
+    /// One global map.
+    Global(Global),
+    /// Routed per-cluster maps.
+    Federated(Federated),
+    /// Routed per-head answer embeddings.
+    Lda(Lda),
+}
+
+impl Projector {
+    /// Load and validate a model file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_model(&ModelFile::open(path)?)
+    }
+
+    /// Build from a parsed model file, checking tensors against its config.
+    pub fn from_model(m: &ModelFile) -> Result<Self> {
+        let c = &m.config;
+        let (projector, expected): (Projector, &[&str]) = match c.kind.as_str() {
+            "global" => (Projector::Global(Global::from_model(m)?), &["W", "bias"]),
+            "federated" => (Projector::Federated(Federated::from_model(m)?), &["centroids", "W"]),
+            "lda" => (Projector::Lda(Lda::from_model(m)?), &["centroids", "answers"]),
+            other => return format_err(format!("unknown model kind `{other}`")),
+        };
+        if let Some(extra) = m.tensors.keys().find(|k| !expected.contains(&k.as_str()) && *k != INDEX_TENSOR) {
+            return format_err(format!("unexpected tensor `{extra}` in a `{}` model", c.kind));
+        }
+        if (projector.dim_in(), projector.dim_out()) != (c.dim_in, c.dim_out) {
+            return format_err(format!(
+                "tensors give dimensions {} -> {}, config says {} -> {}",
+                projector.dim_in(),
+                projector.dim_out(),
+                c.dim_in,
+                c.dim_out
+            ));
+        }
+        if let Some(index) = m.tensors.get(INDEX_TENSOR) {
+            let d = index.view2(INDEX_TENSOR)?.ncols();
+            if d != c.dim_out {
+                return format_err(format!("`{INDEX_TENSOR}` has {d} columns, expected dim_out {}", c.dim_out));
+            }
+        }
+        if let Some(k) = projector.n_clusters() {
+            if c.n_clusters != Some(k) {
+                return format_err(format!("tensors have {k} clusters, config says {:?}", c.n_clusters));
+            }
+        }
+        Ok(projector)
+    }
+
+    /// Model kind as written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Projector::Global(_) => "global",
+            Projector::Federated(_) => "federated",
+            Projector::Lda(_) => "lda",
+        }
+    }
+
+    /// Input dimension.
+    pub fn dim_in(&self) -> usize {
+        match self {
+            Projector::Global(m) => m.dim_in(),
+            Projector::Federated(m) => m.dim_in(),
+            Projector::Lda(m) => m.dim_in(),
+        }
+    }
+
+    /// Output dimension.
+    pub fn dim_out(&self) -> usize {
+        match self {
+            Projector::Global(m) => m.dim_out(),
+            Projector::Federated(m) => m.dim_out(),
+            Projector::Lda(m) => m.dim_out(),
+        }
+    }
+
+    /// Number of clusters or heads, for routed kinds.
+    pub fn n_clusters(&self) -> Option<usize> {
+        match self {
+            Projector::Global(_) => None,
+            Projector::Federated(m) => Some(m.n_clusters()),
+            Projector::Lda(m) => Some(m.n_clusters()),
+        }
+    }
+
+    /// Project queries `x` (B, D_in) to (B, D_out).
+    pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        match self {
+            Projector::Global(m) => m.project(x),
+            Projector::Federated(m) => m.project(x),
+            Projector::Lda(m) => m.project(x),
+        }
+    }
+
+    /// Routing weights of queries `x` (B, D_in); `None` for the global kind.
+    pub fn route(&self, x: ArrayView2<f32>) -> Result<Option<Routing>> {
+        match self {
+            Projector::Global(_) => Ok(None),
+            Projector::Federated(m) => m.route(x).map(Some),
+            Projector::Lda(m) => m.route(x).map(Some),
+        }
+    }
+}
+
+/// Routing parameters from a routed kind's config.
+pub(crate) fn routing_params(m: &ModelFile) -> Result<RoutingParams> {
+    let c: &Config = &m.config;
+    let missing = |field: &str| Error::Format(format!("a `{}` config needs `{field}`", c.kind));
+    let params = RoutingParams {
+        temperature: c.temperature.ok_or_else(|| missing("temperature"))?,
+        top_k: c.top_k.ok_or_else(|| missing("top_k"))?,
+        coverage: c.coverage,
+    };
+    let k = c.n_clusters.ok_or_else(|| missing("n_clusters"))?;
+    params.validate(k).map_err(|e| Error::Format(format!("config: {e}")))?;
+    Ok(params)
+}
+
+/// Centroids scaled to unit norm; a zero centroid is a format error.
+pub(crate) fn unit_centroids(c: ArrayView2<f32>) -> Result<Array2<f32>> {
+    linalg::normalize_rows(c, "centroids").map_err(|e| Error::Format(e.to_string()))
+}

@@ -1,0 +1,264 @@
+//! Softmax routing over centroids: temperature, top-k or coverage, renormalisation.
+//!
+//! For a query with cosine scores `s` (one per cluster), the weights are
+//! `softmax(s / T)` restricted to the selected clusters and renormalised. The
+//! selected clusters are the `top_k` highest scores (ties broken by the lower
+//! index) or, with a `coverage` target, the smallest prefix of that order whose
+//! full-softmax weight reaches the target (never more than `top_k`).
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+use rayon::prelude::*;
+
+use crate::error::{invalid, Result};
+use crate::linalg;
+
+/// How a query's weights over K clusters are computed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoutingParams {
+    /// Softmax temperature `T` (> 0); scores are cosines in [-1, 1].
+    pub temperature: f32,
+    /// Most clusters a query is routed to (1..=K).
+    pub top_k: usize,
+    /// Optional coverage target in (0, 1]: keep the smallest number of clusters whose
+    /// softmax weight sums to at least this (capped by `top_k`).
+    pub coverage: Option<f32>,
+}
+
+impl RoutingParams {
+    /// Check the parameters against the number of clusters `k`.
+    pub fn validate(&self, n_clusters: usize) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return invalid(format!("temperature must be > 0, got {}", self.temperature));
+        }
+        if self.top_k == 0 || self.top_k > n_clusters {
+            return invalid(format!(
+                "top_k must be between 1 and the number of clusters ({n_clusters}), got {}",
+                self.top_k
+            ));
+        }
+        if let Some(c) = self.coverage {
+            if !(c > 0.0 && c <= 1.0) {
+                return invalid(format!("coverage must be in (0, 1], got {c}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// True when every cluster gets weight: plain softmax over all K.
+    pub fn is_dense(&self, n_clusters: usize) -> bool {
+        self.top_k >= n_clusters && self.coverage.is_none()
+    }
+}
+
+/// Sparse routing weights for a batch, one row per query (CSR layout).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Routing {
+    /// Row `i` spans `offsets[i]..offsets[i + 1]` in `clusters` and `weights`.
+    pub offsets: Vec<usize>,
+    /// Cluster index of each entry, in descending weight order within a row.
+    pub clusters: Vec<u32>,
+    /// Weight of each entry; each row sums to 1.
+    pub weights: Vec<f32>,
+}
+
+impl Routing {
+    /// Number of queries.
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// True for a routing of zero queries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Clusters and weights of query `i`.
+    pub fn row(&self, i: usize) -> (&[u32], &[f32]) {
+        let r = self.offsets[i]..self.offsets[i + 1];
+        (&self.clusters[r.clone()], &self.weights[r])
+    }
+
+    /// Dense (B, K) weight matrix.
+    pub fn to_dense(&self, n_clusters: usize) -> Array2<f32> {
+        let mut dense = Array2::zeros((self.len(), n_clusters));
+        for (i, mut out) in dense.axis_iter_mut(Axis(0)).enumerate() {
+            let (c, w) = self.row(i);
+            for (&c, &w) in c.iter().zip(w) {
+                out[c as usize] = w;
+            }
+        }
+        dense
+    }
+}
+
+/// Cosine scores `(B, K)` of queries against unit-norm centroids `(K, D)`.
+///
+/// Validates the batch and normalises the query rows; one GEMM.
+pub fn cosine_scores(queries: ArrayView2<f32>, unit_centroids: ArrayView2<f32>) -> Result<Array2<f32>> {
+    linalg::check_batch(queries, unit_centroids.ncols(), "queries")?;
+    let q = linalg::normalize_rows(queries, "queries")?;
+    Ok(linalg::matmul(q.view(), unit_centroids.t()))
+}
+
+/// In-place, numerically stable `softmax(s / T)` of every row.
+pub fn softmax_rows(mut scores: ArrayViewMut2<f32>, temperature: f32) {
+    scores.axis_iter_mut(Axis(0)).into_par_iter().for_each(|mut row| {
+        let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let inv_t = 1.0 / temperature;
+        let mut sum = 0.0f32;
+        row.mapv_inplace(|v| {
+            let e = ((v - max) * inv_t).exp();
+            sum += e;
+            e
+        });
+        let inv = 1.0 / sum;
+        row.mapv_inplace(|v| v * inv);
+    });
+}
+
+/// Route every query: scores `(B, K)` to sparse weights.
+pub fn route(scores: ArrayView2<f32>, params: &RoutingParams) -> Result<Routing> {
+    params.validate(scores.ncols())?;
+    let rows: Vec<(Vec<u32>, Vec<f32>)> = scores
+        .axis_iter(Axis(0))
+        .into_par_iter()
+        .map(|row| match row.as_slice() {
+            Some(s) => route_one(s, params),
+            None => route_one(&row.to_vec(), params),
+        })
+        .collect();
+    let mut routing = Routing {
+        offsets: Vec::with_capacity(rows.len() + 1),
+        clusters: Vec::new(),
+        weights: Vec::new(),
+    };
+    routing.offsets.push(0);
+    for (c, w) in rows {
+        routing.clusters.extend(c);
+        routing.weights.extend(w);
+        routing.offsets.push(routing.clusters.len());
+    }
+    Ok(routing)
+}
+
+/// Route one query's scores `s` (K,) to (clusters, weights).
+fn route_one(s: &[f32], p: &RoutingParams) -> (Vec<u32>, Vec<f32>) {
+    let k_all = s.len();
+    let inv_t = 1.0 / p.temperature;
+    // Descending score, ties to the lower index (a total order, as numpy's stable argsort of -s).
+    let by_score = |a: &u32, b: &u32| {
+        s[*b as usize].total_cmp(&s[*a as usize]).then(a.cmp(b))
+    };
+    let mut order: Vec<u32> = (0..k_all as u32).collect();
+    let keep = match p.coverage {
+        None => {
+            if p.top_k < k_all {
+                order.select_nth_unstable_by(p.top_k - 1, by_score);
+                order.truncate(p.top_k);
+            }
+            order.sort_unstable_by(by_score);
+            p.top_k
+        }
+        Some(target) => {
+            order.sort_unstable_by(by_score);
+            let max = s[order[0] as usize];
+            let exps: Vec<f32> = order.iter().map(|&c| ((s[c as usize] - max) * inv_t).exp()).collect();
+            let total: f32 = exps.iter().sum();
+            let goal = target * total;
+            let mut acc = 0.0f32;
+            let mut k = k_all;
+            for (i, e) in exps.iter().enumerate() {
+                acc += e;
+                if acc >= goal {
+                    k = i + 1;
+                    break;
+                }
+            }
+            k.min(p.top_k)
+        }
+    };
+    order.truncate(keep);
+    let max = s[order[0] as usize];
+    let mut weights: Vec<f32> = order.iter().map(|&c| ((s[c as usize] - max) * inv_t).exp()).collect();
+    let sum: f32 = weights.iter().sum();
+    weights.iter_mut().for_each(|w| *w /= sum);
+    (order, weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+    use proptest::prelude::*;
+
+    fn params(t: f32, k: usize, coverage: Option<f32>) -> RoutingParams {
+        RoutingParams { temperature: t, top_k: k, coverage }
+    }
+
+    #[test]
+    fn top_k_keeps_highest_and_renormalises() {
+        let s = array![[0.1f32, 0.9, 0.5, 0.3]];
+        let r = route(s.view(), &params(0.1, 2, None)).unwrap();
+        let (c, w) = r.row(0);
+        assert_eq!(c, &[1, 2]);
+        let e = (0.4f32 / 0.1).exp();
+        assert!((w[0] - e / (1.0 + e)).abs() < 1e-6);
+        assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn ties_go_to_the_lower_index() {
+        let s = array![[0.5f32, 0.7, 0.7, 0.7]];
+        let r = route(s.view(), &params(1.0, 2, None)).unwrap();
+        assert_eq!(r.row(0).0, &[1, 2]);
+    }
+
+    #[test]
+    fn coverage_takes_smallest_prefix() {
+        // Softmax with T=1 of ln(weights) gives those weights back.
+        let w = [0.5f32, 0.3, 0.15, 0.05];
+        let s = Array2::from_shape_fn((1, 4), |(_, j)| w[j].ln());
+        let r = route(s.view(), &params(1.0, 4, Some(0.79))).unwrap();
+        assert_eq!(r.row(0).0, &[0, 1]);
+        let r = route(s.view(), &params(1.0, 4, Some(0.81))).unwrap();
+        assert_eq!(r.row(0).0, &[0, 1, 2]);
+        // top_k caps coverage.
+        let r = route(s.view(), &params(1.0, 1, Some(0.99))).unwrap();
+        assert_eq!(r.row(0).0, &[0]);
+    }
+
+    #[test]
+    fn bad_params_are_errors() {
+        let s = array![[0.1f32, 0.2]];
+        assert!(route(s.view(), &params(0.0, 1, None)).is_err());
+        assert!(route(s.view(), &params(-1.0, 1, None)).is_err());
+        assert!(route(s.view(), &params(f32::NAN, 1, None)).is_err());
+        assert!(route(s.view(), &params(0.1, 3, None)).unwrap_err().to_string().contains("top_k"));
+        assert!(route(s.view(), &params(0.1, 0, None)).is_err());
+        assert!(route(s.view(), &params(0.1, 1, Some(1.5))).is_err());
+    }
+
+    #[test]
+    fn softmax_is_stable_for_tiny_temperatures() {
+        let mut s = array![[1.0f32, 0.999, -1.0]];
+        softmax_rows(s.view_mut(), 1e-4);
+        assert!(s.iter().all(|v| v.is_finite()));
+        assert!((s.sum() - 1.0).abs() < 1e-6);
+    }
+
+    proptest! {
+        #[test]
+        fn dense_route_equals_softmax(
+            vals in proptest::collection::vec(-1.0f32..1.0, 12),
+            t in 0.01f32..2.0,
+        ) {
+            let s = Array2::from_shape_vec((3, 4), vals).unwrap();
+            let r = route(s.view(), &params(t, 4, None)).unwrap().to_dense(4);
+            let mut expected = s.clone();
+            softmax_rows(expected.view_mut(), t);
+            for (a, b) in r.iter().zip(expected.iter()) {
+                prop_assert!((a - b).abs() < 1e-5);
+            }
+        }
+    }
+}
