@@ -41,23 +41,16 @@ fn to_py_err(err: core::Error) -> PyErr {
     }
 }
 
-/// A 2-D float32 view of `obj`: float32 arrays of any layout are read in place, other
-/// float arrays are converted, anything else is a `TypeError` or `ValueError`.
-fn as_f32_matrix<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<PyReadonlyArray2<'py, f32>> {
+/// `obj` as a float32 array: float32 arrays of any layout are read in place, other
+/// float arrays are converted, anything else is a `TypeError`.
+fn as_f32_array<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let array = obj.cast::<PyUntypedArray>().map_err(|_| {
         PyTypeError::new_err(format!(
             "{what} must be a numpy array, got {}",
             obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
         ))
     })?;
-    if array.ndim() != 2 {
-        return Err(PyValueError::new_err(format!(
-            "{what} must be 2-D (n, dim), got shape {:?}; reshape a single vector with x[None, :]",
-            array.shape()
-        )));
-    }
-    let kind = array.dtype().kind();
-    if kind != b'f' {
+    if array.dtype().kind() != b'f' {
         return Err(PyTypeError::new_err(format!(
             "{what} must have a floating dtype, got {}",
             array.dtype()
@@ -68,7 +61,19 @@ fn as_f32_matrix<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<PyReadonl
     } else {
         obj.call_method1("astype", ("float32",))?
     };
-    Ok(converted.cast_into::<PyArray2<f32>>()?.readonly())
+    Ok(converted.cast_into::<PyArrayDyn<f32>>()?)
+}
+
+/// `obj` as a 2-D float32 view (see [`as_f32_array`]); other ranks are a `ValueError`.
+fn as_f32_matrix<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<PyReadonlyArray2<'py, f32>> {
+    let array = as_f32_array(obj, what)?;
+    if array.ndim() != 2 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be 2-D (n, dim), got shape {:?}; reshape a single vector with x[None, :]",
+            array.shape()
+        )));
+    }
+    Ok(array.cast_into::<PyArray2<f32>>()?.readonly())
 }
 
 /// A loaded projroute model of any kind (global, federated, lda).
@@ -87,13 +92,14 @@ impl Projector {
 
 /// Build a model file from numpy tensors, a config JSON string and extra metadata.
 fn model_from_parts(
-    tensors: HashMap<String, Bound<'_, PyArrayDyn<f32>>>,
+    tensors: HashMap<String, Bound<'_, PyAny>>,
     config: &str,
     metadata: Option<BTreeMap<String, String>>,
 ) -> PyResult<core::ModelFile> {
     let config = core::Config::from_json(config).map_err(to_py_err)?;
     let mut out = BTreeMap::new();
     for (name, array) in tensors {
+        let array = as_f32_array(&array, &format!("tensor `{name}`"))?;
         let array = array.readonly();
         let view = array.as_array();
         let tensor = core::Tensor::new(view.shape().to_vec(), view.iter().copied().collect())
@@ -120,7 +126,7 @@ impl Projector {
     #[staticmethod]
     #[pyo3(signature = (tensors, config, metadata=None))]
     fn from_tensors(
-        tensors: HashMap<String, Bound<'_, PyArrayDyn<f32>>>,
+        tensors: HashMap<String, Bound<'_, PyAny>>,
         config: &str,
         metadata: Option<BTreeMap<String, String>>,
     ) -> PyResult<Self> {

@@ -1,0 +1,153 @@
+"""Synthetic, seeded data for the Python benchmarks (see benches/README.md).
+
+Queries and centroids are random unit vectors, maps W are random Gaussian matrices
+scaled by 1/sqrt(D); everything is float32 and built once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from projroute import FORMAT_VERSION, Projector
+
+SEED = 20240601
+
+# Federated: the comparison the bars are about.
+FED_B, FED_D, FED_K, FED_TOP_K, FED_T = 1024, 768, 124, 10, 0.1
+# LDA: flat softmax over all heads (top_k = K).
+LDA_D, LDA_K, LDA_T = 384, 1000, 0.1
+# Roofline GEMM size (square, float32).
+GEMM_N = 2048
+# Memory-bandwidth probe: the bytes a single federated query must read (top_k maps of
+# D x D floats), as several distinct blocks cycled so that none is cache-resident.
+MEMBW_BLOCK_FLOATS = FED_TOP_K * FED_D * FED_D
+MEMBW_N_BLOCKS = 8
+
+
+def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def config_json(kind: str, dim_in: int, dim_out: int, k: int, t: float, top_k: int) -> str:
+    return json.dumps({
+        "format": "projroute", "version": FORMAT_VERSION, "kind": kind,
+        "dim_in": dim_in, "dim_out": dim_out, "n_clusters": k,
+        "temperature": t, "top_k": top_k, "coverage": None,
+    })
+
+
+@dataclass
+class FederatedCase:
+    X: np.ndarray  # (B, D) unit rows
+    centroids: np.ndarray  # (K, D) unit rows
+    W: np.ndarray  # (K, D, D)
+    temperature: float
+    top_k: int
+    projector: Projector
+
+    @property
+    def flops(self) -> float:
+        """Useful FLOPs of one full-batch projection: 2 * B * top_k * D^2."""
+        b, d = self.X.shape
+        return 2.0 * b * self.top_k * d * self.W.shape[2]
+
+    def flops_per_query(self) -> float:
+        return 2.0 * self.top_k * self.X.shape[1] * self.W.shape[2]
+
+
+@dataclass
+class LdaCase:
+    X: np.ndarray  # (B, D) unit rows; B = 1024 (slice for B = 1)
+    centroids: np.ndarray  # (K, D)
+    answers: np.ndarray  # (K, D)
+    temperature: float
+    top_k: int
+    projector: Projector
+
+    def flops(self, b: int) -> float:
+        """2·B·K·D for the scores plus 2·B·K·D for the blend (the exp/normalise are O(B·K))."""
+        k, d = self.centroids.shape
+        return 4.0 * b * k * d
+
+
+@pytest.fixture(scope="session")
+def federated() -> FederatedCase:
+    rng = np.random.default_rng(SEED)
+    X = unit_rows(rng, FED_B, FED_D)
+    C = unit_rows(rng, FED_K, FED_D)
+    W = rng.standard_normal((FED_K, FED_D, FED_D), dtype=np.float32)
+    W *= np.float32(1.0 / np.sqrt(FED_D))
+    proj = Projector.from_tensors(
+        {"centroids": C, "W": W},
+        config_json("federated", FED_D, FED_D, FED_K, FED_T, FED_TOP_K),
+    )
+    return FederatedCase(X, C, W, FED_T, FED_TOP_K, proj)
+
+
+@pytest.fixture(scope="session")
+def lda() -> LdaCase:
+    rng = np.random.default_rng(SEED + 1)
+    X = unit_rows(rng, 1024, LDA_D)
+    C = unit_rows(rng, LDA_K, LDA_D)
+    A = unit_rows(rng, LDA_K, LDA_D)
+    proj = Projector.from_tensors(
+        {"centroids": C, "answers": A},
+        config_json("lda", LDA_D, LDA_D, LDA_K, LDA_T, LDA_K),
+    )
+    return LdaCase(X, C, A, LDA_T, LDA_K, proj)
+
+
+@pytest.fixture(scope="session")
+def gemm_operands() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(SEED + 2)
+    a = rng.standard_normal((GEMM_N, GEMM_N), dtype=np.float32)
+    b = rng.standard_normal((GEMM_N, GEMM_N), dtype=np.float32)
+    return a, b
+
+
+@pytest.fixture(scope="session")
+def membw_blocks() -> list[np.ndarray]:
+    """MEMBW_N_BLOCKS distinct float32 blocks of top_k·D² floats (≈ 23.6 MB each, 189 MB
+    in all: several times the last-level cache, so cycling them reads from DRAM)."""
+    rng = np.random.default_rng(SEED + 3)
+    return [rng.standard_normal(MEMBW_BLOCK_FLOATS, dtype=np.float32) for _ in range(MEMBW_N_BLOCKS)]
+
+
+@pytest.fixture(scope="session")
+def medians() -> dict[str, dict[str, float]]:
+    """Median seconds per (group, test name), filled as the benchmarks run, so that a
+    later test in a group can report its ratio to an earlier one in extra_info."""
+    return {}
+
+
+def n_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _record(benchmark, medians: dict, name: str, flops: float | None = None) -> float | None:
+    """Store this benchmark's median under its group, add GFLOP/s to extra_info, and
+    return the median (None when benchmarking is disabled)."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:
+        return None
+    med = float(stats.stats.median)
+    medians.setdefault(benchmark.group, {})[name] = med
+    benchmark.extra_info["role"] = name
+    benchmark.extra_info["median_ms"] = med * 1e3
+    if flops is not None:
+        benchmark.extra_info["flops"] = flops
+        benchmark.extra_info["gflops"] = flops / med / 1e9
+    return med
+
+
+@pytest.fixture(scope="session")
+def record():
+    """The ``_record`` helper, as a fixture (test modules need not import conftest)."""
+    return _record

@@ -1,0 +1,121 @@
+"""Summarise a pytest-benchmark JSON from ``benches/`` against the performance bars.
+
+    python benches/report.py [benchmark.json]
+
+Prints, per group, every benchmark's median, then the ratios the bars are about with
+PASS/FAIL. Exit status 0 always (timings on a shared machine are indicative only).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+FED_BATCH = "federated-b1024-d768-k124-top10"
+FED_SINGLE = "federated-b1-d768-k124-top10"
+LDA_B1 = "lda-flat-softmax-d384-k1000-b1"
+LDA_B1024 = "lda-flat-softmax-d384-k1000-b1024"
+
+# (group, minimum speedup of Rust over the numpy reference)
+SPEEDUP_BARS = {FED_BATCH: 1.5, LDA_B1: 3.0, LDA_B1024: 1.2}
+ROOFLINE_BAR = 0.75  # Rust federated GFLOP/s as a fraction of the square-GEMM GFLOP/s
+
+
+def fmt_time(s: float) -> str:
+    if s >= 1.0:
+        return f"{s:8.3f} s "
+    if s >= 1e-3:
+        return f"{s * 1e3:8.3f} ms"
+    return f"{s * 1e6:8.1f} us"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def role_of(bench: dict) -> str:
+    role = bench.get("extra_info", {}).get("role")
+    if role:
+        return role
+    name = bench["name"]  # fall back on the test names
+    for key, role in (("roofline", "roofline"), ("route_only", "rust_route"), ("numpy_reference", "numpy_reference"),
+                      ("numpy_fast", "numpy_fast"), ("membw_bound_1thread", "membw_1thread"),
+                      ("membw_bound_allthreads", "membw_allthreads"), ("rust", "rust")):
+        if key in name:
+            return role
+    return name
+
+
+def main(path: str) -> int:
+    with open(path) as fh:
+        data = json.load(fh)
+    groups: dict[str, dict[str, dict]] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        groups[b["group"]][role_of(b)] = b
+
+    mach = data.get("machine_info", {})
+    print(f"machine: {mach.get('cpu', {}).get('brand_raw', '?')}, "
+          f"{mach.get('cpu', {}).get('count', '?')} logical CPUs; python {mach.get('python_version', '?')}")
+    print("(shared machine: indicative figures only)\n")
+
+    def med(group: str, role: str) -> float | None:
+        b = groups.get(group, {}).get(role)
+        return b["stats"]["median"] if b else None
+
+    for group in sorted(groups):
+        print(f"== {group}")
+        for role, b in sorted(groups[group].items(), key=lambda kv: kv[1]["stats"]["median"]):
+            st, ei = b["stats"], b.get("extra_info", {})
+            extra = []
+            if "gflops" in ei:
+                extra.append(f"{ei['gflops']:7.1f} GFLOP/s")
+            if "gb_per_s" in ei:
+                extra.append(f"{ei['gb_per_s']:6.1f} GB/s")
+            print(f"  {role:18s} median {fmt_time(st['median'])}  (min {fmt_time(st['min'])}, "
+                  f"{st['rounds']} rounds)  {'  '.join(extra)}")
+
+        rust = med(group, "rust")
+        ref = med(group, "numpy_reference")
+        fast = med(group, "numpy_fast")
+        bar = SPEEDUP_BARS.get(group)
+        if rust and ref:
+            s = ref / rust
+            tag = f"bar >= {bar:.1f}x: {verdict(s >= bar)}" if bar else "no bar"
+            print(f"  -> Rust vs numpy reference: {s:5.2f}x  [{tag}]")
+        if rust and fast:
+            s = fast / rust
+            tag = f"same bar, stricter baseline: {verdict(s >= bar)}" if bar else "no bar"
+            print(f"  -> Rust vs fast numpy:      {s:5.2f}x  [{tag}]")
+        route = med(group, "rust_route")
+        if rust and route:
+            print(f"  -> Rust route() alone is {100 * route / rust:4.1f}% of project() "
+                  f"({fmt_time(route).strip()} of {fmt_time(rust).strip()})")
+        roof = med(group, "roofline")
+        if rust and roof:
+            rb = groups[group]["rust"]["extra_info"]
+            rg = rb["flops"] / rust / 1e9
+            gg = groups[group]["roofline"]["extra_info"]["flops"] / roof / 1e9
+            frac = rg / gg
+            print(f"  -> Rust {rg:.1f} GFLOP/s = {100 * frac:.1f}% of the square-GEMM roofline "
+                  f"({gg:.1f} GFLOP/s)  [bar >= {100 * ROOFLINE_BAR:.0f}%: {verdict(frac >= ROOFLINE_BAR)}]")
+            for base in ("numpy_reference", "numpy_fast"):
+                m = med(group, base)
+                if m:
+                    print(f"     ({base}: {groups[group][base]['extra_info']['flops'] / m / 1e9:.1f} GFLOP/s "
+                          f"= {100 * groups[group][base]['extra_info']['flops'] / m / 1e9 / gg:.1f}% of roofline)")
+        bounds = {r: med(group, r) for r in ("membw_1thread", "membw_allthreads") if med(group, r)}
+        if rust and bounds:
+            for r, t in bounds.items():
+                gbs = groups[group][r]["extra_info"].get("gb_per_s", float("nan"))
+                print(f"  -> bandwidth bound ({r}): {t * 1e3:.3f} ms ({gbs:.1f} GB/s); "
+                      f"Rust latency = {rust / t:.2f}x that bound")
+            best = min(bounds.values())
+            print(f"  -> Rust single query {rust * 1e3:.3f} ms vs best bound {best * 1e3:.3f} ms: "
+                  f"{rust / best:.2f}x (no bar; 1.0x = reading the top_k maps once at measured DRAM speed)")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "benchmark.json"))

@@ -1,0 +1,372 @@
+"""The ``projroute`` command: fit, project, search, eval and demo, thin over the public API.
+
+Each command returns a JSON-able dict: ``--json`` prints it as one object on stdout,
+otherwise it is rendered as short text. Progress bars go to stderr. User errors (a
+missing file, bad data, a foreign model file) print one ``projroute: error:`` line
+on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+import projroute
+from projroute import datasets, serving
+from projroute._estimator import Projection
+from projroute.embed import Encoder
+from projroute.report import evaluate, format_table
+
+ESTIMATORS = {
+    "global": projroute.GlobalProjection,
+    "federated": projroute.FederatedProjection,
+    "lda": projroute.LdaProjection,
+}
+SHOWN_ROUTES = 5
+USER_ERRORS = (OSError, ValueError, ImportError, projroute.ProjrouteError)
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def embed_pairs(pairs: datasets.Pairs, encoder: Encoder) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Embed pairs in one encoder call.
+
+    Returns Q (n, D) and A (n, D) float32 for the n pairs, the distinct answer texts
+    (first-seen order, length m) and their embeddings (m, D).
+    """
+    texts = list(dict.fromkeys(pairs.answers))
+    X = encoder.encode(pairs.questions + texts)
+    Q, C = X[: len(pairs)], X[len(pairs) :]
+    row = {t: i for i, t in enumerate(texts)}
+    return Q, C[[row[a] for a in pairs.answers]], texts, C
+
+
+def load_model(path: str) -> projroute.Projector:
+    """``projroute.load`` with the path named in its errors."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such model file: {path}")
+    try:
+        return projroute.load(path)
+    except projroute.ModelFormatError as e:
+        raise projroute.ModelFormatError(f"{path}: {e}") from None
+
+
+def read_questions(path: Path) -> list[str]:
+    """Questions from a .txt file (one per non-blank line) or a .jsonl file ("question" fields)."""
+    lines = [(i, s) for i, s in enumerate(path.read_text("utf-8").splitlines(), 1) if s.strip()]
+    if path.suffix == ".txt":
+        questions = [s.strip() for _, s in lines]
+    else:
+        questions = []
+        for i, s in lines:
+            try:
+                rec = json.loads(s)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
+                raise ValueError(f'{path}:{i}: expected an object with a string "question" field')
+            questions.append(rec["question"])
+    if not questions:
+        raise ValueError(f"{path}: no questions")
+    return questions
+
+
+def read_queries(path: Path) -> np.ndarray:
+    """Query embeddings (n, D) from a .npy array, or embedded questions of a .jsonl/.txt file."""
+    if path.suffix == ".npy":
+        X = np.load(path, allow_pickle=False)
+        if X.ndim != 2 or X.dtype.kind != "f":
+            raise ValueError(f"{path}: expected a 2-D float array (n, D), got {X.dtype} {X.shape}")
+        return X
+    if path.suffix in (".jsonl", ".txt"):
+        return Encoder().encode(read_questions(path))
+    raise ValueError(f"{path}: expected a .npy, .jsonl or .txt file")
+
+
+def human_size(n: int) -> str:
+    """A byte count as e.g. "1.4 MiB"."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def one_line(text: str, width: int = 100) -> str:
+    """``text`` on one line, cut to ``width`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# --- fit ------------------------------------------------------------------------------
+
+
+def make_estimator(args: argparse.Namespace) -> Projection:
+    """The estimator of ``--kind`` with the options given; an option the kind does not take is an error."""
+    cls = ESTIMATORS[args.kind]
+    given = {
+        "--n-clusters": ("n_clusters", args.n_clusters),
+        "--temperature": ("temperature", args.temperature),
+        "--top-k": ("top_k", args.top_k),
+        "--coverage": ("top_k", args.coverage),
+        "--shrinkage": ("shrinkage", args.shrinkage),
+    }
+    takes = inspect.signature(cls).parameters
+    params = {"random_state": args.seed}
+    for flag, (name, value) in given.items():
+        if value is None:
+            continue
+        if name not in takes:
+            raise ValueError(f"{flag} does not apply to a {args.kind} model")
+        params[name] = value
+    return cls(**params)
+
+
+def cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
+    est = make_estimator(args)
+    pairs = datasets.load_pairs(args.data)
+    Q, A, texts, C = embed_pairs(pairs, Encoder())
+    est.fit(Q, A)
+    if args.no_index:
+        est.save(args.output)
+    else:
+        est.save(args.output, answers=C, answer_texts=texts)
+    config = json.loads(load_model(args.output).config)
+    return {
+        "kind": args.kind,
+        "data": args.data,
+        "pairs": len(pairs),
+        "n_clusters": config.get("n_clusters"),
+        "temperature": config.get("temperature"),
+        "top_k": config.get("top_k"),
+        "coverage": config.get("coverage"),
+        "shrinkage": config["fit"].get("shrinkage"),
+        "index": 0 if args.no_index else len(texts),
+        "path": args.output,
+        "bytes": Path(args.output).stat().st_size,
+    }
+
+
+def show_fit(r: dict[str, Any]) -> str:
+    details = [f"{k}={r[k]}" for k in ("n_clusters", "temperature", "top_k", "coverage", "shrinkage")
+               if r[k] is not None]
+    index = f"an index of {r['index']} answers" if r["index"] else "no answer index"
+    return (f"fitted {r['kind']} on {r['pairs']} pairs from {r['data']} ({', '.join(details)})\n"
+            f"wrote {r['path']} ({human_size(r['bytes'])}) with {index}")
+
+
+# --- project --------------------------------------------------------------------------
+
+
+def cmd_project(args: argparse.Namespace) -> dict[str, Any]:
+    model = load_model(args.model)
+    P = np.asarray(model.project(read_queries(Path(args.input))), dtype=np.float32)
+    with open(args.output, "wb") as f:
+        np.save(f, P)
+    return {"model": args.model, "input": args.input, "output": args.output,
+            "shape": list(P.shape), "dtype": str(P.dtype)}
+
+
+def show_project(r: dict[str, Any]) -> str:
+    n, d = r["shape"]
+    return f"wrote {r['output']}: {n} x {d} {r['dtype']} ({r['input']} projected by {r['model']})"
+
+
+# --- search ---------------------------------------------------------------------------
+
+
+def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
+    model = load_model(args.model)
+    encoder = Encoder()
+    if args.data:
+        texts = list(dict.fromkeys(datasets.load_pairs(args.data).answers))
+        index = projroute.FlatIndex(encoder.encode(texts))
+    else:
+        stored = serving.stored_index(model)
+        if stored is None:
+            raise ValueError(f"{args.model} has no stored answer index; pass --data DATA")
+        index, texts = stored
+    x = encoder.encode([args.question], progress=False)
+    ids, scores = index.search(model.project(x), min(args.k, len(index)))
+    result = {
+        "query": args.question,
+        "model": args.model,
+        "kind": model.kind,
+        "results": [{"rank": r, "id": int(i), "score": float(s), "text": None if texts is None else texts[i]}
+                    for r, (i, s) in enumerate(zip(ids[0], scores[0]), 1)],
+    }
+    if args.routing:
+        w = model.route(x)
+        result["routing"] = None if w is None else [
+            {"cluster": int(k), "weight": float(w[0, k])}
+            for k in np.argsort(-w[0], kind="stable")[:SHOWN_ROUTES] if w[0, k] > 0
+        ]
+    return result
+
+
+def show_search(r: dict[str, Any]) -> str:
+    lines = [f"{h['rank']:>3}  {h['score']:.3f}  " + one_line(h["text"] or f"answer #{h['id']}")
+             for h in r["results"]]
+    if "routing" in r:
+        if r["routing"] is None:
+            lines.append(f"routing: none ({r['kind']} model: one map for every query)")
+        else:
+            lines.append("routing: " + ", ".join(f"cluster {c['cluster']} {c['weight']:.3f}" for c in r["routing"]))
+    return "\n".join(lines)
+
+
+# --- eval and demo --------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    models = [(f"{m.kind} ({Path(p).name})", m) for p, m in ((p, load_model(p)) for p in args.models)]
+    ev = datasets.load_eval(args.data)
+    rows = evaluate(models, ev, Encoder())
+    for row, path in zip(rows, [None, *args.models]):
+        row["path"] = path
+    return {"data": args.data, "queries": len(ev), "corpus": len(ev.corpus), "rows": rows}
+
+
+def show_eval(r: dict[str, Any]) -> str:
+    return f"{r['data']}: {r['queries']} queries against {r['corpus']} answers\n\n{format_table(r['rows'])}"
+
+
+def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="projroute-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    pairs, ev = datasets.demo()
+    encoder = Encoder()
+    Q, A, texts, C = embed_pairs(pairs, encoder)
+    fitted, paths = [], {}
+    for kind, cls in tqdm(ESTIMATORS.items(), desc="fitting", unit="model"):
+        est = cls().fit(Q, A)
+        paths[kind] = str(out / f"{kind}.safetensors")
+        est.save(paths[kind], answers=C, answer_texts=texts)
+        fitted.append((kind, est))
+    return {"dir": str(out), "models": paths, "pairs": len(pairs), "queries": len(ev),
+            "corpus": len(ev.corpus), "rows": evaluate(fitted, ev, encoder)}
+
+
+def show_demo(r: dict[str, Any]) -> str:
+    return "\n".join([
+        f"demo data: fitted on {r['pairs']} question/answer pairs; "
+        f"evaluated on {r['queries']} held-out paraphrases against {r['corpus']} answers",
+        "",
+        format_table(r["rows"]),
+        "",
+        f"models saved in {r['dir']}: {', '.join(Path(p).name for p in r['models'].values())}",
+        f'try: projroute search {r["models"]["federated"]} "how do I install it?" --routing',
+    ])
+
+
+# --- parser ---------------------------------------------------------------------------
+
+
+def auto_or(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type accepting "auto" or a value of ``kind``."""
+
+    def parse(s: str) -> Any:
+        return s if s == "auto" else kind(s)
+
+    parse.__name__ = f"auto or {kind.__name__}"
+    return parse
+
+
+def positive_int(s: str) -> int:
+    if not s.isdigit() or int(s) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {s!r}")
+    return int(s)
+
+
+def fraction(s: str) -> float:
+    try:
+        value = float(s)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {s!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="projroute", description="Map question embeddings into answer space, then search by cosine.")
+    parser.add_argument("--version", action="version", version=f"projroute {projroute.__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable, show: Callable, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(run=run, show=show)
+        return p
+
+    data_help = '"demo", "stackfaq", "trecqa", a StackFAQ or TREC QA directory, or a .jsonl file'
+    p = command("fit", cmd_fit, show_fit, "fit a projection on question/answer pairs and save it")
+    p.add_argument("data", metavar="DATA", help=data_help)
+    p.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write (.safetensors)")
+    p.add_argument("--kind", required=True, choices=list(ESTIMATORS))
+    p.add_argument("--n-clusters", type=auto_or(positive_int), metavar="K", help="auto or INT (federated, lda; default auto)")
+    p.add_argument("--temperature", type=float, metavar="T", help="routing softmax temperature (federated, lda; default 0.1)")
+    topk = p.add_mutually_exclusive_group()
+    topk.add_argument("--top-k", type=positive_int, metavar="K",
+                      help="route over the k best clusters (default: 10 for federated, all for lda)")
+    topk.add_argument("--coverage", type=fraction, metavar="C", help="route over the best clusters covering this weight")
+    p.add_argument("--shrinkage", type=auto_or(float), metavar="S", help="auto or FLOAT in [0, 1] (global, federated; default auto)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for k-means and cross-validation")
+    p.add_argument("--no-index", action="store_true", help="do not store the training answers in the model")
+
+    p = command("project", cmd_project, show_project, "project query embeddings into answer space")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("input", metavar="INPUT", help=".npy of embeddings (n, D), or .jsonl/.txt of questions")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.npy")
+
+    p = command("search", cmd_search, show_search, "answer one question from a model's index")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("question")
+    p.add_argument("-k", type=positive_int, default=5, help="number of answers (default 5)")
+    p.add_argument("--data", help="search the distinct answers of DATA instead: " + data_help)
+    p.add_argument("--routing", action="store_true", help="also print the top routing weights")
+
+    p = command("eval", cmd_eval, show_eval, "compare models with raw cosine on held-out queries")
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("data", metavar="DATA", help=data_help)
+
+    p = command("demo", cmd_demo, show_demo, "fit and evaluate all three kinds on the packaged demo data")
+    p.add_argument("--out", metavar="DIR", help="where to save the models (default: a new temporary directory)")
+    return parser
+
+
+def error_message(e: BaseException) -> str:
+    """One line describing a user error."""
+    if isinstance(e, OSError) and e.filename:
+        text = f"{e.strerror or e}: {e.filename}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns 0, exits 2 on user errors."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.run(args)
+    except USER_ERRORS as e:
+        parser.exit(2, f"projroute: error: {error_message(e)}\n")
+    print(json.dumps(result) if args.json else args.show(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
