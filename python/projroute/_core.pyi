@@ -1,0 +1,53 @@
+"""Type stub of the Rust extension module ``projroute._core``."""
+
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+FORMAT_VERSION: int
+
+class ProjrouteError(Exception):
+    """Base class of projroute's own errors."""
+
+class ModelFormatError(ProjrouteError):
+    """A model file is foreign, truncated, inconsistent, or from a newer format version."""
+
+class Projector:
+    """A loaded projroute model of any kind (global, federated, lda)."""
+
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> Projector: ...
+    @staticmethod
+    def from_tensors(
+        tensors: dict[str, npt.NDArray[Any]], config: str, metadata: dict[str, str] | None = None
+    ) -> Projector: ...
+    def save(self, path: str | os.PathLike[str]) -> None: ...
+    def project(self, x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]: ...
+    def route(self, x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32] | None: ...
+    def tensors(self) -> dict[str, npt.NDArray[np.float32]]: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def dim_in(self) -> int: ...
+    @property
+    def dim_out(self) -> int: ...
+    @property
+    def n_clusters(self) -> int | None: ...
+    @property
+    def config(self) -> str: ...
+    @property
+    def metadata(self) -> dict[str, str]: ...
+
+class FlatIndex:
+    """Exact cosine search over the rows of an embedding matrix."""
+
+    def __init__(self, embeddings: npt.NDArray[np.floating[Any]]) -> None: ...
+    def search(
+        self, x: npt.NDArray[np.floating[Any]], k: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+    @property
+    def dim(self) -> int: ...
+    def __len__(self) -> int: ...
