@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,29 @@ GEMM_N = 2048
 # D x D floats), as several distinct blocks cycled so that none is cache-resident.
 MEMBW_BLOCK_FLOATS = FED_TOP_K * FED_D * FED_D
 MEMBW_N_BLOCKS = 8
+
+
+_LOADAVG_AT_START = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Add what the figures depend on: cores, numpy's BLAS and its threads, and the
+    load average when the session started (other work on a shared machine)."""
+    import numpy
+
+    machine_info["nproc"] = n_cpus()
+    machine_info["loadavg_at_start"] = _LOADAVG_AT_START
+    machine_info["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    machine_info["numpy"] = numpy.__version__
+    try:
+        from threadpoolctl import threadpool_info
+
+        machine_info["blas"] = [
+            {k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+            for i in threadpool_info()
+        ]
+    except ImportError:
+        machine_info["blas"] = None
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -75,6 +99,19 @@ class LdaCase:
         """2·B·K·D for the scores plus 2·B·K·D for the blend (the exp/normalise are O(B·K))."""
         k, d = self.centroids.shape
         return 4.0 * b * k * d
+
+
+SETTLE_S = 0.5
+
+
+@pytest.fixture(autouse=True)
+def settle():
+    """Pause before every benchmark: OpenBLAS worker threads keep spinning for a while
+    after numpy's last BLAS call, and on a 2-core machine they steal the cores from the
+    next benchmark's threads (measured: a Rust GEMM right after numpy GEMMs ran 2-3x
+    slower for its first rounds). The pause lets them park."""
+    time.sleep(SETTLE_S)
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -140,6 +177,8 @@ def _record(benchmark, medians: dict, name: str, flops: float | None = None) -> 
     med = float(stats.stats.median)
     medians.setdefault(benchmark.group, {})[name] = med
     benchmark.extra_info["role"] = name
+    if hasattr(os, "getloadavg"):
+        benchmark.extra_info["loadavg_1min"] = os.getloadavg()[0]
     benchmark.extra_info["median_ms"] = med * 1e3
     if flops is not None:
         benchmark.extra_info["flops"] = flops
@@ -151,3 +190,17 @@ def _record(benchmark, medians: dict, name: str, flops: float | None = None) -> 
 def record():
     """The ``_record`` helper, as a fixture (test modules need not import conftest)."""
     return _record
+
+
+def global_projector(W: np.ndarray) -> Projector:
+    """A Rust global map ``x @ W``: one GEMM through the core's ``gemm`` crate on all
+    threads (used as a diagnostic sub-step beside numpy's BLAS on the same shape)."""
+    cfg = {"format": "projroute", "version": FORMAT_VERSION, "kind": "global",
+           "dim_in": W.shape[0], "dim_out": W.shape[1]}
+    return Projector.from_tensors({"W": np.ascontiguousarray(W, dtype=np.float32)}, json.dumps(cfg))
+
+
+@pytest.fixture(scope="session")
+def rust_gemm():
+    """Factory: ``rust_gemm(W)`` -> a Rust global Projector computing ``x @ W``."""
+    return global_projector

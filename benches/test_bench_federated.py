@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -73,7 +74,7 @@ def test_fast_numpy_matches_reference(federated, c_unit):
     """The hand-written numpy baseline computes what the reference computes (and the
     Rust core agrees with both), checked once on the full batch."""
     f = federated
-    X = f.X[:256]
+    X = f.X
     want = reference.project_federated(X, f.centroids, f.W, f.temperature, f.top_k)
     got = fast_project_federated(X, c_unit, f.W, f.temperature, f.top_k)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
@@ -126,9 +127,31 @@ def test_batch_rust_route_only(benchmark, federated, medians, record):
 
 
 @pytest.mark.benchmark(group=G_BATCH)
+def test_batch_diag_numpy_gemm_b1024_d768(benchmark, federated, medians, record):
+    """Diagnostic: one dense (B, D) @ (D, D) GEMM through numpy's BLAS: what a single
+    cluster's map over the whole batch costs (k of these ≈ the federated FLOPs)."""
+    f = federated
+    w = f.W[0]
+    out = np.empty((len(f.X), w.shape[1]), dtype=np.float32)
+    benchmark.pedantic(np.matmul, args=(f.X, w), kwargs={"out": out}, rounds=40, warmup_rounds=2)
+    record(benchmark, medians, "diag_numpy_gemm", 2.0 * f.X.shape[0] * f.X.shape[1] * w.shape[1])
+
+
+@pytest.mark.benchmark(group=G_BATCH)
+def test_batch_diag_rust_gemm_b1024_d768(benchmark, federated, rust_gemm, medians, record):
+    """Diagnostic: the same GEMM through the Rust core (a global map: the ``gemm`` crate
+    on all threads), to tell kernel speed from the federated blend's overheads."""
+    f = federated
+    w = f.W[0]
+    p = rust_gemm(w)
+    benchmark.pedantic(p.project, args=(f.X,), rounds=40, warmup_rounds=2)
+    record(benchmark, medians, "diag_rust_gemm", 2.0 * f.X.shape[0] * f.X.shape[1] * w.shape[1])
+
+
+@pytest.mark.benchmark(group=G_BATCH)
 def test_batch_rust(benchmark, federated, medians, record):
     f = federated
-    benchmark.pedantic(f.projector.project, args=(f.X,), rounds=10, warmup_rounds=1)
+    benchmark.pedantic(f.projector.project, args=(f.X,), rounds=40, warmup_rounds=2)
     med = record(benchmark, medians, "rust", f.flops)
     if med is None:
         return
@@ -151,41 +174,63 @@ def _single_queries(federated):
     return [federated.X[i : i + 1] for i in range(N_SINGLE_QUERIES)]
 
 
-@pytest.mark.benchmark(group=G_SINGLE)
-def test_single_membw_bound_1thread(benchmark, membw_blocks, medians, record):
-    """Bandwidth bound, one thread: sum a fresh top_k·D² float32 block (≈ 23.6 MB),
-    cycling over several blocks so none is cache-resident."""
+def _in_cache_gb_per_s(read, block: np.ndarray, repeats: int = 200) -> float:
+    """Rate of the probe ``read`` on a 1/16 slice of a block (≈ 1.5 MB, cache-resident):
+    far above the DRAM rate means the probe is bandwidth-bound, not compute-bound."""
+    part = np.ascontiguousarray(block[: len(block) // 16])
+    read(part)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        read(part)
+        times.append(time.perf_counter() - t)
+    return part.nbytes / float(np.median(times)) / 1e9
+
+
+def _membw(benchmark, membw_blocks, medians, record, role, read):
+    """Benchmark ``read`` over the cycled blocks (none cache-resident) and report the
+    implied GB/s and bound in ms."""
     blocks = itertools.cycle(membw_blocks)
-    benchmark.pedantic(lambda: np.add.reduce(next(blocks)), rounds=40, warmup_rounds=len(membw_blocks))
-    med = record(benchmark, medians, "membw_1thread")
+    benchmark.pedantic(lambda: read(next(blocks)), rounds=40, warmup_rounds=len(membw_blocks))
+    med = record(benchmark, medians, role)
     if med is not None:
         nbytes = membw_blocks[0].nbytes
         benchmark.extra_info["bytes"] = nbytes
         benchmark.extra_info["gb_per_s"] = nbytes / med / 1e9
         benchmark.extra_info["bound_ms"] = med * 1e3
+        benchmark.extra_info["in_cache_gb_per_s"] = _in_cache_gb_per_s(read, membw_blocks[0])
 
 
 @pytest.mark.benchmark(group=G_SINGLE)
-def test_single_membw_bound_allthreads(benchmark, membw_blocks, medians, record):
-    """Bandwidth bound, all cores: the same block summed in one slice per core (numpy
-    releases the GIL in the reduction), as the Rust core may spread a query's maps over
-    its threads."""
+def test_single_membw_sum_1thread(benchmark, membw_blocks, medians, record):
+    """Bandwidth probe: ``np.add.reduce`` over a fresh top_k·D² float32 block (≈ 23.6 MB)
+    on one thread. numpy's pairwise float32 sum is close to compute-bound (compare
+    extra_info in_cache_gb_per_s), so this is a loose bound."""
+    _membw(benchmark, membw_blocks, medians, record, "membw_sum_1thread", np.add.reduce)
+
+
+@pytest.mark.benchmark(group=G_SINGLE)
+def test_single_membw_max_allthreads(benchmark, membw_blocks, medians, record):
+    """Bandwidth probe: ``np.max`` over the block, one slice per core (numpy releases the
+    GIL in the reduction), as the Rust core spreads a query's maps over its threads."""
     n = max(1, len(os.sched_getaffinity(0)))
-    blocks = itertools.cycle(membw_blocks)
     with ThreadPoolExecutor(n) as pool:
 
-        def read_block():
-            parts = np.array_split(next(blocks), n)
-            return sum(pool.map(np.add.reduce, parts))
+        def read(block):
+            return max(pool.map(np.max, np.array_split(block, n)))
 
-        benchmark.pedantic(read_block, rounds=40, warmup_rounds=len(membw_blocks))
-    med = record(benchmark, medians, "membw_allthreads")
-    if med is not None:
-        nbytes = membw_blocks[0].nbytes
-        benchmark.extra_info["threads"] = n
-        benchmark.extra_info["bytes"] = nbytes
-        benchmark.extra_info["gb_per_s"] = nbytes / med / 1e9
-        benchmark.extra_info["bound_ms"] = med * 1e3
+        _membw(benchmark, membw_blocks, medians, record, "membw_max_allthreads", read)
+    benchmark.extra_info["threads"] = n
+
+
+@pytest.mark.benchmark(group=G_SINGLE)
+def test_single_membw_gemv_blas(benchmark, federated, membw_blocks, medians, record):
+    """Bandwidth probe: BLAS sgemv over the block viewed as (top_k·D, D) times one vector,
+    the very access pattern of one query (stream the top_k maps once), on numpy's BLAS
+    threads."""
+    d = federated.W.shape[1]
+    x = np.random.default_rng(0).standard_normal(d, dtype=np.float32)
+    _membw(benchmark, membw_blocks, medians, record, "membw_gemv_blas", lambda b: b.reshape(-1, d) @ x)
 
 
 @pytest.mark.benchmark(group=G_SINGLE)
@@ -227,7 +272,7 @@ def test_single_rust(benchmark, federated, medians, record):
     for base in ("numpy_reference", "numpy_fast"):
         if base in seen:
             benchmark.extra_info[f"speedup_vs_{base}"] = seen[base] / med
-    bounds = [seen[b] for b in ("membw_1thread", "membw_allthreads") if b in seen]
+    bounds = [t for role, t in seen.items() if role.startswith("membw_")]
     if bounds:
         benchmark.extra_info["bandwidth_bound_ms"] = min(bounds) * 1e3
         benchmark.extra_info["latency_over_bound"] = med / min(bounds)

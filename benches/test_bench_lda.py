@@ -39,7 +39,7 @@ def c_unit(lda):
 
 def test_fast_numpy_matches_reference(lda, c_unit):
     """The hand-written baseline and the Rust core compute what the reference computes."""
-    X = lda.X[:256]
+    X = lda.X
     want = reference.project_lda(X, lda.centroids, lda.answers, lda.temperature, lda.top_k)
     got = fast_project_lda_flat(X, c_unit, lda.answers, lda.temperature)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
@@ -122,6 +122,33 @@ def test_b1024_rust_route_only(benchmark, lda, medians, record):
     """Sub-step: routing alone (scores + flat softmax, dense (B, K) result)."""
     benchmark.pedantic(lda.projector.route, args=(lda.X,), rounds=20, warmup_rounds=1)
     record(benchmark, medians, "rust_route")
+
+
+@pytest.mark.benchmark(group=G_B1024)
+def test_b1024_diag_numpy_gemms(benchmark, lda, c_unit, medians, record):
+    """Diagnostic: just the two GEMMs of flat-softmax LDA through numpy's BLAS,
+    (B, D) @ (D, K) then (B, K) @ (K, D)."""
+    X, A, Ct = lda.X, lda.answers, np.ascontiguousarray(c_unit.T)
+    S = np.empty((len(X), len(A)), dtype=np.float32)
+    out = np.empty((len(X), A.shape[1]), dtype=np.float32)
+
+    def two_gemms():
+        np.matmul(X, Ct, out=S)
+        np.matmul(S, A, out=out)
+
+    benchmark.pedantic(two_gemms, rounds=40, warmup_rounds=2)
+    record(benchmark, medians, "diag_numpy_gemms", lda.flops(len(X)))
+
+
+@pytest.mark.benchmark(group=G_B1024)
+def test_b1024_diag_rust_gemms(benchmark, lda, c_unit, rust_gemm, medians, record):
+    """Diagnostic: the same two GEMMs through the Rust core (two global maps: the
+    ``gemm`` crate on all threads, each call also checks its input is finite)."""
+    X = lda.X
+    scores = rust_gemm(np.ascontiguousarray(c_unit.T))
+    blend = rust_gemm(lda.answers)
+    benchmark.pedantic(lambda: blend.project(scores.project(X)), rounds=40, warmup_rounds=2)
+    record(benchmark, medians, "diag_rust_gemms", lda.flops(len(X)))
 
 
 @pytest.mark.benchmark(group=G_B1024)

@@ -36,12 +36,11 @@ USER_ERRORS = (OSError, ValueError, ImportError, projroute.ProjrouteError)
 # --- helpers ------------------------------------------------------------------------
 
 
-def embed_pairs(pairs: datasets.Pairs, encoder: Encoder) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-    """Embed pairs in one encoder call.
-
-    Returns Q (n, D) and A (n, D) float32 for the n pairs, the distinct answer texts
-    (first-seen order, length m) and their embeddings (m, D).
-    """
+def embed_pairs(
+    pairs: datasets.Pairs, encoder: Encoder
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Embed pairs in one encoder call: Q (n, D) and A (n, D) float32 for the n pairs,
+    the distinct answer texts (first-seen order, length m) and their embeddings (m, D)."""
     texts = list(dict.fromkeys(pairs.answers))
     X = encoder.encode(pairs.questions + texts)
     Q, C = X[: len(pairs)], X[len(pairs) :]
@@ -132,6 +131,9 @@ def make_estimator(args: argparse.Namespace) -> Projection:
 
 def cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
     est = make_estimator(args)
+    folder = Path(args.output).absolute().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such directory for the model file: {folder}")
     pairs = datasets.load_pairs(args.data)
     Q, A, texts, C = embed_pairs(pairs, Encoder())
     est.fit(Q, A)
@@ -219,7 +221,8 @@ def show_search(r: dict[str, Any]) -> str:
         if r["routing"] is None:
             lines.append(f"routing: none ({r['kind']} model: one map for every query)")
         else:
-            lines.append("routing: " + ", ".join(f"cluster {c['cluster']} {c['weight']:.3f}" for c in r["routing"]))
+            routes = (f"cluster {c['cluster']} {c['weight']:.3f}" for c in r["routing"])
+            lines.append("routing: " + ", ".join(routes))
     return "\n".join(lines)
 
 
@@ -283,12 +286,14 @@ def auto_or(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def positive_int(s: str) -> int:
+    """An argparse type: an integer >= 1."""
     if not s.isdigit() or int(s) < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {s!r}")
     return int(s)
 
 
 def fraction(s: str) -> float:
+    """An argparse type: a number in (0, 1)."""
     try:
         value = float(s)
     except ValueError:
@@ -314,15 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     data_help = '"demo", "stackfaq", "trecqa", a StackFAQ or TREC QA directory, or a .jsonl file'
     p = command("fit", cmd_fit, show_fit, "fit a projection on question/answer pairs and save it")
     p.add_argument("data", metavar="DATA", help=data_help)
-    p.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write (.safetensors)")
-    p.add_argument("--kind", required=True, choices=list(ESTIMATORS))
-    p.add_argument("--n-clusters", type=auto_or(positive_int), metavar="K", help="auto or INT (federated, lda; default auto)")
-    p.add_argument("--temperature", type=float, metavar="T", help="routing softmax temperature (federated, lda; default 0.1)")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write")
+    p.add_argument("--kind", required=True, choices=list(ESTIMATORS), help="which projection to fit")
+    p.add_argument("--n-clusters", type=auto_or(positive_int), metavar="K",
+                   help="auto or INT (federated, lda; default auto)")
+    p.add_argument("--temperature", type=float, metavar="T",
+                   help="routing softmax temperature (federated, lda; default 0.1)")
     topk = p.add_mutually_exclusive_group()
     topk.add_argument("--top-k", type=positive_int, metavar="K",
                       help="route over the k best clusters (default: 10 for federated, all for lda)")
-    topk.add_argument("--coverage", type=fraction, metavar="C", help="route over the best clusters covering this weight")
-    p.add_argument("--shrinkage", type=auto_or(float), metavar="S", help="auto or FLOAT in [0, 1] (global, federated; default auto)")
+    topk.add_argument("--coverage", type=fraction, metavar="C",
+                      help="route over the fewest best clusters holding this share of the weight")
+    p.add_argument("--shrinkage", type=auto_or(float), metavar="S",
+                   help="auto or FLOAT in [0, 1] (global, federated; default auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed for k-means and cross-validation")
     p.add_argument("--no-index", action="store_true", help="do not store the training answers in the model")
 
@@ -343,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", metavar="DATA", help=data_help)
 
     p = command("demo", cmd_demo, show_demo, "fit and evaluate all three kinds on the packaged demo data")
-    p.add_argument("--out", metavar="DIR", help="where to save the models (default: a new temporary directory)")
+    p.add_argument("--out", metavar="DIR", help="where to save the models (default: a new temporary folder)")
     return parser
 
 

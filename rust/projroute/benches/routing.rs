@@ -18,7 +18,7 @@ fn federated(c: &mut Criterion) {
     let centroids = random((k, d), 1);
     let maps = Array3::from_shape_vec((k, d, d), random((k * d, d), 2).into_raw_vec_and_offset().0).unwrap();
     let params = RoutingParams { temperature: 0.1, top_k, coverage: None };
-    let model = Federated::new(centroids.view(), maps, params).unwrap();
+    let model = Federated::new(centroids.view(), maps.view(), params).unwrap();
     let mut group = c.benchmark_group("federated_project_f32_d768_k124_top10");
     group.sample_size(10);
     for b in [1usize, 1024] {

@@ -5,10 +5,11 @@
 //! through one GEMM with that cluster's map, so the cost is B·k·D², not B·K·D².
 //! `blend_vectors` computes `out_i = Σ_j w_ij · a_{c_ij}` for per-cluster vectors.
 
-use ndarray::{s, Array2, ArrayView2, ArrayView3, Axis, Zip};
+use ndarray::{s, Array2, ArrayView2, Axis, Zip};
 use rayon::prelude::*;
 
-use crate::linalg::{self, Threads};
+use crate::linalg;
+use crate::packed::PackedMatrix;
 use crate::routing::Routing;
 
 /// One unit of work: a slice of the queries routed to one cluster.
@@ -52,38 +53,33 @@ fn plan(groups: &[Vec<(u32, f32)>], n_bins: usize) -> Vec<Vec<Chunk<'_>>> {
 
 /// `out_i = Σ_j w_ij · (x_i @ maps[c_ij])`.
 ///
-/// `x`: (B, D_in); `maps`: (K, D_in, D_out); returns (B, D_out).
-pub fn blend_maps(x: ArrayView2<f32>, routing: &Routing, maps: ArrayView3<f32>) -> Array2<f32> {
+/// `x`: (B, D_in); `maps`: K packed (D_in, D_out) maps; returns (B, D_out).
+pub fn blend_maps(x: ArrayView2<f32>, routing: &Routing, maps: &[PackedMatrix]) -> Array2<f32> {
     let (b, d_in) = x.dim();
-    let (n_clusters, _, d_out) = maps.dim();
-    let groups = group_by_cluster(routing, n_clusters);
+    let d_out = maps.first().map_or(0, PackedMatrix::cols);
+    let groups = group_by_cluster(routing, maps.len());
     let bins = plan(&groups, rayon::current_num_threads().max(1));
     let partials: Vec<Array2<f32>> = bins
         .par_iter()
         .map(|chunks| {
             let mut acc = Array2::<f32>::zeros((b, d_out));
             let mut gathered = Array2::<f32>::zeros((0, d_in));
-            let mut product = Array2::<f32>::zeros((0, d_out));
+            let mut product = Vec::new();
+            let mut scratch = Vec::new();
             for chunk in chunks {
                 let n = chunk.rows.len();
                 if gathered.nrows() < n {
                     gathered = Array2::zeros((n, d_in));
-                    product = Array2::zeros((n, d_out));
                 }
                 for (dst, &(i, w)) in gathered.axis_iter_mut(Axis(0)).zip(chunk.rows) {
                     Zip::from(dst).and(x.row(i as usize)).for_each(|d, &v| *d = v * w);
                 }
-                let mut out = product.slice_mut(s![..n, ..]);
-                linalg::matmul_into(
-                    gathered.slice(s![..n, ..]),
-                    maps.index_axis(Axis(0), chunk.cluster),
-                    out.view_mut(),
-                    false,
-                    Threads::One,
-                );
-                for (src, &(i, _)) in out.axis_iter(Axis(0)).zip(chunk.rows) {
-                    let mut dst = acc.row_mut(i as usize);
-                    dst += &src;
+                product.resize(n * d_out, 0.0);
+                maps[chunk.cluster].matmul_into(gathered.slice(s![..n, ..]), &mut product, d_out, &mut scratch);
+                for (src, &(i, _)) in product.chunks_exact(d_out).zip(chunk.rows) {
+                    for (d, &v) in acc.row_mut(i as usize).iter_mut().zip(src) {
+                        *d += v;
+                    }
                 }
             }
             acc
@@ -127,7 +123,7 @@ pub fn blend_vectors(routing: &Routing, vectors: ArrayView2<f32>) -> Array2<f32>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::Array3;
+    use ndarray::{Array3, ArrayView3};
 
     fn naive(x: ArrayView2<f32>, routing: &Routing, maps: ArrayView3<f32>) -> Array2<f32> {
         let mut out = Array2::zeros((x.nrows(), maps.dim().2));
@@ -160,7 +156,8 @@ mod tests {
             routing.weights.extend([0.7, 0.3]);
             routing.offsets.push(routing.clusters.len());
         }
-        let got = blend_maps(x.view(), &routing, maps.view());
+        let packed: Vec<PackedMatrix> = maps.outer_iter().map(PackedMatrix::pack).collect();
+        let got = blend_maps(x.view(), &routing, &packed);
         let want = naive(x.view(), &routing, maps.view());
         for (a, b) in got.iter().zip(want.iter()) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");

@@ -1,25 +1,27 @@
 //! Federated projection: softmax routing over cluster centroids, then the routed
 //! clusters' maps blended by weight, `p = Σ_i w_i · (x @ W_i)`.
 
-use ndarray::{Array2, Array3, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayView3};
 
 use crate::blend;
 use crate::error::{format_err, Result};
 use crate::format::ModelFile;
+use crate::packed::PackedMatrix;
 use crate::routing::{self, Routing, RoutingParams};
 
 /// A federated projection.
 #[derive(Clone, Debug)]
 pub struct Federated {
     centroids: Array2<f32>,
-    maps: Array3<f32>,
+    maps: Vec<PackedMatrix>,
+    dim_out: usize,
     params: RoutingParams,
 }
 
 impl Federated {
-    /// From `centroids` (K, D_in; normalised here), `maps` (K, D_in, D_out) and routing
-    /// parameters.
-    pub fn new(centroids: ArrayView2<f32>, maps: Array3<f32>, params: RoutingParams) -> Result<Self> {
+    /// From `centroids` (K, D_in; normalised here), `maps` (K, D_in, D_out; packed here
+    /// for the serving kernel) and routing parameters.
+    pub fn new(centroids: ArrayView2<f32>, maps: ArrayView3<f32>, params: RoutingParams) -> Result<Self> {
         let (k, d_in) = centroids.dim();
         if maps.dim().0 != k || maps.dim().1 != d_in {
             return format_err(format!(
@@ -29,12 +31,14 @@ impl Federated {
         }
         params.validate(k)?;
         let centroids = crate::projector::unit_centroids(centroids)?;
-        Ok(Federated { centroids, maps, params })
+        let dim_out = maps.dim().2;
+        let maps = maps.outer_iter().map(PackedMatrix::pack).collect();
+        Ok(Federated { centroids, maps, dim_out, params })
     }
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
         let centroids = m.tensor("centroids")?.view2("centroids")?;
-        let maps = m.tensor("W")?.view3("W")?.to_owned();
+        let maps = m.tensor("W")?.view3("W")?;
         Self::new(centroids, maps, crate::projector::routing_params(m)?)
     }
 
@@ -45,7 +49,7 @@ impl Federated {
 
     /// Output dimension.
     pub fn dim_out(&self) -> usize {
-        self.maps.dim().2
+        self.dim_out
     }
 
     /// Number of clusters K.
@@ -66,6 +70,6 @@ impl Federated {
     /// Project queries `x` (B, D_in) to (B, D_out).
     pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let r = self.route(x)?;
-        Ok(blend::blend_maps(x, &r, self.maps.view()))
+        Ok(blend::blend_maps(x, &r, &self.maps))
     }
 }

@@ -9,6 +9,7 @@ mod global;
 mod index;
 mod lda;
 mod linalg;
+mod packed;
 mod projector;
 mod routing;
 
@@ -19,5 +20,6 @@ pub use format::{Config, ModelFile, Tensor, CONFIG_KEY, FORMAT_NAME, FORMAT_VERS
 pub use global::Global;
 pub use index::FlatIndex;
 pub use lda::Lda;
+pub use packed::PackedMatrix;
 pub use projector::{Projector, INDEX_TENSOR};
 pub use routing::{cosine_scores, route, softmax_rows, Routing, RoutingParams};

@@ -6,25 +6,10 @@ use rayon::prelude::*;
 
 use crate::error::{invalid, Result};
 
-/// How many threads a GEMM may use.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Threads {
-    /// Run on the calling thread (used inside an outer parallel loop).
-    One,
-    /// Use the whole rayon pool.
-    All,
-}
-
-/// `c = a @ b`, or `c += a @ b` when `accumulate`.
+/// `c = a @ b`, or `c += a @ b` when `accumulate`, on the whole rayon pool.
 ///
 /// `a`: (m, k), `b`: (k, n), `c`: (m, n); any strides (no copies are made).
-pub(crate) fn matmul_into(
-    a: ArrayView2<f32>,
-    b: ArrayView2<f32>,
-    mut c: ArrayViewMut2<f32>,
-    accumulate: bool,
-    threads: Threads,
-) {
+pub(crate) fn matmul_into(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>, accumulate: bool) {
     let (m, k) = a.dim();
     let n = b.ncols();
     debug_assert_eq!(b.nrows(), k);
@@ -38,10 +23,7 @@ pub(crate) fn matmul_into(
         }
         return;
     }
-    let parallelism = match threads {
-        Threads::One => Parallelism::None,
-        Threads::All => Parallelism::Rayon(rayon::current_num_threads()),
-    };
+    let parallelism = Parallelism::Rayon(rayon::current_num_threads());
     let (a_rs, a_cs) = (a.strides()[0], a.strides()[1]);
     let (b_rs, b_cs) = (b.strides()[0], b.strides()[1]);
     let (c_rs, c_cs) = (c.strides()[0], c.strides()[1]);
@@ -76,7 +58,7 @@ pub(crate) fn matmul_into(
 /// `a @ b` into a new array, using all threads.
 pub(crate) fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
     let mut c = Array2::<f32>::zeros((a.nrows(), b.ncols()));
-    matmul_into(a, b, c.view_mut(), false, Threads::All);
+    matmul_into(a, b, c.view_mut(), false);
     c
 }
 
@@ -144,7 +126,7 @@ mod tests {
         let a = array![[1.0f32, 2.0]];
         let b = array![[3.0f32], [4.0]];
         let mut c = array![[10.0f32]];
-        matmul_into(a.view(), b.view(), c.view_mut(), true, Threads::One);
+        matmul_into(a.view(), b.view(), c.view_mut(), true);
         assert_eq!(c[[0, 0]], 21.0);
     }
 
