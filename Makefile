@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.9,<2"
-	$(VENV)/bin/maturin develop --release -q --extras dev
+	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 # Build the Rust extension (release) into the venv; incremental after the first time.

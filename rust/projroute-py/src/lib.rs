@@ -38,6 +38,7 @@ fn to_py_err(err: core::Error) -> PyErr {
             PyFileNotFoundError::new_err(io.to_string())
         }
         core::Error::Io(io) => PyOSError::new_err(io.to_string()),
+        core::Error::Backend(msg) => ProjrouteError::new_err(msg),
     }
 }
 
@@ -76,7 +77,7 @@ fn as_f32_matrix<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<PyReadonl
     Ok(array.cast_into::<PyArray2<f32>>()?.readonly())
 }
 
-/// A loaded projroute model of any kind (global, federated, lda).
+/// A loaded projroute model of any kind (global, federated, lda, transformer).
 #[pyclass(module = "projroute._core", frozen)]
 struct Projector {
     inner: core::Projector,
@@ -161,7 +162,7 @@ impl Projector {
         Ok(dense.map(|d| d.into_pyarray(py)))
     }
 
-    /// Model kind: "global", "federated" or "lda".
+    /// Model kind: "global", "federated", "lda" or "transformer".
     #[getter]
     fn kind(&self) -> &'static str {
         self.inner.kind()

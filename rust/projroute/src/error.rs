@@ -20,6 +20,8 @@ pub enum Error {
     },
     /// A file could not be read or written.
     Io(std::io::Error),
+    /// The tensor backend (candle) failed while running a model.
+    Backend(String),
 }
 
 /// Result alias used throughout the crate.
@@ -36,6 +38,7 @@ impl fmt::Display for Error {
                  {supported}; upgrade projroute"
             ),
             Error::Io(err) => write!(f, "{err}"),
+            Error::Backend(msg) => write!(f, "tensor backend error: {msg}"),
         }
     }
 }

@@ -45,9 +45,31 @@ pub struct Config {
     /// Optional coverage target (routed kinds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage: Option<f32>,
+    /// Architecture of a distilled student (`transformer` kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transformer: Option<TransformerConfig>,
     /// Free-form record of how the model was fitted; not read by the core.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub fit: Map<String, Value>,
+}
+
+/// Architecture of a `transformer` student: L cross-attention blocks of width
+/// `d_model` with `n_heads` heads over `num_keys` learned keys and values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerConfig {
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Attention heads (divides `d_model`).
+    pub n_heads: usize,
+    /// Number of blocks.
+    pub n_layers: usize,
+    /// Learned keys/values per block.
+    pub num_keys: usize,
+    /// Hidden width of each block's feed-forward network.
+    pub ffn_dim: usize,
+    /// Layer-norm epsilon.
+    pub layer_norm_eps: f64,
 }
 
 impl Config {
@@ -233,6 +255,7 @@ mod tests {
             temperature: None,
             top_k: None,
             coverage: None,
+            transformer: None,
             fit: Map::new(),
         }
     }

@@ -12,14 +12,18 @@ mod linalg;
 mod packed;
 mod projector;
 mod routing;
+#[cfg(feature = "candle")]
+mod transformer;
 
 pub use blend::{blend_maps, blend_vectors};
 pub use error::{Error, Result};
 pub use federated::Federated;
-pub use format::{Config, ModelFile, Tensor, CONFIG_KEY, FORMAT_NAME, FORMAT_VERSION};
+pub use format::{Config, ModelFile, Tensor, TransformerConfig, CONFIG_KEY, FORMAT_NAME, FORMAT_VERSION};
 pub use global::Global;
 pub use index::FlatIndex;
 pub use lda::Lda;
 pub use packed::PackedMatrix;
 pub use projector::{Projector, INDEX_TENSOR};
+#[cfg(feature = "candle")]
+pub use transformer::Transformer;
 pub use routing::{cosine_scores, route, softmax_rows, Routing, RoutingParams};

@@ -21,6 +21,9 @@ pub enum Projector {
     Federated(Federated),
     /// Routed per-head answer embeddings.
     Lda(Lda),
+    /// A distilled student run with candle.
+    #[cfg(feature = "candle")]
+    Transformer(crate::Transformer),
 }
 
 impl Projector {
@@ -32,13 +35,24 @@ impl Projector {
     /// Build from a parsed model file, checking tensors against its config.
     pub fn from_model(m: &ModelFile) -> Result<Self> {
         let c = &m.config;
-        let (projector, expected): (Projector, &[&str]) = match c.kind.as_str() {
-            "global" => (Projector::Global(Global::from_model(m)?), &["W", "bias"]),
-            "federated" => (Projector::Federated(Federated::from_model(m)?), &["centroids", "W"]),
-            "lda" => (Projector::Lda(Lda::from_model(m)?), &["centroids", "answers"]),
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (projector, expected): (Projector, Vec<String>) = match c.kind.as_str() {
+            "global" => (Projector::Global(Global::from_model(m)?), names(&["W", "bias"])),
+            "federated" => (Projector::Federated(Federated::from_model(m)?), names(&["centroids", "W"])),
+            "lda" => (Projector::Lda(Lda::from_model(m)?), names(&["centroids", "answers"])),
+            #[cfg(feature = "candle")]
+            "transformer" => {
+                let t = crate::Transformer::from_model(m)?;
+                let expected = c.transformer.as_ref().map(crate::Transformer::tensor_names).unwrap_or_default();
+                (Projector::Transformer(t), expected)
+            }
+            #[cfg(not(feature = "candle"))]
+            "transformer" => {
+                return format_err("`transformer` models need projroute built with the `candle` feature")
+            }
             other => return format_err(format!("unknown model kind `{other}`")),
         };
-        if let Some(extra) = m.tensors.keys().find(|k| !expected.contains(&k.as_str()) && *k != INDEX_TENSOR) {
+        if let Some(extra) = m.tensors.keys().find(|k| !expected.contains(k) && *k != INDEX_TENSOR) {
             return format_err(format!("unexpected tensor `{extra}` in a `{}` model", c.kind));
         }
         if (projector.dim_in(), projector.dim_out()) != (c.dim_in, c.dim_out) {
@@ -70,6 +84,8 @@ impl Projector {
             Projector::Global(_) => "global",
             Projector::Federated(_) => "federated",
             Projector::Lda(_) => "lda",
+            #[cfg(feature = "candle")]
+            Projector::Transformer(_) => "transformer",
         }
     }
 
@@ -79,6 +95,8 @@ impl Projector {
             Projector::Global(m) => m.dim_in(),
             Projector::Federated(m) => m.dim_in(),
             Projector::Lda(m) => m.dim_in(),
+            #[cfg(feature = "candle")]
+            Projector::Transformer(m) => m.dim_in(),
         }
     }
 
@@ -88,15 +106,17 @@ impl Projector {
             Projector::Global(m) => m.dim_out(),
             Projector::Federated(m) => m.dim_out(),
             Projector::Lda(m) => m.dim_out(),
+            #[cfg(feature = "candle")]
+            Projector::Transformer(m) => m.dim_out(),
         }
     }
 
     /// Number of clusters or heads, for routed kinds.
     pub fn n_clusters(&self) -> Option<usize> {
         match self {
-            Projector::Global(_) => None,
             Projector::Federated(m) => Some(m.n_clusters()),
             Projector::Lda(m) => Some(m.n_clusters()),
+            _ => None,
         }
     }
 
@@ -106,15 +126,17 @@ impl Projector {
             Projector::Global(m) => m.project(x),
             Projector::Federated(m) => m.project(x),
             Projector::Lda(m) => m.project(x),
+            #[cfg(feature = "candle")]
+            Projector::Transformer(m) => m.project(x),
         }
     }
 
-    /// Routing weights of queries `x` (B, D_in); `None` for the global kind.
+    /// Routing weights of queries `x` (B, D_in); `None` for unrouted kinds.
     pub fn route(&self, x: ArrayView2<f32>) -> Result<Option<Routing>> {
         match self {
-            Projector::Global(_) => Ok(None),
             Projector::Federated(m) => m.route(x).map(Some),
             Projector::Lda(m) => m.route(x).map(Some),
+            _ => Ok(None),
         }
     }
 }

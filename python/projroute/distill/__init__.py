@@ -1,0 +1,28 @@
+"""Distillation: compress any projroute teacher into a small transformer (torch).
+
+Needs the ``train`` extra. The student is saved as one safetensors file of kind
+``"transformer"`` that the Rust core serves like any other projroute model.
+"""
+
+try:
+    import torch  # noqa: F401
+except ImportError as err:
+    raise ImportError(
+        "projroute.distill needs torch, which is not installed: pip install 'projroute[train]'"
+    ) from err
+
+from projroute.distill.evaluate import fidelity
+from projroute.distill.export import load_student, save_student
+from projroute.distill.student import MLPBaseline, ProjectionTransformer, project_numpy
+from projroute.distill.train import DistillResult, distill
+
+__all__ = [
+    "DistillResult",
+    "MLPBaseline",
+    "ProjectionTransformer",
+    "distill",
+    "fidelity",
+    "load_student",
+    "project_numpy",
+    "save_student",
+]

@@ -1,0 +1,386 @@
+"""Distil a teacher into a student network with labels made on the fly.
+
+Each epoch trains on the training queries plus freshly augmented queries, all
+labelled by the teacher (projection, and routing where used); a held-out part of
+the queries drives early stopping on the mean student-teacher cosine.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from projroute.clustering import kmeans_labels
+from projroute.distill import augment as augmentation
+from projroute.distill.student import ProjectionTransformer, project_numpy
+from projroute.distill.teacher import Teacher
+from projroute.metrics import mean_cosine
+from projroute.reference import unit_rows
+
+IMPORTANCE = ("uniform", "entropy")
+WARMUP = 0.05  # share of the optimiser steps with a linear learning-rate warm-up
+
+
+@dataclass
+class DistillResult:
+    """The outcome of :func:`distill`.
+
+    Attributes
+    ----------
+    student : nn.Module
+        The student with the weights of its best validation epoch.
+    history : dict
+        Per epoch: ``"train_loss"`` (mean weighted loss) and ``"val_cosine"``
+        (mean student-teacher cosine on the held-out queries; empty without validation).
+    best_epoch : int
+        Index into ``history`` of the kept weights.
+    n_parameters, teacher_parameters : int and int or None
+        Scalars in the student and the teacher (None when the teacher's size is unknown).
+    compression : float or None
+        ``teacher_parameters / n_parameters``.
+    settings : dict
+        The arguments of the run (arrays left out), JSON-able.
+    seconds : float
+        Wall-clock training time.
+    teacher_kind : str
+    """
+
+    student: nn.Module
+    history: dict[str, list[float]]
+    best_epoch: int
+    n_parameters: int
+    teacher_parameters: int | None
+    compression: float | None
+    settings: dict[str, Any]
+    seconds: float
+    teacher_kind: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_val_cosine(self) -> float | None:
+        """Validation cosine of the kept weights, or None without validation."""
+        val = self.history["val_cosine"]
+        return val[self.best_epoch] if val else None
+
+    def fit_info(self) -> dict[str, Any]:
+        """JSON-able record of the run, stored as the ``fit`` field of an exported file."""
+        return {
+            "teacher": {"kind": self.teacher_kind, "parameters": self.teacher_parameters},
+            "student_parameters": self.n_parameters,
+            "compression": self.compression,
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(self.history["train_loss"]),
+            "best_val_cosine": self.best_val_cosine,
+            "final_train_loss": self.history["train_loss"][self.best_epoch],
+            "seconds": round(self.seconds, 2),
+            "settings": self.settings,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Export the student with :func:`projroute.distill.save_student`."""
+        from projroute.distill.export import save_student
+
+        save_student(self.student, path, self.fit_info())
+
+
+def key_groups(centroids: np.ndarray, num_keys: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Meta-cluster the teacher's K centroids (K, D) into at most ``num_keys`` groups.
+
+    Returns
+    -------
+    group : (K,) int64, each centroid's group in 0..G-1
+    group_centroids : (G, D) float32, normalised mean centroid of each group
+    """
+    C = unit_rows(centroids)
+    group = np.arange(len(C)) if len(C) <= num_keys else kmeans_labels(C, num_keys, seed)
+    onehot = np.zeros((int(group.max()) + 1, len(C)), np.float32)
+    onehot[group, np.arange(len(C))] = 1.0
+    return group.astype(np.int64), unit_rows(onehot @ C)
+
+
+def entropy_weights(route: np.ndarray) -> np.ndarray:
+    """Importance ``0.5 + H(w) / log K`` of routing rows ``route`` (B, K), scaled to mean 1.
+
+    Returns (B,) float32; uniform ones for K = 1.
+    """
+    K = route.shape[1]
+    if K < 2:
+        return np.ones(len(route), np.float32)
+    p = np.clip(route, 0.0, None).astype(np.float64)
+    H = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
+    w = 0.5 + H / math.log(K)
+    return (w / w.mean()).astype(np.float32)
+
+
+@torch.no_grad()
+def initialise_keys(student: ProjectionTransformer, group_centroids: np.ndarray) -> None:
+    """Set the first block's first G keys to the group centroids (G, D_in) mapped the
+    way a query is (``query(norm1(input(c)))``), rescaled to the keys' mean row norm,
+    so that at initialisation a query near a centroid attends to that centroid's key."""
+    layer = student.layers[0]
+    G = min(len(group_centroids), layer.num_keys)
+    c = torch.as_tensor(group_centroids[:G])
+    k = layer.query(layer.norm1(student.input(c)))
+    scale = layer.keys.norm(dim=1).mean()
+    layer.keys[:G] = k / k.norm(dim=1, keepdim=True).clamp_min(1e-12) * scale
+
+
+def plot_history(history: Mapping[str, Sequence[float]], best_epoch: int, path: str | os.PathLike[str]) -> None:
+    """Save a PNG of the train loss (log scale) and the validation cosine per epoch."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    ax.plot(epochs, history["train_loss"], color="tab:blue", label="train loss")
+    ax.set(xlabel="epoch", ylabel="train loss", yscale="log")
+    if history["val_cosine"]:
+        ax2 = ax.twinx()
+        ax2.plot(epochs, history["val_cosine"], color="tab:orange", label="val cosine")
+        ax2.axvline(best_epoch + 1, color="gray", linestyle=":", label="best epoch")
+        ax2.set_ylabel("validation cosine to teacher")
+        fig.legend(loc="outside upper center", ncols=3)
+    fig.savefig(os.fspath(path), dpi=120)
+
+
+def split_queries(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, validation) row indices of n queries; no validation for fraction 0."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    n_val = 0 if val_fraction == 0 else max(1, int(round(val_fraction * n)))
+    if n - n_val < 1:
+        raise ValueError(f"{n} queries leave nothing to train on with val_fraction={val_fraction}")
+    order = rng.permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def build_student(student: nn.Module | Mapping[str, Any] | None, dim_in: int, dim_out: int) -> nn.Module:
+    """The given module, or a ProjectionTransformer from keyword arguments (or defaults)."""
+    if isinstance(student, nn.Module):
+        return student
+    return ProjectionTransformer(dim_in, dim_out, **dict(student or {}))
+
+
+def sample_losses(
+    student: nn.Module,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    group_route: torch.Tensor | None,
+    weights: Mapping[str, float],
+) -> torch.Tensor:
+    """Per-sample loss (B,): ``mse * |s - t|^2 + cos * (1 - cos(s, t)) + routing * KL``.
+
+    The squared error is summed over the output dimensions (the MSE times D_out), on
+    the scale of ``1 - cos`` for unit outputs. ``group_route`` (B, num_keys) is the
+    teacher's routing summed per key group; the KL is against the first block's
+    attention averaged over heads.
+    """
+    if group_route is None:
+        s = student(x)
+        kl = 0.0
+    else:
+        s, att = student(x, return_attention=True)
+        q = att.mean(dim=1).clamp_min(1e-12)
+        kl = (torch.xlogy(group_route, group_route) - group_route * q.log()).sum(dim=1)
+    loss = weights["mse"] * (s - t).pow(2).sum(dim=1) + weights["cos"] * (1 - F.cosine_similarity(s, t, dim=1))
+    return loss + weights["routing"] * kl
+
+
+def distill(
+    teacher: Any,
+    queries: np.ndarray,
+    *,
+    student: nn.Module | Mapping[str, Any] | None = None,
+    epochs: int = 60,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    weight_decay: float = 0.0,
+    mse_weight: float = 0.3,
+    cos_weight: float = 0.7,
+    routing_weight: float = 0.0,
+    augment: Sequence[str] = ("sphere", "mix"),
+    extra_queries: np.ndarray | None = None,
+    sphere_sigma: float = 0.5,
+    augment_ratio: float = 32.0,
+    importance: str = "uniform",
+    init_keys: bool = True,
+    val_fraction: float = 0.1,
+    patience: int = 20,
+    seed: int = 0,
+    progress: bool = True,
+    plot: str | os.PathLike[str] | None = None,
+) -> DistillResult:
+    """Train a student to reproduce ``teacher.project`` (and optionally its routing).
+
+    Parameters
+    ----------
+    teacher : object
+        Has ``project(X) -> (B, D_out)`` on float32 (B, D_in) arrays: a fitted
+        projroute estimator or a loaded ``Projector`` of any kind. Its ``route(X)``
+        (B, K) weights, if any, feed ``routing_weight`` and ``importance="entropy"``.
+    queries : (n, D_in) float
+        Training questions; ``val_fraction`` of them (seeded) are held out.
+    student : nn.Module, dict or None
+        A module mapping (B, D_in) to (B, D_out), or keyword arguments of
+        :class:`ProjectionTransformer` (None: its defaults).
+    epochs, batch_size, lr, weight_decay
+        AdamW with a linear warm-up over the first 5 % of the steps, then cosine decay.
+    mse_weight, cos_weight, routing_weight : float
+        Loss weights (see :func:`sample_losses`); routing needs a routed teacher and a
+        ProjectionTransformer student.
+    augment : sequence of "sphere", "mix", "extra"
+        Augmentations; ``extra_queries`` (m, D_in) adds "extra" when given.
+    sphere_sigma : float
+        Noise norm of "sphere", relative to the unit query.
+    augment_ratio : float
+        Augmented queries per training query per epoch (fresh each epoch).
+    importance : "uniform" or "entropy"
+        Per-sample weights; "entropy" weighs by normalised routing entropy (mean 1).
+    init_keys : bool
+        Initialise the first block's keys from the meta-clustered teacher centroids.
+    val_fraction, patience
+        Held-out share of ``queries``; stop after ``patience`` epochs without a better
+        validation cosine and keep the best weights (0: no validation, keep the last).
+    seed : int
+        Seeds the student's initialisation (torch) and the data (numpy).
+    progress : bool
+        Show a tqdm bar over epochs.
+    plot : path or None
+        Where to save a PNG of the loss and validation curves.
+    """
+    from tqdm.auto import tqdm
+
+    if importance not in IMPORTANCE:
+        raise ValueError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
+    kinds = tuple(augment)
+    if extra_queries is not None and "extra" not in kinds:
+        kinds += ("extra",)
+    if unknown := set(kinds) - set(augmentation.KINDS):
+        raise ValueError(f"unknown augmentation {sorted(unknown)}; expected {augmentation.KINDS}")
+    if "extra" in kinds and extra_queries is None:
+        raise ValueError('augmentation "extra" needs extra_queries')
+    settings = {
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+        "mse_weight": mse_weight, "cos_weight": cos_weight, "routing_weight": routing_weight,
+        "augment": list(kinds), "sphere_sigma": sphere_sigma, "augment_ratio": augment_ratio,
+        "importance": importance, "init_keys": init_keys, "val_fraction": val_fraction,
+        "patience": patience, "seed": seed,
+        "n_extra_queries": None if extra_queries is None else len(extra_queries),
+    }
+
+    started = time.perf_counter()
+    teach = Teacher(teacher)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    Q = np.ascontiguousarray(queries, dtype=np.float32)
+    if Q.ndim != 2 or not len(Q):
+        raise ValueError(f"queries must be a non-empty 2-D array, got shape {Q.shape}")
+    extra = None if extra_queries is None else np.ascontiguousarray(extra_queries, dtype=np.float32)
+    train_rows, val_rows = split_queries(len(Q), val_fraction, rng)
+    Q_train, Q_val = Q[train_rows], Q[val_rows]
+    T_train = teach.project(Q_train)
+    T_val = teach.project(Q_val) if len(Q_val) else None
+    settings["n_train"], settings["n_val"] = len(Q_train), len(Q_val)
+
+    net = build_student(student, Q.shape[1], T_train.shape[1])
+    has_route = teach.route(Q_train[:1]) is not None
+    use_routing = routing_weight > 0 and has_route
+    if routing_weight > 0 and not isinstance(net, ProjectionTransformer):
+        raise ValueError("routing_weight > 0 needs a ProjectionTransformer student (its attention)")
+    if importance == "entropy" and not has_route:
+        raise ValueError('importance="entropy" needs a teacher with routing')
+    group = None
+    if teach.centroids is not None and isinstance(net, ProjectionTransformer) and (use_routing or init_keys):
+        group, group_centroids = key_groups(teach.centroids, net.num_keys, seed)
+        if init_keys:
+            initialise_keys(net, group_centroids)
+
+    def label(X: np.ndarray, T: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Inputs, teacher outputs, grouped routing and importance of queries X."""
+        out = {"x": X, "t": teach.project(X) if T is None else T}
+        route = teach.route(X) if (use_routing or importance == "entropy") else None
+        if use_routing:
+            g = np.zeros((len(X), net.num_keys), np.float32)
+            np.add.at(g.T, group, route.T)
+            out["route"] = g
+        out["w"] = entropy_weights(route) if importance == "entropy" else np.ones(len(X), np.float32)
+        return out
+
+    real = label(Q_train, T_train)
+    n_aug = int(round(augment_ratio * len(Q_train))) if kinds else 0
+    steps_per_epoch = math.ceil((len(Q_train) + n_aug) / batch_size)
+    total = max(1, epochs * steps_per_epoch)
+    warmup = max(1, int(WARMUP * total))
+    optim = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    )
+    loss_weights = {"mse": mse_weight, "cos": cos_weight, "routing": routing_weight}
+
+    history: dict[str, list[float]] = {"train_loss": [], "val_cosine": []}
+    best_epoch, best_val, best_state = 0, -math.inf, copy.deepcopy(net.state_dict())
+    bar = tqdm(range(epochs), desc="distilling", unit="epoch", disable=not progress)
+    for epoch in bar:
+        batch = real
+        if n_aug:
+            aug = label(augmentation.sample(kinds, Q_train, n_aug, rng, sphere_sigma, extra))
+            batch = {k: np.concatenate([real[k], aug[k]]) for k in real}
+        if importance == "entropy":
+            batch["w"] = batch["w"] / batch["w"].mean()
+        data = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+        order = torch.from_numpy(rng.permutation(len(batch["x"])))
+        net.train()
+        total_loss = 0.0
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            route = data["route"][idx] if use_routing else None
+            losses = sample_losses(net, data["x"][idx], data["t"][idx], route, loss_weights)
+            loss = (data["w"][idx] * losses).mean()
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            sched.step()
+            total_loss += float(loss) * len(idx)
+        history["train_loss"].append(total_loss / len(order))
+        if T_val is not None:
+            val = mean_cosine(project_numpy(net, Q_val), T_val)
+            history["val_cosine"].append(val)
+            if val > best_val:
+                best_epoch, best_val, best_state = epoch, val, copy.deepcopy(net.state_dict())
+            bar.set_postfix(loss=f"{history['train_loss'][-1]:.4f}", val_cos=f"{val:.4f}")
+            if epoch - best_epoch >= patience:
+                break
+        else:
+            best_epoch = epoch
+            bar.set_postfix(loss=f"{history['train_loss'][-1]:.4f}")
+    bar.close()
+    if T_val is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+
+    n_params = sum(p.numel() for p in net.parameters())
+    teacher_params = teach.n_parameters
+    if plot is not None:
+        plot_history(history, best_epoch, plot)
+    return DistillResult(
+        student=net,
+        history=history,
+        best_epoch=best_epoch,
+        n_parameters=n_params,
+        teacher_parameters=teacher_params,
+        compression=None if teacher_params is None else teacher_params / n_params,
+        settings=settings,
+        seconds=time.perf_counter() - started,
+        teacher_kind=teach.kind,
+    )
+
