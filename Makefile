@@ -23,8 +23,10 @@ demo: build
 
 test: test-rust test-python
 
+# The core crate with and without its optional candle feature.
 test-rust:
 	cargo test --release -p projroute
+	cargo test --release -p projroute --features candle
 
 test-python: build
 	$(PY) -m pytest -q
