@@ -39,6 +39,12 @@ def resolve_top_k(top_k: int | float | None, n_clusters: int) -> tuple[int, floa
     raise ValueError(f"top_k must be an int >= 1, a coverage in (0, 1), or None; got {top_k!r}")
 
 
+def check_temperature(temperature: Any) -> None:
+    """Raise ValueError unless ``temperature`` is a number > 0."""
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+
+
 class Projection:
     """Base of the estimators: ``fit`` builds ``projector_`` (the Rust core), then
     ``project``, ``route`` and ``save`` use it."""
@@ -57,6 +63,11 @@ class Projection:
                   "dim_in": dim_in, "dim_out": dim_out, **self._config()}
         tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self._tensors().items()}
         self.projector_ = Projector.from_tensors(tensors, json.dumps(config))
+
+    def _routing_config(self) -> dict[str, Any]:
+        """Config fields of a routed kind (needs centroids_, temperature, top_k_, coverage_)."""
+        return {"n_clusters": len(self.centroids_), "temperature": float(self.temperature),
+                "top_k": self.top_k_, "coverage": self.coverage_}
 
     def _fitted(self) -> Projector:
         if not hasattr(self, "projector_"):

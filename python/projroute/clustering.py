@@ -22,6 +22,18 @@ def resolve_n_clusters(n_clusters: int | str, X: np.ndarray) -> int:
     return int(n_clusters)
 
 
+def cluster_pairs(
+    Q: np.ndarray, A: np.ndarray, n_clusters: int | str, cluster_on: str, random_state: int
+) -> np.ndarray:
+    """k-means labels 0..K-1 of the pairs (Q, A) (n, d), clustered on the normalised
+    answers or questions; ``n_clusters="auto"`` is the effective rank of those."""
+    if cluster_on not in ("answers", "questions"):
+        raise ValueError(f"cluster_on must be 'answers' or 'questions', got {cluster_on!r}")
+    X = np.asarray(A if cluster_on == "answers" else Q, dtype=np.float32)
+    X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    return kmeans_labels(X, resolve_n_clusters(n_clusters, X), random_state)
+
+
 def kmeans_labels(X: np.ndarray, n_clusters: int, random_state: int = 0) -> np.ndarray:
     """k-means (scikit-learn, k-means++) labels of the rows of ``X`` (n, d), relabelled
     0..K'-1 over the non-empty clusters."""

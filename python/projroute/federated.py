@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from projroute._estimator import Projection, check_pairs, resolve_top_k
-from projroute.clustering import kmeans_labels, resolve_n_clusters
+from projroute._estimator import Projection, check_pairs, check_temperature, resolve_top_k
+from projroute.clustering import cluster_pairs
 from projroute.procrustes import SHRINKAGE_GRID, GlobalProjection
 from projroute.reference import blend_maps, route_weights, unit_rows
 from projroute.validation import RetrievalTask, choose, cross_validate
@@ -72,10 +72,7 @@ class FederatedProjection(Projection):
         self.progress = progress
 
     def _check_params(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        if self.cluster_on not in ("answers", "questions"):
-            raise ValueError(f"cluster_on must be 'answers' or 'questions', got {self.cluster_on!r}")
+        check_temperature(self.temperature)
         if self.base not in ("global", "identity"):
             raise ValueError(f"base must be 'global' or 'identity', got {self.base!r}")
         if self.shrinkage != "auto" and not (
@@ -92,8 +89,7 @@ class FederatedProjection(Projection):
             base = GlobalProjection(random_state=self.random_state).fit(Q, A).W_.astype(np.float64)
         else:
             base = np.eye(d)
-        X = unit_rows(A if self.cluster_on == "answers" else Q)
-        labels = kmeans_labels(X, resolve_n_clusters(self.n_clusters, X), self.random_state)
+        labels = cluster_pairs(Q, A, self.n_clusters, self.cluster_on, self.random_state)
         K = int(labels.max()) + 1
         Qn = unit_rows(Q)
         centroids = np.zeros((K, d), np.float32)
@@ -138,10 +134,7 @@ class FederatedProjection(Projection):
 
     def _config(self) -> dict[str, Any]:
         return {
-            "n_clusters": len(self.centroids_),
-            "temperature": float(self.temperature),
-            "top_k": self.top_k_,
-            "coverage": self.coverage_,
+            **self._routing_config(),
             "fit": {"shrinkage": self.shrinkage_, "validation_mrr": self.validation_,
                     "base": self.base, "cluster_on": self.cluster_on,
                     "min_cluster_size": self.min_cluster_size},

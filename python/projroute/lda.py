@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from projroute._estimator import Projection, check_pairs, resolve_top_k
-from projroute.clustering import kmeans_labels, resolve_n_clusters
+from projroute._estimator import Projection, check_pairs, check_temperature, resolve_top_k
+from projroute.clustering import cluster_pairs
 from projroute.reference import unit_rows
 
 
@@ -40,14 +40,10 @@ class LdaProjection(Projection):
     def fit(self, Q: np.ndarray, A: np.ndarray) -> LdaProjection:
         """Fit on pairs ``Q`` (n, d_q), ``A`` (n, d_a) of question and answer embeddings."""
         Q, A = check_pairs(Q, A)
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        if self.cluster_on not in ("answers", "questions"):
-            raise ValueError(f"cluster_on must be 'answers' or 'questions', got {self.cluster_on!r}")
-        Qn, An = unit_rows(Q), unit_rows(A)
-        X = An if self.cluster_on == "answers" else Qn
-        labels = kmeans_labels(X, resolve_n_clusters(self.n_clusters, X), self.random_state)
+        check_temperature(self.temperature)
+        labels = cluster_pairs(Q, A, self.n_clusters, self.cluster_on, self.random_state)
         K = int(labels.max()) + 1
+        Qn, An = unit_rows(Q), unit_rows(A)
         onehot = np.zeros((K, len(Q)), np.float32)
         onehot[labels, np.arange(len(Q))] = 1.0
         self.centroids_ = unit_rows(onehot @ Qn)
@@ -60,10 +56,4 @@ class LdaProjection(Projection):
         return {"centroids": self.centroids_, "answers": self.answers_}
 
     def _config(self) -> dict[str, Any]:
-        return {
-            "n_clusters": len(self.centroids_),
-            "temperature": float(self.temperature),
-            "top_k": self.top_k_,
-            "coverage": self.coverage_,
-            "fit": {"cluster_on": self.cluster_on},
-        }
+        return {**self._routing_config(), "fit": {"cluster_on": self.cluster_on}}

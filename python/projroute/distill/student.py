@@ -20,6 +20,14 @@ from torch import nn
 LAYER_NORM_EPS = 1e-5
 
 
+@torch.no_grad()
+def zero_init_(layer: nn.Linear) -> None:
+    """Zero a layer's weight and bias: the non-linear branch starts switched off, so a
+    new student is exactly its linear ``skip`` path."""
+    layer.weight.zero_()
+    layer.bias.zero_()
+
+
 class CrossAttentionBlock(nn.Module):
     """Pre-norm block: the query attends over ``num_keys`` learned (key, value) pairs,
     then a GELU feed-forward layer; both added residually.
@@ -101,6 +109,7 @@ class ProjectionTransformer(nn.Module):
         self.norm = nn.LayerNorm(d_model, eps=LAYER_NORM_EPS)
         self.output = nn.Linear(d_model, dim_out)
         self.skip = nn.Linear(dim_in, dim_out, bias=False)
+        zero_init_(self.output)
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
@@ -143,6 +152,7 @@ class MLPBaseline(nn.Module):
         self.layers = nn.ModuleList([nn.Linear(a, b) for a, b in zip(widths, widths[1:])])
         self.output = nn.Linear(hidden, dim_out)
         self.skip = nn.Linear(dim_in, dim_out, bias=False)
+        zero_init_(self.output)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, dim_in) -> (B, dim_out)."""

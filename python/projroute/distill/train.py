@@ -135,6 +135,14 @@ def initialise_keys(student: ProjectionTransformer, group_centroids: np.ndarray)
     layer.keys[:G] = k / k.norm(dim=1, keepdim=True).clamp_min(1e-12) * scale
 
 
+@torch.no_grad()
+def fit_skip(student: nn.Module, X: np.ndarray, T: np.ndarray) -> None:
+    """Set ``student.skip`` (bias-free Linear) to the least-squares linear map from
+    queries X (n, D_in) to teacher outputs T (n, D_out) (minimum norm if n < D_in)."""
+    W = np.linalg.lstsq(X.astype(np.float64), T.astype(np.float64), rcond=None)[0]
+    student.skip.weight.copy_(torch.from_numpy(W.T.astype(np.float32)))
+
+
 def plot_history(history: Mapping[str, Sequence[float]], best_epoch: int, path: str | os.PathLike[str]) -> None:
     """Save a PNG of the train loss (log scale) and the validation cosine per epoch."""
     from matplotlib.figure import Figure
@@ -214,6 +222,7 @@ def distill(
     augment_ratio: float = 32.0,
     importance: str = "uniform",
     init_keys: bool = True,
+    init_skip: bool = True,
     val_fraction: float = 0.1,
     patience: int = 20,
     seed: int = 0,
@@ -248,6 +257,9 @@ def distill(
         Per-sample weights; "entropy" weighs by normalised routing entropy (mean 1).
     init_keys : bool
         Initialise the first block's keys from the meta-clustered teacher centroids.
+    init_skip : bool
+        Start the student's linear ``skip`` path at the least-squares fit of the teacher
+        on the training queries and one round of augmentation.
     val_fraction, patience
         Held-out share of ``queries``; stop after ``patience`` epochs without a better
         validation cosine and keep the best weights (0: no validation, keep the last).
@@ -260,6 +272,8 @@ def distill(
     """
     from tqdm.auto import tqdm
 
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
     if importance not in IMPORTANCE:
         raise ValueError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
     kinds = tuple(augment)
@@ -273,7 +287,7 @@ def distill(
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "mse_weight": mse_weight, "cos_weight": cos_weight, "routing_weight": routing_weight,
         "augment": list(kinds), "sphere_sigma": sphere_sigma, "augment_ratio": augment_ratio,
-        "importance": importance, "init_keys": init_keys, "val_fraction": val_fraction,
+        "importance": importance, "init_keys": init_keys, "init_skip": init_skip, "val_fraction": val_fraction,
         "patience": patience, "seed": seed,
         "n_extra_queries": None if extra_queries is None else len(extra_queries),
     }
@@ -305,6 +319,11 @@ def distill(
         if init_keys:
             initialise_keys(net, group_centroids)
 
+    n_aug = int(round(augment_ratio * len(Q_train))) if kinds else 0
+    if init_skip and isinstance(getattr(net, "skip", None), nn.Linear):
+        X_fit = np.concatenate([Q_train, augmentation.sample(kinds, Q_train, n_aug, rng, sphere_sigma, extra)])
+        fit_skip(net, X_fit, teach.project(X_fit))
+
     def label(X: np.ndarray, T: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Inputs, teacher outputs, grouped routing and importance of queries X."""
         out = {"x": X, "t": teach.project(X) if T is None else T}
@@ -317,7 +336,6 @@ def distill(
         return out
 
     real = label(Q_train, T_train)
-    n_aug = int(round(augment_ratio * len(Q_train))) if kinds else 0
     steps_per_epoch = math.ceil((len(Q_train) + n_aug) / batch_size)
     total = max(1, epochs * steps_per_epoch)
     warmup = max(1, int(WARMUP * total))
@@ -350,7 +368,7 @@ def distill(
             loss.backward()
             optim.step()
             sched.step()
-            total_loss += float(loss) * len(idx)
+            total_loss += loss.item() * len(idx)
         history["train_loss"].append(total_loss / len(order))
         if T_val is not None:
             val = mean_cosine(project_numpy(net, Q_val), T_val)

@@ -3,19 +3,19 @@
 
 use ndarray::{Array2, ArrayView2, ArrayView3};
 
+
 use crate::blend;
 use crate::error::{format_err, Result};
 use crate::format::ModelFile;
 use crate::packed::PackedMatrix;
-use crate::routing::{self, Routing, RoutingParams};
+use crate::routing::{Router, Routing, RoutingParams};
 
 /// A federated projection.
 #[derive(Clone, Debug)]
 pub struct Federated {
-    centroids: Array2<f32>,
+    router: Router,
     maps: Vec<PackedMatrix>,
     dim_out: usize,
-    params: RoutingParams,
 }
 
 impl Federated {
@@ -29,11 +29,10 @@ impl Federated {
                 maps.shape()
             ));
         }
-        params.validate(k)?;
-        let centroids = crate::projector::unit_centroids(centroids)?;
+        let router = Router::new(centroids, params)?;
         let dim_out = maps.dim().2;
         let maps = maps.outer_iter().map(PackedMatrix::pack).collect();
-        Ok(Federated { centroids, maps, dim_out, params })
+        Ok(Federated { router, maps, dim_out })
     }
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
@@ -44,7 +43,7 @@ impl Federated {
 
     /// Input dimension.
     pub fn dim_in(&self) -> usize {
-        self.centroids.ncols()
+        self.router.dim()
     }
 
     /// Output dimension.
@@ -52,19 +51,14 @@ impl Federated {
         self.dim_out
     }
 
-    /// Number of clusters K.
-    pub fn n_clusters(&self) -> usize {
-        self.centroids.nrows()
-    }
-
-    /// Routing parameters.
-    pub fn params(&self) -> &RoutingParams {
-        &self.params
+    /// Centroids and routing parameters.
+    pub fn router(&self) -> &Router {
+        &self.router
     }
 
     /// Routing weights of queries `x` (B, D_in).
     pub fn route(&self, x: ArrayView2<f32>) -> Result<Routing> {
-        routing::route(routing::cosine_scores(x, self.centroids.view())?.view(), &self.params)
+        self.router.route(x)
     }
 
     /// Project queries `x` (B, D_in) to (B, D_out).

@@ -7,14 +7,13 @@ use crate::blend;
 use crate::error::{format_err, Result};
 use crate::format::ModelFile;
 use crate::linalg;
-use crate::routing::{self, Routing, RoutingParams};
+use crate::routing::{self, Router, Routing, RoutingParams};
 
 /// An LDA multi-head projection.
 #[derive(Clone, Debug)]
 pub struct Lda {
-    centroids: Array2<f32>,
+    router: Router,
     answers: Array2<f32>,
-    params: RoutingParams,
 }
 
 impl Lda {
@@ -28,9 +27,7 @@ impl Lda {
                 centroids.nrows()
             ));
         }
-        params.validate(centroids.nrows())?;
-        let centroids = crate::projector::unit_centroids(centroids)?;
-        Ok(Lda { centroids, answers, params })
+        Ok(Lda { router: Router::new(centroids, params)?, answers })
     }
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
@@ -41,7 +38,7 @@ impl Lda {
 
     /// Input dimension.
     pub fn dim_in(&self) -> usize {
-        self.centroids.ncols()
+        self.router.dim()
     }
 
     /// Output dimension.
@@ -49,27 +46,23 @@ impl Lda {
         self.answers.ncols()
     }
 
-    /// Number of heads K.
-    pub fn n_clusters(&self) -> usize {
-        self.centroids.nrows()
-    }
-
-    /// Routing parameters.
-    pub fn params(&self) -> &RoutingParams {
-        &self.params
+    /// Centroids and routing parameters.
+    pub fn router(&self) -> &Router {
+        &self.router
     }
 
     /// Routing weights of queries `x` (B, D_in).
     pub fn route(&self, x: ArrayView2<f32>) -> Result<Routing> {
-        routing::route(routing::cosine_scores(x, self.centroids.view())?.view(), &self.params)
+        self.router.route(x)
     }
 
     /// Project queries `x` (B, D_in) to (B, D_out).
     pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        if self.params.is_dense(self.n_clusters()) {
+        let params = self.router.params();
+        if params.is_dense(self.router.n_clusters()) {
             // Flat softmax: weights in place of the scores, then one GEMM.
-            let mut w = routing::cosine_scores(x, self.centroids.view())?;
-            routing::softmax_rows(w.view_mut(), self.params.temperature);
+            let mut w = self.router.scores(x)?;
+            routing::softmax_rows(w.view_mut(), params.temperature);
             return Ok(linalg::matmul(w.view(), self.answers.view()));
         }
         Ok(blend::blend_vectors(&self.route(x)?, self.answers.view()))

@@ -7,7 +7,7 @@ use ndarray::{Array2, ArrayView2};
 use crate::error::{format_err, Error, Result};
 use crate::format::{Config, ModelFile};
 use crate::routing::{Routing, RoutingParams};
-use crate::{linalg, Federated, Global, Lda};
+use crate::{Federated, Global, Lda};
 
 /// Optional tensor (N, D_out) of answer embeddings stored with a model for search.
 pub const INDEX_TENSOR: &str = "index.embeddings";
@@ -114,8 +114,8 @@ impl Projector {
     /// Number of clusters or heads, for routed kinds.
     pub fn n_clusters(&self) -> Option<usize> {
         match self {
-            Projector::Federated(m) => Some(m.n_clusters()),
-            Projector::Lda(m) => Some(m.n_clusters()),
+            Projector::Federated(m) => Some(m.router().n_clusters()),
+            Projector::Lda(m) => Some(m.router().n_clusters()),
             _ => None,
         }
     }
@@ -153,9 +153,4 @@ pub(crate) fn routing_params(m: &ModelFile) -> Result<RoutingParams> {
     let k = c.n_clusters.ok_or_else(|| missing("n_clusters"))?;
     params.validate(k).map_err(|e| Error::Format(format!("config: {e}")))?;
     Ok(params)
-}
-
-/// Centroids scaled to unit norm; a zero centroid is a format error.
-pub(crate) fn unit_centroids(c: ArrayView2<f32>) -> Result<Array2<f32>> {
-    linalg::normalize_rows(c, "centroids").map_err(|e| Error::Format(e.to_string()))
 }

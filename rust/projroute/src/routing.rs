@@ -9,7 +9,7 @@
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-use crate::error::{invalid, Result};
+use crate::error::{invalid, Error, Result};
 use crate::linalg;
 
 /// How a query's weights over K clusters are computed.
@@ -88,6 +88,48 @@ impl Routing {
             }
         }
         dense
+    }
+}
+
+/// Centroids and routing parameters: what every routed kind shares.
+#[derive(Clone, Debug)]
+pub struct Router {
+    centroids: Array2<f32>,
+    params: RoutingParams,
+}
+
+impl Router {
+    /// From `centroids` (K, D; normalised here, a zero row is a format error) and
+    /// parameters valid for K clusters.
+    pub fn new(centroids: ArrayView2<f32>, params: RoutingParams) -> Result<Self> {
+        params.validate(centroids.nrows())?;
+        let centroids = linalg::normalize_rows(centroids, "centroids").map_err(|e| Error::Format(e.to_string()))?;
+        Ok(Router { centroids, params })
+    }
+
+    /// Number of clusters K.
+    pub fn n_clusters(&self) -> usize {
+        self.centroids.nrows()
+    }
+
+    /// Query dimension.
+    pub fn dim(&self) -> usize {
+        self.centroids.ncols()
+    }
+
+    /// The routing parameters.
+    pub fn params(&self) -> &RoutingParams {
+        &self.params
+    }
+
+    /// Cosine scores (B, K) of queries `x` (B, D); validates the batch.
+    pub fn scores(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        cosine_scores(x, self.centroids.view())
+    }
+
+    /// Sparse routing weights of queries `x` (B, D).
+    pub fn route(&self, x: ArrayView2<f32>) -> Result<Routing> {
+        route(self.scores(x)?.view(), &self.params)
     }
 }
 
