@@ -48,6 +48,9 @@ pub struct Config {
     /// Architecture of a distilled student (`transformer` kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transformer: Option<TransformerConfig>,
+    /// Mixture of students (`transformer_ensemble` kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<EnsembleConfig>,
     /// Free-form record of how the model was fitted; not read by the core.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub fit: Map<String, Value>,
@@ -70,6 +73,20 @@ pub struct TransformerConfig {
     pub ffn_dim: usize,
     /// Layer-norm epsilon.
     pub layer_norm_eps: f64,
+}
+
+/// A `transformer_ensemble`: `n_domains` students (each of the `transformer`
+/// architecture) mixed by a router MLP (`dim_in -> router_hidden -> n_domains`) over
+/// its `top_k` best domains (`top_k = n_domains` mixes all).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleConfig {
+    /// Number of domain students.
+    pub n_domains: usize,
+    /// Domains mixed per query.
+    pub top_k: usize,
+    /// Hidden width of the router MLP.
+    pub router_hidden: usize,
 }
 
 impl Config {
@@ -256,6 +273,7 @@ mod tests {
             top_k: None,
             coverage: None,
             transformer: None,
+            ensemble: None,
             fit: Map::new(),
         }
     }

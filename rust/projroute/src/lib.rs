@@ -2,6 +2,8 @@
 #![deny(missing_docs)]
 
 mod blend;
+#[cfg(feature = "candle")]
+mod ensemble;
 mod error;
 mod federated;
 mod format;
@@ -16,9 +18,11 @@ mod routing;
 mod transformer;
 
 pub use blend::{blend_maps, blend_vectors};
+#[cfg(feature = "candle")]
+pub use ensemble::Ensemble;
 pub use error::{Error, Result};
 pub use federated::Federated;
-pub use format::{Config, ModelFile, Tensor, TransformerConfig, CONFIG_KEY, FORMAT_NAME, FORMAT_VERSION};
+pub use format::{Config, EnsembleConfig, ModelFile, Tensor, TransformerConfig, CONFIG_KEY, FORMAT_NAME, FORMAT_VERSION};
 pub use global::Global;
 pub use index::FlatIndex;
 pub use lda::Lda;

@@ -24,6 +24,9 @@ pub enum Projector {
     /// A distilled student run with candle.
     #[cfg(feature = "candle")]
     Transformer(crate::Transformer),
+    /// Distilled domain students mixed by a router, run with candle.
+    #[cfg(feature = "candle")]
+    Ensemble(crate::Ensemble),
 }
 
 impl Projector {
@@ -46,9 +49,11 @@ impl Projector {
                 let expected = c.transformer.as_ref().map(crate::Transformer::tensor_names).unwrap_or_default();
                 (Projector::Transformer(t), expected)
             }
+            #[cfg(feature = "candle")]
+            "transformer_ensemble" => (Projector::Ensemble(crate::Ensemble::from_model(m)?), crate::Ensemble::tensor_names(m)),
             #[cfg(not(feature = "candle"))]
-            "transformer" => {
-                return format_err("`transformer` models need projroute built with the `candle` feature")
+            "transformer" | "transformer_ensemble" => {
+                return format_err(format!("`{}` models need projroute built with the `candle` feature", c.kind))
             }
             other => return format_err(format!("unknown model kind `{other}`")),
         };
@@ -86,6 +91,8 @@ impl Projector {
             Projector::Lda(_) => "lda",
             #[cfg(feature = "candle")]
             Projector::Transformer(_) => "transformer",
+            #[cfg(feature = "candle")]
+            Projector::Ensemble(_) => "transformer_ensemble",
         }
     }
 
@@ -97,6 +104,8 @@ impl Projector {
             Projector::Lda(m) => m.dim_in(),
             #[cfg(feature = "candle")]
             Projector::Transformer(m) => m.dim_in(),
+            #[cfg(feature = "candle")]
+            Projector::Ensemble(m) => m.dim_in(),
         }
     }
 
@@ -108,6 +117,8 @@ impl Projector {
             Projector::Lda(m) => m.dim_out(),
             #[cfg(feature = "candle")]
             Projector::Transformer(m) => m.dim_out(),
+            #[cfg(feature = "candle")]
+            Projector::Ensemble(m) => m.dim_out(),
         }
     }
 
@@ -128,6 +139,8 @@ impl Projector {
             Projector::Lda(m) => m.project(x),
             #[cfg(feature = "candle")]
             Projector::Transformer(m) => m.project(x),
+            #[cfg(feature = "candle")]
+            Projector::Ensemble(m) => m.project(x),
         }
     }
 

@@ -77,6 +77,17 @@ impl Block {
     }
 }
 
+/// A candle `VarBuilder` over all tensors of a model file (CPU, f32).
+pub(crate) fn tensors_builder(m: &ModelFile) -> Result<VarBuilder<'static>> {
+    let device = Device::Cpu;
+    let tensors = m
+        .tensors
+        .iter()
+        .map(|(name, t)| Ok((name.clone(), Tensor::from_slice(&t.data, t.shape.as_slice(), &device).map_err(format)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    Ok(VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device))
+}
+
 /// A distilled `ProjectionTransformer`.
 #[derive(Clone)]
 pub struct Transformer {
@@ -114,19 +125,17 @@ impl Transformer {
     }
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
+        Self::from_builder(tensors_builder(m)?, m)
+    }
+
+    /// Build from the tensors under `vb` with the architecture in `m`'s config.
+    pub(crate) fn from_builder(vb: VarBuilder, m: &ModelFile) -> Result<Self> {
         let c = m.config.transformer.as_ref().ok_or_else(|| {
-            Error::Format("a `transformer` config needs a `transformer` architecture".into())
+            Error::Format(format!("a `{}` config needs a `transformer` architecture", m.config.kind))
         })?;
         if c.n_heads == 0 || c.d_model % c.n_heads != 0 || c.n_layers == 0 || c.num_keys == 0 {
             return format_err(format!("bad transformer architecture {c:?}"));
         }
-        let device = Device::Cpu;
-        let tensors = m
-            .tensors
-            .iter()
-            .map(|(name, t)| Ok((name.clone(), Tensor::from_slice(&t.data, t.shape.as_slice(), &device).map_err(format)?)))
-            .collect::<Result<HashMap<_, _>>>()?;
-        let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device);
         let (d_in, d_out, d) = (m.config.dim_in, m.config.dim_out, c.d_model);
         let build = || -> candle_core::Result<Self> {
             Ok(Transformer {
