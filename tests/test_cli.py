@@ -214,7 +214,7 @@ def test_eval_table(capsys, data, models):
 def test_missing_model(capsys, tmp_path, data):
     missing = tmp_path / "nope.safetensors"
     message = run_error(capsys, "eval", str(missing), str(data))
-    assert message == f"projroute: error: no such model file: {missing}"
+    assert message.startswith(f"projroute: error: {missing}: No such file")
 
 
 def test_foreign_safetensors(capsys, tmp_path):

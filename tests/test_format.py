@@ -59,7 +59,7 @@ def _saved(tmp_path, kind="federated"):
 
 
 def test_missing_file_is_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         pr.load(tmp_path / "nope.safetensors")
 
 
@@ -77,7 +77,7 @@ def test_foreign_files(tmp_path):
 
     path = tmp_path / "other.safetensors"
     save_file({"weight": np.zeros((2, 2), np.float32)}, path)
-    with pytest.raises(pr.ModelFormatError, match="not a projroute model"):
+    with pytest.raises(pr.ModelFormatError, match="other.safetensors: .*not a projroute model"):
         pr.load(path)
     text = tmp_path / "notes.txt"
     text.write_text("hello world, this is not a model at all")

@@ -48,16 +48,6 @@ def embed_pairs(
     return Q, C[[row[a] for a in pairs.answers]], texts, C
 
 
-def load_model(path: str) -> projroute.Projector:
-    """``projroute.load`` with the path named in its errors."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no such model file: {path}")
-    try:
-        return projroute.load(path)
-    except projroute.ModelFormatError as e:
-        raise projroute.ModelFormatError(f"{path}: {e}") from None
-
-
 def read_questions(path: Path) -> list[str]:
     """Questions from a .txt file (one per non-blank line) or a .jsonl file ("question" fields)."""
     lines = [(i, s) for i, s in enumerate(path.read_text("utf-8").splitlines(), 1) if s.strip()]
@@ -141,7 +131,7 @@ def cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
         est.save(args.output)
     else:
         est.save(args.output, answers=C, answer_texts=texts)
-    config = json.loads(load_model(args.output).config)
+    config = json.loads(projroute.load(args.output).config)
     return {
         "kind": args.kind,
         "data": args.data,
@@ -169,7 +159,7 @@ def show_fit(r: dict[str, Any]) -> str:
 
 
 def cmd_project(args: argparse.Namespace) -> dict[str, Any]:
-    model = load_model(args.model)
+    model = projroute.load(args.model)
     P = np.asarray(model.project(read_queries(Path(args.input))), dtype=np.float32)
     with open(args.output, "wb") as f:
         np.save(f, P)
@@ -186,7 +176,7 @@ def show_project(r: dict[str, Any]) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
-    model = load_model(args.model)
+    model = projroute.load(args.model)
     encoder = Encoder()
     if args.data:
         texts = list(dict.fromkeys(datasets.load_pairs(args.data).answers))
@@ -230,7 +220,7 @@ def show_search(r: dict[str, Any]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
-    models = [(f"{m.kind} ({Path(p).name})", m) for p, m in ((p, load_model(p)) for p in args.models)]
+    models = [(f"{m.kind} ({Path(p).name})", m) for p, m in ((p, projroute.load(p)) for p in args.models)]
     ev = datasets.load_eval(args.data)
     rows = evaluate(models, ev, Encoder())
     for row, path in zip(rows, [None, *args.models]):

@@ -181,12 +181,19 @@ pub struct ModelFile {
 impl ModelFile {
     /// Read a model file, memory-mapped. Checks the config, dtypes and finiteness;
     /// the kind-specific shapes are checked when a projector is built from it.
+    /// Errors name the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let file = std::fs::File::open(path.as_ref())?;
+        let path = path.as_ref();
+        let named = |e: Error| match e {
+            Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), format!("{}: {io}", path.display()))),
+            Error::Format(msg) => Error::Format(format!("{}: {msg}", path.display())),
+            other => other,
+        };
+        let file = std::fs::File::open(path).map_err(|e| named(e.into()))?;
         // SAFETY: the map is read-only and dropped before this function returns; the
         // tensors are copied out of it.
-        let mmap = unsafe { memmap2::Mmap::map(&file)? };
-        Self::from_bytes(&mmap)
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| named(e.into()))?;
+        Self::from_bytes(&mmap).map_err(named)
     }
 
     /// Parse a model file from bytes.
