@@ -275,3 +275,16 @@ def test_demo(capsys, tmp_path):
         model = projroute.load(path)
         assert model.kind == kind and len(serving.stored_index(model)[0]) == r["corpus"]
     assert all(0 <= row["mrr"] <= 1 for row in r["rows"])
+
+
+def test_distill_reports_fidelity_and_serves_the_student(capsys, tmp_path, data, models):
+    pytest.importorskip("torch")
+    out, plot = tmp_path / "student.safetensors", tmp_path / "loss.png"
+    r = run_json(capsys, "distill", str(models["federated"]), str(data), "-o", str(out),
+                 "--epochs", "2", "--plot", str(plot))
+    assert projroute.load(out).kind == "transformer" and plot.stat().st_size > 0
+    assert r["student"]["parameters"] > 0 and r["compression"] == pytest.approx(
+        r["teacher"]["parameters"] / r["student"]["parameters"])
+    assert -1.0 <= r["cosine"] <= 1.0 and 0.0 <= r["overlap@10"] <= 1.0
+    assert set(r["retrieval"]) == {"raw", "teacher", "student"}
+    assert all(r["latency_ms"][m][b] > 0 for m in ("teacher", "student") for b in ("b1", "b1024"))

@@ -262,6 +262,19 @@ def show_demo(r: dict[str, Any]) -> str:
     ])
 
 
+def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
+    from projroute.distill.report import distill_report
+
+    return distill_report(args.teacher, args.data, args.output, epochs=args.epochs, augment=not args.no_augment,
+                          importance=args.importance, plot=args.plot, seed=args.seed, progress=True)
+
+
+def show_distill(r: dict[str, Any]) -> str:
+    from projroute.distill.report import show
+
+    return show(r)
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -340,6 +353,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("eval", cmd_eval, show_eval, "compare models with raw cosine on held-out queries")
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("data", metavar="DATA", help=data_help)
+
+    p = command("distill", cmd_distill, show_distill,
+                "distil a teacher model file into a small transformer and report its fidelity")
+    p.add_argument("teacher", metavar="TEACHER", help="any projroute model file")
+    p.add_argument("data", metavar="DATA", help="training questions and held-out queries: " + data_help)
+    p.add_argument("-o", "--output", required=True, metavar="STUDENT", help="student file to write")
+    p.add_argument("--epochs", type=positive_int, help="most training epochs (early stopping may end sooner)")
+    p.add_argument("--no-augment", action="store_true", help="train on the training questions only")
+    p.add_argument("--importance", choices=["uniform", "entropy"], default="uniform",
+                   help="per-sample loss weights (entropy: the teacher's normalised routing entropy)")
+    p.add_argument("--plot", metavar="PNG", help="save the loss curve here")
+    p.add_argument("--seed", type=int, default=0)
 
     p = command("demo", cmd_demo, show_demo, "fit and evaluate all three kinds on the packaged demo data")
     p.add_argument("--out", metavar="DIR", help="where to save the models (default: a new temporary folder)")

@@ -38,6 +38,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,7 +131,9 @@ class TransformerEnsemble(nn.Module):
         """Every student's output (B, M, dim_out)."""
         return torch.stack([s(x) for s in self.students], dim=1)
 
-    def forward(self, x: torch.Tensor, return_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, return_logits: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, dim_in) -> y (B, dim_out), and with ``return_logits`` the router logits (B, M).
 
         Only the rows a student is selected for are run through it (as the Rust core does).
@@ -537,6 +540,9 @@ def distill_ensemble(
         rows = main_domain_rows(Q_train, d)
         Q_d = Q_train[rows] if len(rows) >= min_domain_queries else Q_train
         kwargs = dict(distill_kwargs)
+        if kwargs.get("plot") is not None:
+            plot = Path(kwargs["plot"])
+            kwargs["plot"] = plot.with_name(f"{plot.stem}.domain{d}{plot.suffix}")
         if extra is not None:
             extra = np.asarray(extra, np.float32)
             erows = main_domain_rows(extra, d)
@@ -589,7 +595,8 @@ def distill_ensemble(
         "router_augment_ratio": router_augment_ratio, "min_domain_queries": min_domain_queries,
         "domain_mass_threshold": domain_mass_threshold, "val_fraction": val_fraction, "seed": seed,
         "n_train": len(Q_train), "n_val": len(Q_val),
-        "distill": {k: v for k, v in distill_kwargs.items() if k != "extra_queries"},
+        "distill": {k: os.fspath(v) if isinstance(v, os.PathLike) else list(v) if isinstance(v, tuple) else v
+                    for k, v in distill_kwargs.items() if k != "extra_queries"},
         "n_extra_queries": None if extra is None else len(extra),
     }
     return EnsembleResult(

@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,6 @@ class DistillResult:
     settings: dict[str, Any]
     seconds: float
     teacher_kind: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best_val_cosine(self) -> float | None:
@@ -204,6 +203,84 @@ def sample_losses(
     return loss + weights["routing"] * kl
 
 
+def check_augment(augment: Sequence[str], extra_queries: np.ndarray | None) -> tuple[str, ...]:
+    """The augmentation kinds to use: ``augment``, plus "extra" when ``extra_queries`` is given."""
+    kinds = tuple(augment)
+    if extra_queries is not None and "extra" not in kinds:
+        kinds += ("extra",)
+    if unknown := set(kinds) - set(augmentation.KINDS):
+        raise ValueError(f"unknown augmentation {sorted(unknown)}; expected {augmentation.KINDS}")
+    if "extra" in kinds and extra_queries is None:
+        raise ValueError('augmentation "extra" needs extra_queries')
+    return kinds
+
+
+class Labeller:
+    """Teacher labels of a batch of queries: outputs, routing summed per key group
+    (when ``group`` is given) and importance weights.
+
+    Parameters
+    ----------
+    teacher : Teacher
+    group : (K,) int or None
+        Key group of each teacher cluster; None: no routing targets.
+    num_keys : int
+        Width of the grouped routing targets.
+    entropy : bool
+        Importance from routing entropy (else uniform ones).
+    """
+
+    def __init__(self, teacher: Teacher, group: np.ndarray | None, num_keys: int, entropy: bool) -> None:
+        self.teacher, self.group, self.num_keys, self.entropy = teacher, group, num_keys, entropy
+
+    def __call__(self, X: np.ndarray, T: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``{"x": X (B, D_in), "t": (B, D_out), "w": (B,)[, "route": (B, num_keys)]}``;
+        ``T`` gives known teacher outputs."""
+        out = {"x": X, "t": self.teacher.project(X) if T is None else T}
+        route = self.teacher.route(X) if (self.group is not None or self.entropy) else None
+        if self.group is not None:
+            g = np.zeros((len(X), self.num_keys), np.float32)
+            np.add.at(g.T, self.group, route.T)
+            out["route"] = g
+        out["w"] = entropy_weights(route) if self.entropy else np.ones(len(X), np.float32)
+        return out
+
+
+def warmup_cosine(optim: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first ``WARMUP`` share of ``total`` steps, then cosine decay to 0."""
+    warmup = max(1, int(WARMUP * total))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    )
+
+
+def train_epoch(
+    net: nn.Module,
+    optim: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    batch: Mapping[str, np.ndarray],
+    batch_size: int,
+    loss_weights: Mapping[str, float],
+    rng: np.random.Generator,
+) -> float:
+    """One shuffled pass over labelled ``batch`` (see :class:`Labeller`); returns the
+    mean weighted loss."""
+    data = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+    order = torch.from_numpy(rng.permutation(len(data["x"])))
+    net.train()
+    total = 0.0
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        route = data["route"][idx] if "route" in data else None
+        loss = (data["w"][idx] * sample_losses(net, data["x"][idx], data["t"][idx], route, loss_weights)).mean()
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        sched.step()
+        total += loss.item() * len(idx)
+    return total / len(order)
+
+
 def distill(
     teacher: Any,
     queries: np.ndarray,
@@ -276,19 +353,13 @@ def distill(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if importance not in IMPORTANCE:
         raise ValueError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
-    kinds = tuple(augment)
-    if extra_queries is not None and "extra" not in kinds:
-        kinds += ("extra",)
-    if unknown := set(kinds) - set(augmentation.KINDS):
-        raise ValueError(f"unknown augmentation {sorted(unknown)}; expected {augmentation.KINDS}")
-    if "extra" in kinds and extra_queries is None:
-        raise ValueError('augmentation "extra" needs extra_queries')
+    kinds = check_augment(augment, extra_queries)
     settings = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "mse_weight": mse_weight, "cos_weight": cos_weight, "routing_weight": routing_weight,
         "augment": list(kinds), "sphere_sigma": sphere_sigma, "augment_ratio": augment_ratio,
-        "importance": importance, "init_keys": init_keys, "init_skip": init_skip, "val_fraction": val_fraction,
-        "patience": patience, "seed": seed,
+        "importance": importance, "init_keys": init_keys, "init_skip": init_skip,
+        "val_fraction": val_fraction, "patience": patience, "seed": seed,
         "n_extra_queries": None if extra_queries is None else len(extra_queries),
     }
 
@@ -308,43 +379,26 @@ def distill(
 
     net = build_student(student, Q.shape[1], T_train.shape[1])
     has_route = teach.route(Q_train[:1]) is not None
-    use_routing = routing_weight > 0 and has_route
     if routing_weight > 0 and not isinstance(net, ProjectionTransformer):
         raise ValueError("routing_weight > 0 needs a ProjectionTransformer student (its attention)")
     if importance == "entropy" and not has_route:
         raise ValueError('importance="entropy" needs a teacher with routing')
+    use_routing = routing_weight > 0 and has_route
     group = None
     if teach.centroids is not None and isinstance(net, ProjectionTransformer) and (use_routing or init_keys):
         group, group_centroids = key_groups(teach.centroids, net.num_keys, seed)
         if init_keys:
             initialise_keys(net, group_centroids)
-
     n_aug = int(round(augment_ratio * len(Q_train))) if kinds else 0
     if init_skip and isinstance(getattr(net, "skip", None), nn.Linear):
         X_fit = np.concatenate([Q_train, augmentation.sample(kinds, Q_train, n_aug, rng, sphere_sigma, extra)])
         fit_skip(net, X_fit, teach.project(X_fit))
 
-    def label(X: np.ndarray, T: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Inputs, teacher outputs, grouped routing and importance of queries X."""
-        out = {"x": X, "t": teach.project(X) if T is None else T}
-        route = teach.route(X) if (use_routing or importance == "entropy") else None
-        if use_routing:
-            g = np.zeros((len(X), net.num_keys), np.float32)
-            np.add.at(g.T, group, route.T)
-            out["route"] = g
-        out["w"] = entropy_weights(route) if importance == "entropy" else np.ones(len(X), np.float32)
-        return out
-
+    label = Labeller(teach, group if use_routing else None, getattr(net, "num_keys", 0), importance == "entropy")
     real = label(Q_train, T_train)
-    steps_per_epoch = math.ceil((len(Q_train) + n_aug) / batch_size)
-    total = max(1, epochs * steps_per_epoch)
-    warmup = max(1, int(WARMUP * total))
     optim = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    )
+    sched = warmup_cosine(optim, epochs * math.ceil((len(Q_train) + n_aug) / batch_size))
     loss_weights = {"mse": mse_weight, "cos": cos_weight, "routing": routing_weight}
-
     history: dict[str, list[float]] = {"train_loss": [], "val_cosine": []}
     best_epoch, best_val, best_state = 0, -math.inf, copy.deepcopy(net.state_dict())
     bar = tqdm(range(epochs), desc="distilling", unit="epoch", disable=not progress)
@@ -353,41 +407,27 @@ def distill(
         if n_aug:
             aug = label(augmentation.sample(kinds, Q_train, n_aug, rng, sphere_sigma, extra))
             batch = {k: np.concatenate([real[k], aug[k]]) for k in real}
-        if importance == "entropy":
-            batch["w"] = batch["w"] / batch["w"].mean()
-        data = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
-        order = torch.from_numpy(rng.permutation(len(batch["x"])))
-        net.train()
-        total_loss = 0.0
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            route = data["route"][idx] if use_routing else None
-            losses = sample_losses(net, data["x"][idx], data["t"][idx], route, loss_weights)
-            loss = (data["w"][idx] * losses).mean()
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            sched.step()
-            total_loss += loss.item() * len(idx)
-        history["train_loss"].append(total_loss / len(order))
-        if T_val is not None:
+            if importance == "entropy":
+                batch["w"] = batch["w"] / batch["w"].mean()
+        history["train_loss"].append(train_epoch(net, optim, sched, batch, batch_size, loss_weights, rng))
+        postfix = {"loss": f"{history['train_loss'][-1]:.4f}"}
+        if T_val is None:
+            best_epoch = epoch
+        else:
             val = mean_cosine(project_numpy(net, Q_val), T_val)
             history["val_cosine"].append(val)
+            postfix["val_cos"] = f"{val:.4f}"
             if val > best_val:
                 best_epoch, best_val, best_state = epoch, val, copy.deepcopy(net.state_dict())
-            bar.set_postfix(loss=f"{history['train_loss'][-1]:.4f}", val_cos=f"{val:.4f}")
-            if epoch - best_epoch >= patience:
-                break
-        else:
-            best_epoch = epoch
-            bar.set_postfix(loss=f"{history['train_loss'][-1]:.4f}")
+        bar.set_postfix(postfix)
+        if epoch - best_epoch >= patience:
+            break
     bar.close()
     if T_val is not None:
         net.load_state_dict(best_state)
     net.eval()
 
     n_params = sum(p.numel() for p in net.parameters())
-    teacher_params = teach.n_parameters
     if plot is not None:
         plot_history(history, best_epoch, plot)
     return DistillResult(
@@ -395,10 +435,9 @@ def distill(
         history=history,
         best_epoch=best_epoch,
         n_parameters=n_params,
-        teacher_parameters=teacher_params,
-        compression=None if teacher_params is None else teacher_params / n_params,
+        teacher_parameters=teach.n_parameters,
+        compression=None if teach.n_parameters is None else teach.n_parameters / n_params,
         settings=settings,
         seconds=time.perf_counter() - started,
         teacher_kind=teach.kind,
     )
-
