@@ -375,3 +375,19 @@ def test_import_without_torch_names_the_extra():
             "else:\n    print('imported')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'projroute[train]'" in out
+
+
+def test_least_squares_skip_keeps_the_identity_outside_the_queries_span():
+    from projroute.distill.train import fit_skip
+
+    rng = np.random.default_rng(0)
+    W = np.linalg.qr(rng.normal(size=(D, D)))[0].astype(np.float32)
+    X = unit(rng, 10, D)  # spans 10 of 32 directions
+    m = ProjectionTransformer(D, D, **SMALL)
+    fit_skip(m, X, X @ W)
+    np.testing.assert_allclose(project_numpy(m, X), X @ W, atol=1e-5)
+    z = np.linalg.svd(X)[2][-1:]  # a direction orthogonal to every query
+    np.testing.assert_allclose(project_numpy(m, z), z, atol=1e-5)
+    wide = ProjectionTransformer(D, 5, **SMALL)
+    fit_skip(wide, X, X[:, :5])
+    np.testing.assert_allclose(project_numpy(wide, z), 0.0, atol=1e-5)

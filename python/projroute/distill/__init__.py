@@ -5,10 +5,11 @@ Needs the ``train`` extra. The student is saved as one safetensors file of kind
 """
 
 try:
+    import safetensors  # noqa: F401
     import torch  # noqa: F401
 except ImportError as err:
     raise ImportError(
-        "projroute.distill needs torch, which is not installed: pip install 'projroute[train]'"
+        f"projroute.distill needs torch and safetensors ({err.name} is missing): pip install 'projroute[train]'"
     ) from err
 
 from projroute.distill.evaluate import fidelity

@@ -29,6 +29,7 @@ from projroute.reference import unit_rows
 
 IMPORTANCE = ("uniform", "entropy")
 WARMUP = 0.05  # share of the optimiser steps with a linear learning-rate warm-up
+AUTO_EPOCH_SIZE = 8192  # queries per epoch that augment_ratio="auto" aims at
 
 
 @dataclass
@@ -136,9 +137,16 @@ def initialise_keys(student: ProjectionTransformer, group_centroids: np.ndarray)
 
 @torch.no_grad()
 def fit_skip(student: nn.Module, X: np.ndarray, T: np.ndarray) -> None:
-    """Set ``student.skip`` (bias-free Linear) to the least-squares linear map from
-    queries X (n, D_in) to teacher outputs T (n, D_out) (minimum norm if n < D_in)."""
-    W = np.linalg.lstsq(X.astype(np.float64), T.astype(np.float64), rcond=None)[0]
+    """Set ``student.skip`` (a bias-free Linear) to the least-squares linear map from
+    queries X (n, D_in) to teacher outputs T (n, D_out).
+
+    Directions the queries do not span keep a prior: the identity when D_in = D_out
+    (projroute maps are near it), else zero; i.e. ``W = P + lstsq(X, T - X @ P)``
+    with the minimum-norm solution.
+    """
+    X, T = X.astype(np.float64), T.astype(np.float64)
+    prior = np.eye(X.shape[1]) if X.shape[1] == T.shape[1] else np.zeros((X.shape[1], T.shape[1]))
+    W = prior + np.linalg.lstsq(X, T - X @ prior, rcond=None)[0]
     student.skip.weight.copy_(torch.from_numpy(W.T.astype(np.float32)))
 
 
@@ -286,7 +294,7 @@ def distill(
     queries: np.ndarray,
     *,
     student: nn.Module | Mapping[str, Any] | None = None,
-    epochs: int = 60,
+    epochs: int = 40,
     batch_size: int = 256,
     lr: float = 2e-3,
     weight_decay: float = 0.0,
@@ -295,8 +303,8 @@ def distill(
     routing_weight: float = 0.0,
     augment: Sequence[str] = ("sphere", "mix"),
     extra_queries: np.ndarray | None = None,
-    sphere_sigma: float = 0.5,
-    augment_ratio: float = 32.0,
+    sphere_sigma: float = 0.8,
+    augment_ratio: float | str = "auto",
     importance: str = "uniform",
     init_keys: bool = True,
     init_skip: bool = True,
@@ -328,15 +336,16 @@ def distill(
         Augmentations; ``extra_queries`` (m, D_in) adds "extra" when given.
     sphere_sigma : float
         Noise norm of "sphere", relative to the unit query.
-    augment_ratio : float
-        Augmented queries per training query per epoch (fresh each epoch).
+    augment_ratio : float or "auto"
+        Augmented queries per training query per epoch (fresh each epoch); "auto":
+        enough for about ``AUTO_EPOCH_SIZE`` queries per epoch, at least 1 per query.
     importance : "uniform" or "entropy"
         Per-sample weights; "entropy" weighs by normalised routing entropy (mean 1).
     init_keys : bool
         Initialise the first block's keys from the meta-clustered teacher centroids.
     init_skip : bool
         Start the student's linear ``skip`` path at the least-squares fit of the teacher
-        on the training queries and one round of augmentation.
+        on the training queries and one round of augmentation (see :func:`fit_skip`).
     val_fraction, patience
         Held-out share of ``queries``; stop after ``patience`` epochs without a better
         validation cosine and keep the best weights (0: no validation, keep the last).
@@ -354,6 +363,8 @@ def distill(
     if importance not in IMPORTANCE:
         raise ValueError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
     kinds = check_augment(augment, extra_queries)
+    if augment_ratio != "auto" and not (isinstance(augment_ratio, (int, float)) and augment_ratio >= 0):
+        raise ValueError(f'augment_ratio must be "auto" or >= 0, got {augment_ratio!r}')
     settings = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "mse_weight": mse_weight, "cos_weight": cos_weight, "routing_weight": routing_weight,
@@ -389,7 +400,10 @@ def distill(
         group, group_centroids = key_groups(teach.centroids, net.num_keys, seed)
         if init_keys:
             initialise_keys(net, group_centroids)
+    if augment_ratio == "auto":
+        augment_ratio = float(max(1, round(AUTO_EPOCH_SIZE / len(Q_train))))
     n_aug = int(round(augment_ratio * len(Q_train))) if kinds else 0
+    settings["augment_ratio"] = augment_ratio
     if init_skip and isinstance(getattr(net, "skip", None), nn.Linear):
         X_fit = np.concatenate([Q_train, augmentation.sample(kinds, Q_train, n_aug, rng, sphere_sigma, extra)])
         fit_skip(net, X_fit, teach.project(X_fit))

@@ -5,11 +5,12 @@ use ndarray::{Array1, Array2, ArrayView2};
 use crate::error::{format_err, Result};
 use crate::format::ModelFile;
 use crate::linalg;
+use crate::packed::PackedMatrix;
 
 /// A global projection.
 #[derive(Clone, Debug)]
 pub struct Global {
-    w: Array2<f32>,
+    w: PackedMatrix,
     bias: Option<Array1<f32>>,
 }
 
@@ -21,7 +22,7 @@ impl Global {
                 return format_err(format!("bias has {} values, W has {} columns", b.len(), w.ncols()));
             }
         }
-        Ok(Global { w, bias })
+        Ok(Global { w: PackedMatrix::pack(w.view()), bias })
     }
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
@@ -35,18 +36,18 @@ impl Global {
 
     /// Input dimension.
     pub fn dim_in(&self) -> usize {
-        self.w.nrows()
+        self.w.rows()
     }
 
     /// Output dimension.
     pub fn dim_out(&self) -> usize {
-        self.w.ncols()
+        self.w.cols()
     }
 
     /// Project queries `x` (B, D_in) to (B, D_out).
     pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         linalg::check_batch(x, self.dim_in(), "queries")?;
-        let mut p = linalg::matmul(x, self.w.view());
+        let mut p = self.w.matmul(x);
         if let Some(b) = &self.bias {
             p += b;
         }

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use crate::error::{invalid, Result};
 use crate::linalg;
+use crate::packed::PackedMatrix;
 
 /// Queries scored per GEMM block, to bound memory at (block, N) floats.
 const BLOCK: usize = 1024;
@@ -12,19 +13,21 @@ const BLOCK: usize = 1024;
 /// Exact cosine search over N unit-normalised embeddings.
 #[derive(Clone, Debug)]
 pub struct FlatIndex {
-    embeddings: Array2<f32>,
+    /// Unit embeddings, transposed (D, N) and packed for the scoring GEMM.
+    embeddings_t: PackedMatrix,
 }
 
 impl FlatIndex {
     /// Index the rows of `embeddings` (N, D); rows are normalised here.
     pub fn new(embeddings: ArrayView2<f32>) -> Result<Self> {
         linalg::check_batch(embeddings, embeddings.ncols(), "index embeddings")?;
-        Ok(FlatIndex { embeddings: linalg::normalize_rows(embeddings, "index embeddings")? })
+        let unit = linalg::normalize_rows(embeddings, "index embeddings")?;
+        Ok(FlatIndex { embeddings_t: PackedMatrix::pack(unit.t()) })
     }
 
     /// Number of indexed items.
     pub fn len(&self) -> usize {
-        self.embeddings.nrows()
+        self.embeddings_t.cols()
     }
 
     /// True when nothing is indexed (never, as `new` rejects that).
@@ -34,7 +37,7 @@ impl FlatIndex {
 
     /// Embedding dimension.
     pub fn dim(&self) -> usize {
-        self.embeddings.ncols()
+        self.embeddings_t.rows()
     }
 
     /// The `k` nearest items of each query `x` (B, D) by cosine: `(ids, scores)`, both
@@ -50,7 +53,7 @@ impl FlatIndex {
         let mut scores = Array2::<f32>::zeros((b, k));
         for start in (0..b).step_by(BLOCK) {
             let end = (start + BLOCK).min(b);
-            let sims = linalg::matmul(q.slice(s![start..end, ..]), self.embeddings.t());
+            let sims = self.embeddings_t.matmul(q.slice(s![start..end, ..]));
             ids.slice_mut(s![start..end, ..])
                 .axis_iter_mut(Axis(0))
                 .into_par_iter()

@@ -6,7 +6,7 @@ use ndarray::{Array2, ArrayView2};
 use crate::blend;
 use crate::error::{format_err, Result};
 use crate::format::ModelFile;
-use crate::linalg;
+use crate::packed::PackedMatrix;
 use crate::routing::{self, Router, Routing, RoutingParams};
 
 /// An LDA multi-head projection.
@@ -14,6 +14,8 @@ use crate::routing::{self, Router, Routing, RoutingParams};
 pub struct Lda {
     router: Router,
     answers: Array2<f32>,
+    /// `answers` packed for the dense (flat-softmax) GEMM.
+    packed: PackedMatrix,
 }
 
 impl Lda {
@@ -27,7 +29,8 @@ impl Lda {
                 centroids.nrows()
             ));
         }
-        Ok(Lda { router: Router::new(centroids, params)?, answers })
+        let packed = PackedMatrix::pack(answers.view());
+        Ok(Lda { router: Router::new(centroids, params)?, answers, packed })
     }
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
@@ -63,7 +66,7 @@ impl Lda {
             // Flat softmax: weights in place of the scores, then one GEMM.
             let mut w = self.router.scores(x)?;
             routing::softmax_rows(w.view_mut(), params.temperature);
-            return Ok(linalg::matmul(w.view(), self.answers.view()));
+            return Ok(self.packed.matmul(w.view()));
         }
         Ok(blend::blend_vectors(&self.route(x)?, self.answers.view()))
     }

@@ -10,7 +10,10 @@
 //! with AVX2 and FMA an explicit 6x16 register-blocked kernel runs; elsewhere a
 //! portable kernel with the same layout does.
 
-use ndarray::ArrayView2;
+use std::ops::Range;
+
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
 
 /// Columns per packed panel.
 pub const NR: usize = 16;
@@ -80,14 +83,59 @@ impl PackedMatrix {
         self.lines[self.line_of(row, col)].0[col % NR]
     }
 
+    /// `a @ self` (m, n) on the whole rayon pool: row blocks per thread for a tall
+    /// `a`, column panels per thread for a short one.
+    pub fn matmul(&self, a: ArrayView2<f32>) -> Array2<f32> {
+        let (m, n) = (a.nrows(), self.n);
+        let threads = rayon::current_num_threads().max(1);
+        let mut out = Array2::<f32>::zeros((m, n));
+        if m >= 4 * MR * threads {
+            let rows = m.div_ceil(2 * threads).div_ceil(MR) * MR;
+            out.axis_chunks_iter_mut(Axis(0), rows)
+                .into_par_iter()
+                .zip(a.axis_chunks_iter(Axis(0), rows))
+                .for_each(|(mut o, a)| {
+                    let o = o.as_slice_mut().expect("fresh array is contiguous");
+                    self.matmul_into(a, o, n, &mut Vec::new());
+                });
+        } else {
+            let n_panels = n.div_ceil(NR);
+            let per = n_panels.div_ceil(threads).max(1);
+            let parts: Vec<(Range<usize>, Vec<f32>)> = (0..n_panels.div_ceil(per))
+                .into_par_iter()
+                .map(|t| {
+                    let panels = t * per..((t + 1) * per).min(n_panels);
+                    let width = (panels.end * NR).min(n) - panels.start * NR;
+                    let mut c = vec![0.0f32; m * width];
+                    self.panels_into(a, panels.clone(), &mut c, width, &mut Vec::new());
+                    (panels, c)
+                })
+                .collect();
+            for (panels, c) in parts {
+                let (start, width) = (panels.start * NR, (panels.end * NR).min(n) - panels.start * NR);
+                for (mut row, src) in out.axis_iter_mut(Axis(0)).zip(c.chunks_exact(width.max(1))) {
+                    row.slice_mut(ndarray::s![start..start + width]).assign(&ndarray::aview1(src));
+                }
+            }
+        }
+        out
+    }
+
     /// `c = a @ self` on the calling thread.
     ///
     /// `a`: (m, k), any strides; `c`: (m, n) row-major with row stride `ldc`.
     /// `scratch` is reused between calls to avoid allocations.
     pub fn matmul_into(&self, a: ArrayView2<f32>, c: &mut [f32], ldc: usize, scratch: &mut Vec<f32>) {
+        self.panels_into(a, 0..self.n.div_ceil(NR), c, ldc, scratch);
+    }
+
+    /// Columns of `panels` of `a @ self` into `c` (m, width) with row stride `ldc`,
+    /// column 0 of `c` being the first column of `panels.start`.
+    fn panels_into(&self, a: ArrayView2<f32>, panels: Range<usize>, c: &mut [f32], ldc: usize, scratch: &mut Vec<f32>) {
         let (m, k) = a.dim();
+        let width = (panels.end * NR).min(self.n) - panels.start * NR;
         assert_eq!(k, self.k, "inner dimensions differ");
-        assert!(ldc >= self.n && (m == 0 || c.len() >= (m - 1) * ldc + self.n), "output too small");
+        assert!(ldc >= width && (m == 0 || c.len() >= (m - 1) * ldc + width), "output too small");
         let avx = has_avx2_fma();
         let mut tile = [0.0f32; MR * NR];
         for i0 in (0..m).step_by(MC) {
@@ -95,13 +143,13 @@ impl PackedMatrix {
             for (kb_index, kb) in (0..k).step_by(KC).enumerate() {
                 let kc = KC.min(k - kb);
                 pack_a(a, i0, mc, kb, kc, scratch);
-                for j in 0..self.n.div_ceil(NR) {
+                for j in panels.clone() {
                     let nr = NR.min(self.n - j * NR);
                     let b = self.panel(kb, j);
                     for s in (0..mc).step_by(MR) {
                         let mr = MR.min(mc - s);
                         let a_strip = &scratch[s * kc..(s + mr) * kc];
-                        let c_off = (i0 + s) * ldc + j * NR;
+                        let c_off = (i0 + s) * ldc + (j - panels.start) * NR;
                         let accumulate = kb_index > 0;
                         let prefetch = s == 0;
                         if nr == NR {
@@ -122,7 +170,7 @@ impl PackedMatrix {
         }
         if k == 0 {
             for i in 0..m {
-                c[i * ldc..i * ldc + self.n].fill(0.0);
+                c[i * ldc..i * ldc + width].fill(0.0);
             }
         }
     }
@@ -308,6 +356,18 @@ mod tests {
             check(m, k, n, 4, true);
         }
         assert_eq!(PackedMatrix::pack(filled(3, 20, 5).view()).get(2, 19), filled(3, 20, 5)[[2, 19]]);
+    }
+
+    #[test]
+    fn parallel_matmul_splits_rows_or_panels() {
+        for &(m, k, n) in &[(1, 70, 100), (5, 33, 50), (200, 40, 37), (1000, 16, 16)] {
+            let (a, b) = (filled(m, k, 8), filled(k, n, 9));
+            let got = PackedMatrix::pack(b.view()).matmul(a.view());
+            let want = a.dot(&b);
+            for (x, y) in got.iter().zip(want.iter()) {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{m}x{k}x{n}: {x} vs {y}");
+            }
+        }
     }
 
     #[test]

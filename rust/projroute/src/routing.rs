@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::error::{invalid, Error, Result};
 use crate::linalg;
+use crate::packed::PackedMatrix;
 
 /// How a query's weights over K clusters are computed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -94,7 +95,8 @@ impl Routing {
 /// Centroids and routing parameters: what every routed kind shares.
 #[derive(Clone, Debug)]
 pub struct Router {
-    centroids: Array2<f32>,
+    /// Unit centroids, transposed (D, K) and packed for the scoring GEMM.
+    centroids_t: PackedMatrix,
     params: RoutingParams,
 }
 
@@ -103,18 +105,18 @@ impl Router {
     /// parameters valid for K clusters.
     pub fn new(centroids: ArrayView2<f32>, params: RoutingParams) -> Result<Self> {
         params.validate(centroids.nrows())?;
-        let centroids = linalg::normalize_rows(centroids, "centroids").map_err(|e| Error::Format(e.to_string()))?;
-        Ok(Router { centroids, params })
+        let unit = linalg::normalize_rows(centroids, "centroids").map_err(|e| Error::Format(e.to_string()))?;
+        Ok(Router { centroids_t: PackedMatrix::pack(unit.t()), params })
     }
 
     /// Number of clusters K.
     pub fn n_clusters(&self) -> usize {
-        self.centroids.nrows()
+        self.centroids_t.cols()
     }
 
     /// Query dimension.
     pub fn dim(&self) -> usize {
-        self.centroids.ncols()
+        self.centroids_t.rows()
     }
 
     /// The routing parameters.
@@ -124,7 +126,8 @@ impl Router {
 
     /// Cosine scores (B, K) of queries `x` (B, D); validates the batch.
     pub fn scores(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        cosine_scores(x, self.centroids.view())
+        linalg::check_batch(x, self.dim(), "queries")?;
+        Ok(self.centroids_t.matmul(linalg::normalize_rows(x, "queries")?.view()))
     }
 
     /// Sparse routing weights of queries `x` (B, D).
