@@ -15,17 +15,23 @@ import tempfile
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from projroute import FORMAT_VERSION, Projector  # noqa: E402
-from projroute.distill import ProjectionTransformer, save_student  # noqa: E402
+from projroute import FORMAT_VERSION, Projector
 
 D, K, TOP_K, T = 384, 140, 10, 0.1
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 @pytest.fixture(scope="module")
-def models():
+def torch():
+    """torch, imported only when these benchmarks run (its OpenMP pool would otherwise
+    sit beside numpy's BLAS threads in the other benchmarks)."""
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def models(torch):
+    from projroute.distill import ProjectionTransformer, save_student
+
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
     student = ProjectionTransformer(D, D).eval()
@@ -42,14 +48,14 @@ def models():
     return student, Projector.load(path), teacher, X
 
 
-def torch_project(student, x):
+def torch_project(torch, student, x):
     with torch.inference_mode():
         return student(torch.from_numpy(x)).numpy()
 
 
 @pytest.mark.parametrize("batch", [1, 1024], ids=["b1", "b1024"])
 @pytest.mark.parametrize("impl", ["candle", "torch", "federated_teacher"])
-def test_student(benchmark, models, impl, batch):
+def test_student(benchmark, torch, models, impl, batch):
     student, served, teacher, X = models
     benchmark.group = f"student-d{D}-b{batch}"
     benchmark.extra_info.update(threads=THREADS, student_parameters=student.n_parameters(),
@@ -57,10 +63,10 @@ def test_student(benchmark, models, impl, batch):
     queries = [X[i : i + batch] for i in range(0, len(X), batch)][:64]
     fn = {
         "candle": served.project,
-        "torch": lambda x: torch_project(student, x),
+        "torch": lambda x: torch_project(torch, student, x),
         "federated_teacher": teacher.project,
     }[impl]
-    np.testing.assert_allclose(served.project(X[:4]), torch_project(student, X[:4]), atol=1e-4)
+    np.testing.assert_allclose(served.project(X[:4]), torch_project(torch, student, X[:4]), atol=1e-4)
     it = iter(range(10**9))
     rounds = 200 if batch == 1 else 20
     benchmark.pedantic(lambda: fn(queries[next(it) % len(queries)]), rounds=rounds, warmup_rounds=3)

@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     fit_seconds = time.perf_counter() - started
 
     augment = () if args.augment == "none" else tuple(a for a in args.augment.split(",") if a)
-    variants = [(a, i) for a in (augment, ()) for i in ("uniform", "entropy")] if args.grid \
+    augments = [augment, ()] if augment else [()]
+    variants = [(a, i) for a in augments for i in ("uniform", "entropy")] if args.grid \
         else [(augment, args.importance)]
     runs = [run(args, teacher, Q, X, C, test.gold, a, i, f"{'aug' if a else 'noaug'}-{i}") for a, i in variants]
     print(json.dumps({
