@@ -25,7 +25,13 @@ from projroute.distill import (  # noqa: E402
     save_student,
 )
 from projroute.distill.teacher import Teacher  # noqa: E402
-from projroute.distill.train import entropy_weights, initialise_keys, key_groups, split_queries  # noqa: E402
+from projroute.distill.train import (  # noqa: E402
+    entropy_weights,
+    importance_weights,
+    initialise_keys,
+    key_groups,
+    split_queries,
+)
 from projroute.metrics import mean_cosine  # noqa: E402
 
 from helpers import random_model, unit  # noqa: E402
@@ -289,9 +295,10 @@ def test_entropy_weights_have_mean_one():
     w = entropy_weights(route)
     assert w.shape == (50,) and w.dtype == np.float32
     assert w.mean() == pytest.approx(1.0, abs=1e-6)
-    raw = w / w[0] * 0.5  # un-normalised: 0.5 + H / log K
-    assert raw[1] == pytest.approx(1.5, rel=1e-5)
-    assert np.all(w >= w[0] - 1e-6) and np.all(w <= w[1] + 1e-6)
+    raw = importance_weights(route)  # 0.5 + H / log K
+    assert raw[0] == pytest.approx(0.5) and raw[1] == pytest.approx(1.5)
+    np.testing.assert_allclose(w, raw / raw.mean(), rtol=1e-6)
+    assert np.all((raw >= 0.5) & (raw <= 1.5 + 1e-6))
 
 
 def test_key_groups_and_key_initialisation(synthetic):
@@ -364,6 +371,7 @@ def test_fidelity_accepts_a_torch_student(synthetic):
     fid = fidelity(teacher, r.student, X, A, k=5)
     assert set(fid) == {"cosine", "mse", "overlap@5", "n"}
     assert 0.0 <= fid["overlap@5"] <= 1.0 and fid["n"] == len(X)
+    assert fidelity(teacher, teacher, X, A[:3], k=10)["overlap@10"] == 1.0  # k capped at the corpus
 
 
 # --- the optional dependency --------------------------------------------------------------

@@ -38,20 +38,20 @@ def fidelity(
         Answer embeddings to retrieve from.
     gold : n sequences of corpus indices, optional
     k : int
-        Cut-off of the retrieval overlap (at most m).
+        Cut-off of the retrieval overlap (capped at m; the key keeps the ``k`` given).
 
     Returns
     -------
     dict
         ``cosine`` (mean row cosine), ``mse`` (mean squared difference per element),
-        ``overlap@k`` (mean ``|top_k(teacher) & top_k(student)| / k``) and with ``gold``
+        ``overlap@k`` (mean ``|top_k(teacher) & top_k(student)| / k`` over the rows) and with ``gold``
         ``teacher`` and ``student``: :func:`projroute.metrics.retrieval_metrics`.
     """
     T = Teacher(teacher).project(queries)
     S = project_numpy(student, queries) if isinstance(student, nn.Module) else Teacher(student).project(queries)
-    k = min(k, len(corpus))
-    top_t, top_s = top_k_ids(T, corpus, k), top_k_ids(S, corpus, k)
-    overlap = np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(top_t, top_s)])
+    k_used = min(k, len(corpus))
+    top_t, top_s = top_k_ids(T, corpus, k_used), top_k_ids(S, corpus, k_used)
+    overlap = np.mean([len(np.intersect1d(a, b)) / k_used for a, b in zip(top_t, top_s)])
     out: dict[str, Any] = {
         "cosine": mean_cosine(S, T),
         "mse": float(np.mean((S - T) ** 2)),

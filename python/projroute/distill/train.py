@@ -108,17 +108,18 @@ def key_groups(centroids: np.ndarray, num_keys: int, seed: int) -> tuple[np.ndar
     return group.astype(np.int64), unit_rows(onehot @ C)
 
 
-def entropy_weights(route: np.ndarray) -> np.ndarray:
-    """Importance ``0.5 + H(w) / log K`` of routing rows ``route`` (B, K), scaled to mean 1.
-
-    Returns (B,) float32; uniform ones for K = 1.
-    """
+def importance_weights(route: np.ndarray) -> np.ndarray:
+    """Un-normalised importance ``0.5 + H(w) / log K`` of routing rows ``route`` (B, K):
+    (B,) float64 in [0.5, 1.5]; 0.5 (no entropy) for K = 1."""
     K = route.shape[1]
-    if K < 2:
-        return np.ones(len(route), np.float32)
     p = np.clip(route, 0.0, None).astype(np.float64)
     H = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
-    w = 0.5 + H / math.log(K)
+    return 0.5 + (H / math.log(K) if K > 1 else 0.0 * H)
+
+
+def entropy_weights(route: np.ndarray) -> np.ndarray:
+    """:func:`importance_weights` of ``route`` (B, K) scaled to mean 1: (B,) float32."""
+    w = importance_weights(route)
     return (w / w.mean()).astype(np.float32)
 
 
@@ -235,7 +236,8 @@ class Labeller:
     num_keys : int
         Width of the grouped routing targets.
     entropy : bool
-        Importance from routing entropy (else uniform ones).
+        Importance from routing entropy (un-normalised, see :func:`importance_weights`;
+        else uniform ones).
     """
 
     def __init__(self, teacher: Teacher, group: np.ndarray | None, num_keys: int, entropy: bool) -> None:
@@ -250,7 +252,7 @@ class Labeller:
             g = np.zeros((len(X), self.num_keys), np.float32)
             np.add.at(g.T, self.group, route.T)
             out["route"] = g
-        out["w"] = entropy_weights(route) if self.entropy else np.ones(len(X), np.float32)
+        out["w"] = importance_weights(route).astype(np.float32) if self.entropy else np.ones(len(X), np.float32)
         return out
 
 
@@ -296,7 +298,7 @@ def distill(
     student: nn.Module | Mapping[str, Any] | None = None,
     epochs: int = 40,
     batch_size: int = 256,
-    lr: float = 2e-3,
+    lr: float = 1e-3,
     weight_decay: float = 0.0,
     mse_weight: float = 0.3,
     cos_weight: float = 0.7,
@@ -417,12 +419,11 @@ def distill(
     best_epoch, best_val, best_state = 0, -math.inf, copy.deepcopy(net.state_dict())
     bar = tqdm(range(epochs), desc="distilling", unit="epoch", disable=not progress)
     for epoch in bar:
-        batch = real
+        batch = dict(real)
         if n_aug:
             aug = label(augmentation.sample(kinds, Q_train, n_aug, rng, sphere_sigma, extra))
             batch = {k: np.concatenate([real[k], aug[k]]) for k in real}
-            if importance == "entropy":
-                batch["w"] = batch["w"] / batch["w"].mean()
+        batch["w"] = batch["w"] / batch["w"].mean()  # importance: mean 1 over the epoch
         history["train_loss"].append(train_epoch(net, optim, sched, batch, batch_size, loss_weights, rng))
         postfix = {"loss": f"{history['train_loss'][-1]:.4f}"}
         if T_val is None:
