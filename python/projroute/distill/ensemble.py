@@ -44,13 +44,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from projroute import FORMAT_VERSION, ModelFormatError
 from projroute.clustering import kmeans_labels
 from projroute.distill import augment as augmentation
+from projroute.distill.export import architecture, load_state, read_config, write_model
 from projroute.distill.student import LAYER_NORM_EPS, ProjectionTransformer, project_numpy
 from projroute.distill.teacher import Teacher
 from projroute.distill.train import DistillResult, distill, split_queries
@@ -632,42 +630,22 @@ def save_ensemble(ens: TransformerEnsemble, path: str | os.PathLike[str], teache
     """
     if not isinstance(ens, TransformerEnsemble):
         raise TypeError(f"only a TransformerEnsemble can be exported, got {type(ens).__name__}")
-    config = {
-        "format": "projroute",
-        "version": FORMAT_VERSION,
-        "kind": KIND,
-        "dim_in": ens.dim_in,
-        "dim_out": ens.dim_out,
+    write_model(ens, path, KIND, {
         "transformer": {**ens.student_config(), "layer_norm_eps": LAYER_NORM_EPS},
         "ensemble": ens.config(),
         "fit": {"ensemble_parameters": ens.n_parameters(), **teacher_info},
-    }
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in ens.state_dict().items()}
-    save_file(tensors, os.fspath(path), metadata={"projroute": json.dumps(config)})
+    })
 
 
 def read_ensemble_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``projroute`` config of an ensemble model file; ModelFormatError otherwise."""
-    with safe_open(os.fspath(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get("projroute")
-    config = json.loads(raw) if raw else {}
-    if config.get("format") != "projroute":
-        raise ModelFormatError(f"{path}: not a projroute model file")
-    if config.get("kind") != KIND:
-        raise ModelFormatError(f"{path}: a {config.get('kind')!r} model, not a {KIND!r} one")
-    if config.get("version", FORMAT_VERSION + 1) > FORMAT_VERSION:
-        raise ModelFormatError(f"{path}: format version {config.get('version')} is newer than this projroute")
-    return config
+    return read_config(path, KIND)
 
 
 def load_ensemble(path: str | os.PathLike[str]) -> TransformerEnsemble:
     """Read a file written by :func:`save_ensemble` back as a torch module (eval mode)."""
     config = read_ensemble_config(path)
-    arch = {k: v for k, v in config["transformer"].items() if k != "layer_norm_eps"}
     e = config["ensemble"]
     ens = TransformerEnsemble(config["dim_in"], config["dim_out"], e["n_domains"], e["top_k"], e["router_hidden"],
-                              **arch)
-    with safe_open(os.fspath(path), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    ens.load_state_dict(state, strict=True)
-    return ens.eval()
+                              **architecture(config))
+    return load_state(ens, path)

@@ -18,12 +18,48 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from torch import nn
 from safetensors.torch import save_file
 
 from projroute import FORMAT_VERSION, ModelFormatError
 from projroute.distill.student import LAYER_NORM_EPS, ProjectionTransformer
 
 KIND = "transformer"
+
+
+def write_model(module: nn.Module, path: str | os.PathLike[str], kind: str, config: dict[str, Any]) -> None:
+    """Write ``module``'s ``state_dict`` (float32) as a projroute model file of ``kind``
+    whose config is ``config`` plus the format fields and dimensions."""
+    full = {"format": "projroute", "version": FORMAT_VERSION, "kind": kind,
+            "dim_in": module.dim_in, "dim_out": module.dim_out, **config}
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()}
+    save_file(tensors, os.fspath(path), metadata={"projroute": json.dumps(full)})
+
+
+def read_config(path: str | os.PathLike[str], kind: str = KIND) -> dict[str, Any]:
+    """The ``projroute`` config of a model file of ``kind``; ModelFormatError otherwise."""
+    with safe_open(os.fspath(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get("projroute")
+    config = json.loads(raw) if raw else {}
+    if config.get("format") != "projroute":
+        raise ModelFormatError(f"{path}: not a projroute model file")
+    if config.get("kind") != kind:
+        raise ModelFormatError(f"{path}: a {config.get('kind')!r} model, not a {kind!r} one")
+    if config.get("version", FORMAT_VERSION + 1) > FORMAT_VERSION:
+        raise ModelFormatError(f"{path}: format version {config.get('version')} is newer than this projroute")
+    return config
+
+
+def load_state(module: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load every tensor of ``path`` into ``module`` (strict); returns it in eval mode."""
+    with safe_open(os.fspath(path), framework="pt") as f:
+        module.load_state_dict({k: f.get_tensor(k) for k in f.keys()}, strict=True)
+    return module.eval()
+
+
+def architecture(config: dict[str, Any]) -> dict[str, int]:
+    """The student keyword arguments stored in a config's ``transformer`` section."""
+    return {k: v for k, v in config["transformer"].items() if k != "layer_norm_eps"}
 
 
 def save_student(student: ProjectionTransformer, path: str | os.PathLike[str], teacher_info: dict[str, Any]) -> None:
@@ -39,39 +75,13 @@ def save_student(student: ProjectionTransformer, path: str | os.PathLike[str], t
     """
     if not isinstance(student, ProjectionTransformer):
         raise TypeError(f"only a ProjectionTransformer can be exported, got {type(student).__name__}")
-    config = {
-        "format": "projroute",
-        "version": FORMAT_VERSION,
-        "kind": KIND,
-        "dim_in": student.dim_in,
-        "dim_out": student.dim_out,
+    write_model(student, path, KIND, {
         "transformer": {**student.config(), "layer_norm_eps": LAYER_NORM_EPS},
         "fit": {"student_parameters": student.n_parameters(), **teacher_info},
-    }
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in student.state_dict().items()}
-    save_file(tensors, os.fspath(path), metadata={"projroute": json.dumps(config)})
-
-
-def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``projroute`` config of a transformer model file; ModelFormatError otherwise."""
-    with safe_open(os.fspath(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get("projroute")
-    config = json.loads(raw) if raw else {}
-    if config.get("format") != "projroute":
-        raise ModelFormatError(f"{path}: not a projroute model file")
-    if config.get("kind") != KIND:
-        raise ModelFormatError(f"{path}: a {config.get('kind')!r} model, not a {KIND!r} one")
-    if config.get("version", FORMAT_VERSION + 1) > FORMAT_VERSION:
-        raise ModelFormatError(f"{path}: format version {config.get('version')} is newer than this projroute")
-    return config
+    })
 
 
 def load_student(path: str | os.PathLike[str]) -> ProjectionTransformer:
     """Read a file written by :func:`save_student` back as a torch module (eval mode)."""
     config = read_config(path)
-    arch = {k: v for k, v in config["transformer"].items() if k != "layer_norm_eps"}
-    student = ProjectionTransformer(config["dim_in"], config["dim_out"], **arch)
-    with safe_open(os.fspath(path), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    student.load_state_dict(state, strict=True)
-    return student.eval()
+    return load_state(ProjectionTransformer(config["dim_in"], config["dim_out"], **architecture(config)), path)
