@@ -29,18 +29,44 @@ fn format(e: candle_core::Error) -> Error {
     Error::Format(e.to_string())
 }
 
+/// A linear layer with its weight stored transposed, (in, out) contiguous, so the
+/// GEMM reads it row-major (PyTorch's (out, in) layout would be read strided).
+#[derive(Clone)]
+struct Dense {
+    wt: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Dense {
+    fn new(l: Linear) -> candle_core::Result<Self> {
+        Ok(Dense { wt: l.weight().t()?.contiguous()?, bias: l.bias().cloned() })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&self.wt)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+fn dense(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Dense> {
+    Dense::new(linear(in_dim, out_dim, vb)?)
+}
+
 #[derive(Clone)]
 struct Block {
     norm1: LayerNorm,
-    query: Linear,
+    query: Dense,
     /// (H, d_head, num_keys), pre-transposed and contiguous.
     keys_t: Tensor,
     /// (H, num_keys, d_head), contiguous.
     values: Tensor,
-    out: Linear,
+    out: Dense,
     norm2: LayerNorm,
-    ffn1: Linear,
-    ffn2: Linear,
+    ffn1: Dense,
+    ffn2: Dense,
     n_heads: usize,
     scale: f64,
 }
@@ -52,13 +78,13 @@ impl Block {
         let heads = |t: Tensor| t.reshape((nk, h, dh))?.transpose(0, 1);
         Ok(Block {
             norm1: layer_norm(d, c.layer_norm_eps, vb.pp("norm1"))?,
-            query: linear(d, d, vb.pp("query"))?,
+            query: dense(d, d, vb.pp("query"))?,
             keys_t: heads(vb.get((nk, d), "keys")?)?.transpose(1, 2)?.contiguous()?,
             values: heads(vb.get((nk, d), "values")?)?.contiguous()?,
-            out: linear(d, d, vb.pp("out"))?,
+            out: dense(d, d, vb.pp("out"))?,
             norm2: layer_norm(d, c.layer_norm_eps, vb.pp("norm2"))?,
-            ffn1: linear(d, c.ffn_dim, vb.pp("ffn1"))?,
-            ffn2: linear(c.ffn_dim, d, vb.pp("ffn2"))?,
+            ffn1: dense(d, c.ffn_dim, vb.pp("ffn1"))?,
+            ffn2: dense(c.ffn_dim, d, vb.pp("ffn2"))?,
             n_heads: h,
             scale: 1.0 / (dh as f64).sqrt(),
         })
@@ -91,11 +117,11 @@ pub(crate) fn tensors_builder(m: &ModelFile) -> Result<VarBuilder<'static>> {
 /// A distilled `ProjectionTransformer`.
 #[derive(Clone)]
 pub struct Transformer {
-    input: Linear,
+    input: Dense,
     blocks: Vec<Block>,
     norm: LayerNorm,
-    output: Linear,
-    skip: Linear,
+    output: Dense,
+    skip: Dense,
     dim_in: usize,
     dim_out: usize,
 }
@@ -139,11 +165,11 @@ impl Transformer {
         let (d_in, d_out, d) = (m.config.dim_in, m.config.dim_out, c.d_model);
         let build = || -> candle_core::Result<Self> {
             Ok(Transformer {
-                input: linear(d_in, d, vb.pp("input"))?,
+                input: dense(d_in, d, vb.pp("input"))?,
                 blocks: (0..c.n_layers).map(|i| Block::load(vb.pp("layers").pp(i), c)).collect::<candle_core::Result<_>>()?,
                 norm: layer_norm(d, c.layer_norm_eps, vb.pp("norm"))?,
-                output: linear(d, d_out, vb.pp("output"))?,
-                skip: linear_no_bias(d_in, d_out, vb.pp("skip"))?,
+                output: dense(d, d_out, vb.pp("output"))?,
+                skip: Dense::new(linear_no_bias(d_in, d_out, vb.pp("skip"))?)?,
                 dim_in: d_in,
                 dim_out: d_out,
             })
