@@ -55,49 +55,68 @@ fn dense(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<D
     Dense::new(linear(in_dim, out_dim, vb)?)
 }
 
+/// One block, with the attention folded at load time into two GEMMs:
+/// per-head scores `norm1(h) @ (W_qᵀ K) + b_q K` against a block-diagonal `K`
+/// (d, H·nk) scaled by 1/√d_head, a softmax within each head, then
+/// `att @ (V W_outᵀ) + b_out` with a block-diagonal `V` (H·nk, d). This is the same
+/// function as query → per-head attention → out, without per-head transposes.
 #[derive(Clone)]
 struct Block {
     norm1: LayerNorm,
-    query: Dense,
-    /// (H, d_head, num_keys), pre-transposed and contiguous.
-    keys_t: Tensor,
-    /// (H, num_keys, d_head), contiguous.
-    values: Tensor,
-    out: Dense,
+    scores: Dense,
+    mix: Dense,
     norm2: LayerNorm,
     ffn1: Dense,
     ffn2: Dense,
     n_heads: usize,
-    scale: f64,
+    num_keys: usize,
 }
 
 impl Block {
     fn load(vb: VarBuilder, c: &TransformerConfig) -> candle_core::Result<Self> {
         let (d, h, nk) = (c.d_model, c.n_heads, c.num_keys);
         let dh = d / h;
-        let heads = |t: Tensor| t.reshape((nk, h, dh))?.transpose(0, 1);
+        let query = linear(d, d, vb.pp("query"))?;
+        let out = linear(d, d, vb.pp("out"))?;
+        let keys = vb.get((nk, d), "keys")?.to_vec2::<f32>()?;
+        let values = vb.get((nk, d), "values")?.to_vec2::<f32>()?;
+        let scale = 1.0 / (dh as f32).sqrt();
+        let (mut k_bd, mut v_bd) = (vec![0.0f32; d * h * nk], vec![0.0f32; h * nk * d]);
+        for head in 0..h {
+            for j in 0..nk {
+                for i in 0..dh {
+                    let (row, col) = (head * dh + i, head * nk + j);
+                    k_bd[row * h * nk + col] = keys[j][row] * scale;
+                    v_bd[col * d + row] = values[j][row];
+                }
+            }
+        }
+        let device = Device::Cpu;
+        let k_bd = Tensor::from_vec(k_bd, (d, h * nk), &device)?;
+        let v_bd = Tensor::from_vec(v_bd, (h * nk, d), &device)?;
+        let scores = Dense {
+            wt: query.weight().t()?.matmul(&k_bd)?,
+            bias: query.bias().map(|b| b.unsqueeze(0)?.matmul(&k_bd)?.squeeze(0)).transpose()?,
+        };
+        let mix = Dense { wt: v_bd.matmul(&out.weight().t()?)?, bias: out.bias().cloned() };
         Ok(Block {
             norm1: layer_norm(d, c.layer_norm_eps, vb.pp("norm1"))?,
-            query: dense(d, d, vb.pp("query"))?,
-            keys_t: heads(vb.get((nk, d), "keys")?)?.transpose(1, 2)?.contiguous()?,
-            values: heads(vb.get((nk, d), "values")?)?.contiguous()?,
-            out: dense(d, d, vb.pp("out"))?,
+            scores,
+            mix,
             norm2: layer_norm(d, c.layer_norm_eps, vb.pp("norm2"))?,
             ffn1: dense(d, c.ffn_dim, vb.pp("ffn1"))?,
             ffn2: dense(c.ffn_dim, d, vb.pp("ffn2"))?,
             n_heads: h,
-            scale: 1.0 / (dh as f64).sqrt(),
+            num_keys: nk,
         })
     }
 
     /// `h` (B, d_model) -> (B, d_model).
     fn forward(&self, h: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, d) = h.dims2()?;
-        let q = self.query.forward(&self.norm1.forward(h)?)?;
-        let q = q.reshape((b, self.n_heads, d / self.n_heads))?.transpose(0, 1)?.contiguous()?;
-        let att = candle_nn::ops::softmax_last_dim(&(q.matmul(&self.keys_t)? * self.scale)?)?;
-        let o = att.matmul(&self.values)?.transpose(0, 1)?.contiguous()?.reshape((b, d))?;
-        let h = (h + self.out.forward(&o)?)?;
+        let b = h.dim(0)?;
+        let s = self.scores.forward(&self.norm1.forward(h)?)?.reshape((b, self.n_heads, self.num_keys))?;
+        let att = candle_nn::ops::softmax_last_dim(&s)?.reshape((b, self.n_heads * self.num_keys))?;
+        let h = (h + self.mix.forward(&att)?)?;
         let f = self.ffn2.forward(&self.ffn1.forward(&self.norm2.forward(&h)?)?.gelu_erf()?)?;
         h + f
     }
