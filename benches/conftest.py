@@ -193,7 +193,7 @@ def record():
 
 
 def global_projector(W: np.ndarray) -> Projector:
-    """A Rust global map ``x @ W``: one GEMM through the core's ``gemm`` crate on all
+    """A Rust global map ``x @ W``: one GEMM through the core's packed kernel on all
     threads (used as a diagnostic sub-step beside numpy's BLAS on the same shape)."""
     cfg = {"format": "projroute", "version": FORMAT_VERSION, "kind": "global",
            "dim_in": W.shape[0], "dim_out": W.shape[1]}

@@ -123,7 +123,7 @@ def main(path: str) -> int:
             tr, tn = med(group, rd), med(group, nd)
             if tr and tn:
                 fr = groups[group][rd]["extra_info"]["flops"]
-                print(f"  -> diagnostic, {what}: Rust (gemm crate) {fmt_time(tr).strip()} = {fr / tr / 1e9:.1f} GFLOP/s, "
+                print(f"  -> diagnostic, {what}: Rust (packed kernel) {fmt_time(tr).strip()} = {fr / tr / 1e9:.1f} GFLOP/s, "
                       f"numpy BLAS {fmt_time(tn).strip()} = {fr / tn / 1e9:.1f} GFLOP/s (Rust/numpy speed {tn / tr:.2f}x)")
                 if rust:
                     fl = groups[group]["rust"]["extra_info"].get("flops")

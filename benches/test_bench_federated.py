@@ -139,7 +139,7 @@ def test_batch_diag_numpy_gemm_b1024_d768(benchmark, federated, medians, record)
 
 @pytest.mark.benchmark(group=G_BATCH)
 def test_batch_diag_rust_gemm_b1024_d768(benchmark, federated, rust_gemm, medians, record):
-    """Diagnostic: the same GEMM through the Rust core (a global map: the ``gemm`` crate
+    """Diagnostic: the same GEMM through the Rust core (a global map: the packed kernel
     on all threads), to tell kernel speed from the federated blend's overheads."""
     f = federated
     w = f.W[0]

@@ -143,7 +143,7 @@ def test_b1024_diag_numpy_gemms(benchmark, lda, c_unit, medians, record):
 @pytest.mark.benchmark(group=G_B1024)
 def test_b1024_diag_rust_gemms(benchmark, lda, c_unit, rust_gemm, medians, record):
     """Diagnostic: the same two GEMMs through the Rust core (two global maps: the
-    ``gemm`` crate on all threads, each call also checks its input is finite)."""
+    packed kernel on all threads, each call also checks its input is finite)."""
     X = lda.X
     scores = rust_gemm(np.ascontiguousarray(c_unit.T))
     blend = rust_gemm(lda.answers)

@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array2, Array3};
-use projroute::{cosine_scores, route, FlatIndex, Federated, Lda, RoutingParams};
+use projroute::{route, FlatIndex, Federated, Lda, Router, RoutingParams};
 
 fn random(shape: (usize, usize), seed: u64) -> Array2<f32> {
     let mut s = seed;
@@ -48,13 +48,14 @@ fn lda(c: &mut Criterion) {
 
 fn routing(c: &mut Criterion) {
     let (d, k, b) = (384, 1000, 1024);
-    let centroids = random((k, d), 7);
+    let all = RoutingParams { temperature: 0.1, top_k: k, coverage: None };
+    let router = Router::new(random((k, d), 7).view(), all).unwrap();
     let x = random((b, d), 8);
-    let scores = cosine_scores(x.view(), centroids.view()).unwrap();
+    let scores = router.scores(x.view()).unwrap();
     let mut group = c.benchmark_group("routing_f32_b1024_k1000");
     group.throughput(Throughput::Elements(b as u64));
     group.bench_function("cosine_scores_d384", |bench| {
-        bench.iter(|| cosine_scores(x.view(), centroids.view()).unwrap())
+        bench.iter(|| router.scores(x.view()).unwrap())
     });
     for (name, top_k, coverage) in [("top10", 10, None), ("coverage0.9", k, Some(0.9))] {
         let params = RoutingParams { temperature: 0.1, top_k, coverage };

@@ -8,7 +8,6 @@
 use ndarray::{s, Array2, ArrayView2, Axis, Zip};
 use rayon::prelude::*;
 
-use crate::linalg;
 use crate::packed::PackedMatrix;
 use crate::routing::Routing;
 
@@ -101,16 +100,12 @@ fn sum_partials(mut partials: Vec<Array2<f32>>, dim: (usize, usize)) -> Array2<f
     out
 }
 
-/// `out_i = Σ_j w_ij · vectors[c_ij]`.
+/// `out_i = Σ_j w_ij · vectors[c_ij]`, row by row (for sparse routings; a dense one
+/// is better served by one GEMM with the dense weights).
 ///
-/// `vectors`: (K, D_out); returns (B, D_out). Dense routings go through one GEMM.
+/// `vectors`: (K, D_out); returns (B, D_out).
 pub fn blend_vectors(routing: &Routing, vectors: ArrayView2<f32>) -> Array2<f32> {
-    let (n_clusters, d_out) = vectors.dim();
-    let b = routing.len();
-    if routing.weights.len() * 4 >= b * n_clusters {
-        return linalg::matmul(routing.to_dense(n_clusters).view(), vectors);
-    }
-    let mut out = Array2::<f32>::zeros((b, d_out));
+    let mut out = Array2::<f32>::zeros((routing.len(), vectors.ncols()));
     out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(i, mut row)| {
         let (c, w) = routing.row(i);
         for (&c, &w) in c.iter().zip(w) {
@@ -164,6 +159,11 @@ mod tests {
         }
         let vectors = maps.index_axis(Axis(1), 0);
         let got = blend_vectors(&routing, vectors);
+        assert!(routing.weights.len() * 4 >= b * k, "this routing is dense enough for the GEMM path too");
+        let dense = PackedMatrix::pack(vectors).matmul(routing.to_dense(k).view());
+        for (a, b) in dense.iter().zip(got.iter()) {
+            assert!((a - b).abs() < 1e-5);
+        }
         let want = routing.to_dense(k).dot(&vectors);
         for (a, b) in got.iter().zip(want.iter()) {
             assert!((a - b).abs() < 1e-5);

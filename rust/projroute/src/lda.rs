@@ -68,6 +68,12 @@ impl Lda {
             routing::softmax_rows(w.view_mut(), params.temperature);
             return Ok(self.packed.matmul(w.view()));
         }
-        Ok(blend::blend_vectors(&self.route(x)?, self.answers.view()))
+        let r = self.route(x)?;
+        let k = self.router.n_clusters();
+        if r.weights.len() * 4 >= r.len() * k {
+            // A quarter or more of the weights are non-zero: one GEMM beats row sums.
+            return Ok(self.packed.matmul(r.to_dense(k).view()));
+        }
+        Ok(blend::blend_vectors(&r, self.answers.view()))
     }
 }

@@ -30,4 +30,4 @@ pub use packed::PackedMatrix;
 pub use projector::{Projector, INDEX_TENSOR};
 #[cfg(feature = "candle")]
 pub use transformer::Transformer;
-pub use routing::{cosine_scores, route, softmax_rows, Router, Routing, RoutingParams};
+pub use routing::{route, softmax_rows, Router, Routing, RoutingParams};

@@ -136,15 +136,6 @@ impl Router {
     }
 }
 
-/// Cosine scores `(B, K)` of queries against unit-norm centroids `(K, D)`.
-///
-/// Validates the batch and normalises the query rows; one GEMM.
-pub fn cosine_scores(queries: ArrayView2<f32>, unit_centroids: ArrayView2<f32>) -> Result<Array2<f32>> {
-    linalg::check_batch(queries, unit_centroids.ncols(), "queries")?;
-    let q = linalg::normalize_rows(queries, "queries")?;
-    Ok(linalg::matmul(q.view(), unit_centroids.t()))
-}
-
 /// In-place, numerically stable `softmax(s / T)` of every row.
 pub fn softmax_rows(mut scores: ArrayViewMut2<f32>, temperature: f32) {
     scores.axis_iter_mut(Axis(0)).into_par_iter().for_each(|mut row| {
