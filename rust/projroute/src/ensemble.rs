@@ -9,9 +9,9 @@
 //! `nn.Sequential`), and `students.{d}.*` for each student.
 
 use candle_core::{Device, Tensor};
-use candle_nn::{linear, Linear, Module};
 use ndarray::{Array2, ArrayView2, Axis};
 
+use crate::dense::Dense;
 use crate::error::{format_err, Error, Result};
 use crate::format::{EnsembleConfig, ModelFile};
 use crate::routing::{route, RoutingParams};
@@ -20,7 +20,7 @@ use crate::transformer::{tensors_builder, Transformer};
 /// A `transformer_ensemble` model.
 #[derive(Clone)]
 pub struct Ensemble {
-    router: (Linear, Linear),
+    router: (Dense, Dense),
     students: Vec<Transformer>,
     top_k: usize,
     dim_in: usize,
@@ -58,8 +58,8 @@ impl Ensemble {
         let vb = tensors_builder(m)?;
         let fmt = |err: candle_core::Error| Error::Format(err.to_string());
         let router = (
-            linear(c.dim_in, e.router_hidden, vb.pp("router").pp(0)).map_err(fmt)?,
-            linear(e.router_hidden, e.n_domains, vb.pp("router").pp(2)).map_err(fmt)?,
+            Dense::linear(c.dim_in, e.router_hidden, true, vb.pp("router").pp(0)).map_err(fmt)?.with_gelu(),
+            Dense::linear(e.router_hidden, e.n_domains, true, vb.pp("router").pp(2)).map_err(fmt)?,
         );
         let students = (0..e.n_domains)
             .map(|d| Transformer::from_builder(vb.pp("students").pp(d), m))
@@ -84,8 +84,7 @@ impl Ensemble {
         let logits = {
             let run = || -> candle_core::Result<Vec<f32>> {
                 let t = Tensor::from_vec(x.iter().copied().collect::<Vec<f32>>(), (b, self.dim_in), &Device::Cpu)?;
-                let h = self.router.0.forward(&t)?.gelu_erf()?;
-                self.router.1.forward(&h)?.flatten_all()?.to_vec1::<f32>()
+                self.router.1.forward(&self.router.0.forward(&t)?)?.flatten_all()?.to_vec1::<f32>()
             };
             run().map_err(|err| Error::Backend(err.to_string()))?
         };

@@ -3,6 +3,8 @@
 
 mod blend;
 #[cfg(feature = "candle")]
+mod dense;
+#[cfg(feature = "candle")]
 mod ensemble;
 mod error;
 mod federated;

@@ -86,6 +86,13 @@ impl PackedMatrix {
     /// `a @ self` (m, n) on the whole rayon pool: row blocks per thread for a tall
     /// `a`, column panels per thread for a short one.
     pub fn matmul(&self, a: ArrayView2<f32>) -> Array2<f32> {
+        self.matmul_then(a, |_, _| {})
+    }
+
+    /// [`matmul`](Self::matmul), then `epilogue(i, row)` on every output row `i`
+    /// (bias, activation, residual), applied by the thread that computed the row
+    /// while it is still in cache.
+    pub fn matmul_then(&self, a: ArrayView2<f32>, epilogue: impl Fn(usize, &mut [f32]) + Sync) -> Array2<f32> {
         let (m, n) = (a.nrows(), self.n);
         let threads = rayon::current_num_threads().max(1);
         let mut out = Array2::<f32>::zeros((m, n));
@@ -94,9 +101,13 @@ impl PackedMatrix {
             out.axis_chunks_iter_mut(Axis(0), rows)
                 .into_par_iter()
                 .zip(a.axis_chunks_iter(Axis(0), rows))
-                .for_each(|(mut o, a)| {
+                .enumerate()
+                .for_each(|(chunk, (mut o, a))| {
                     let o = o.as_slice_mut().expect("fresh array is contiguous");
                     self.matmul_into(a, o, n, &mut Vec::new());
+                    for (r, row) in o.chunks_exact_mut(n.max(1)).enumerate() {
+                        epilogue(chunk * rows + r, row);
+                    }
                 });
         } else {
             let n_panels = n.div_ceil(NR);
@@ -116,6 +127,9 @@ impl PackedMatrix {
                 for (mut row, src) in out.axis_iter_mut(Axis(0)).zip(c.chunks_exact(width.max(1))) {
                     row.slice_mut(ndarray::s![start..start + width]).assign(&ndarray::aview1(src));
                 }
+            }
+            for (i, mut row) in out.axis_iter_mut(Axis(0)).enumerate() {
+                epilogue(i, row.as_slice_mut().expect("fresh array is contiguous"));
             }
         }
         out
@@ -366,6 +380,11 @@ mod tests {
             let want = a.dot(&b);
             for (x, y) in got.iter().zip(want.iter()) {
                 assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{m}x{k}x{n}: {x} vs {y}");
+            }
+            // The epilogue sees each row once, with its index.
+            let shifted = PackedMatrix::pack(b.view()).matmul_then(a.view(), |i, row| row.iter_mut().for_each(|v| *v -= i as f32));
+            for (((i, _), y), x) in want.indexed_iter().zip(shifted.iter()) {
+                assert!((x + i as f32 - y).abs() <= 1e-4 * (1.0 + y.abs() + i as f32), "{m}x{k}x{n} epilogue");
             }
         }
     }

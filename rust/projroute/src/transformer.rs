@@ -14,9 +14,10 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{layer_norm, LayerNorm, Module, VarBuilder};
 use ndarray::{Array2, ArrayView2};
 
+use crate::dense::{matrix, Dense};
 use crate::error::{format_err, Error, Result};
 use crate::format::{ModelFile, TransformerConfig};
 use crate::linalg;
@@ -27,32 +28,6 @@ fn backend(e: candle_core::Error) -> Error {
 
 fn format(e: candle_core::Error) -> Error {
     Error::Format(e.to_string())
-}
-
-/// A linear layer with its weight stored transposed, (in, out) contiguous, so the
-/// GEMM reads it row-major (PyTorch's (out, in) layout would be read strided).
-#[derive(Clone)]
-struct Dense {
-    wt: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Dense {
-    fn new(l: Linear) -> candle_core::Result<Self> {
-        Ok(Dense { wt: l.weight().t()?.contiguous()?, bias: l.bias().cloned() })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.matmul(&self.wt)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
-    }
-}
-
-fn dense(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Dense> {
-    Dense::new(linear(in_dim, out_dim, vb)?)
 }
 
 /// One block, with the attention folded at load time into two GEMMs:
@@ -76,36 +51,26 @@ impl Block {
     fn load(vb: VarBuilder, c: &TransformerConfig) -> candle_core::Result<Self> {
         let (d, h, nk) = (c.d_model, c.n_heads, c.num_keys);
         let dh = d / h;
-        let query = linear(d, d, vb.pp("query"))?;
-        let out = linear(d, d, vb.pp("out"))?;
-        let keys = vb.get((nk, d), "keys")?.to_vec2::<f32>()?;
-        let values = vb.get((nk, d), "values")?.to_vec2::<f32>()?;
+        let (keys, values) = (matrix(&vb, (nk, d), "keys")?, matrix(&vb, (nk, d), "values")?);
         let scale = 1.0 / (dh as f32).sqrt();
-        let (mut k_bd, mut v_bd) = (vec![0.0f32; d * h * nk], vec![0.0f32; h * nk * d]);
-        for head in 0..h {
+        let (mut k_bd, mut v_bd) = (Array2::<f32>::zeros((d, h * nk)), Array2::<f32>::zeros((h * nk, d)));
+        for row in 0..d {
+            let head = row / dh;
             for j in 0..nk {
-                for i in 0..dh {
-                    let (row, col) = (head * dh + i, head * nk + j);
-                    k_bd[row * h * nk + col] = keys[j][row] * scale;
-                    v_bd[col * d + row] = values[j][row];
-                }
+                k_bd[(row, head * nk + j)] = keys[(j, row)] * scale;
+                v_bd[(head * nk + j, row)] = values[(j, row)];
             }
         }
-        let device = Device::Cpu;
-        let k_bd = Tensor::from_vec(k_bd, (d, h * nk), &device)?;
-        let v_bd = Tensor::from_vec(v_bd, (h * nk, d), &device)?;
-        let scores = Dense {
-            wt: query.weight().t()?.matmul(&k_bd)?,
-            bias: query.bias().map(|b| b.unsqueeze(0)?.matmul(&k_bd)?.squeeze(0)).transpose()?,
-        };
-        let mix = Dense { wt: v_bd.matmul(&out.weight().t()?)?, bias: out.bias().cloned() };
+        let (wq, bq) = (matrix(&vb, (d, d), "query.weight")?, vb.get(d, "query.bias")?.to_vec1::<f32>()?);
+        let (wo, bo) = (matrix(&vb, (d, d), "out.weight")?, vb.get(d, "out.bias")?.to_vec1::<f32>()?);
+        let scores_bias = ndarray::aview1(&bq).dot(&k_bd).to_vec();
         Ok(Block {
             norm1: layer_norm(d, c.layer_norm_eps, vb.pp("norm1"))?,
-            scores,
-            mix,
+            scores: Dense::new(wq.t().dot(&k_bd).view(), Some(scores_bias)),
+            mix: Dense::new(v_bd.dot(&wo.t()).view(), Some(bo)),
             norm2: layer_norm(d, c.layer_norm_eps, vb.pp("norm2"))?,
-            ffn1: dense(d, c.ffn_dim, vb.pp("ffn1"))?,
-            ffn2: dense(c.ffn_dim, d, vb.pp("ffn2"))?,
+            ffn1: Dense::linear(d, c.ffn_dim, true, vb.pp("ffn1"))?.with_gelu(),
+            ffn2: Dense::linear(c.ffn_dim, d, true, vb.pp("ffn2"))?,
             n_heads: h,
             num_keys: nk,
         })
@@ -116,9 +81,8 @@ impl Block {
         let b = h.dim(0)?;
         let s = self.scores.forward(&self.norm1.forward(h)?)?.reshape((b, self.n_heads, self.num_keys))?;
         let att = candle_nn::ops::softmax_last_dim(&s)?.reshape((b, self.n_heads * self.num_keys))?;
-        let h = (h + self.mix.forward(&att)?)?;
-        let f = self.ffn2.forward(&self.ffn1.forward(&self.norm2.forward(&h)?)?.gelu_erf()?)?;
-        h + f
+        let h = self.mix.forward_add(&att, h)?;
+        self.ffn2.forward_add(&self.ffn1.forward(&self.norm2.forward(&h)?)?, &h)
     }
 }
 
@@ -184,11 +148,11 @@ impl Transformer {
         let (d_in, d_out, d) = (m.config.dim_in, m.config.dim_out, c.d_model);
         let build = || -> candle_core::Result<Self> {
             Ok(Transformer {
-                input: dense(d_in, d, vb.pp("input"))?,
+                input: Dense::linear(d_in, d, true, vb.pp("input"))?,
                 blocks: (0..c.n_layers).map(|i| Block::load(vb.pp("layers").pp(i), c)).collect::<candle_core::Result<_>>()?,
                 norm: layer_norm(d, c.layer_norm_eps, vb.pp("norm"))?,
-                output: dense(d, d_out, vb.pp("output"))?,
-                skip: Dense::new(linear_no_bias(d_in, d_out, vb.pp("skip"))?)?,
+                output: Dense::linear(d, d_out, true, vb.pp("output"))?,
+                skip: Dense::linear(d_in, d_out, false, vb.pp("skip"))?,
                 dim_in: d_in,
                 dim_out: d_out,
             })
@@ -217,7 +181,7 @@ impl Transformer {
             for block in &self.blocks {
                 h = block.forward(&h)?;
             }
-            let y = (self.skip.forward(&x)? + self.output.forward(&self.norm.forward(&h)?)?)?;
+            let y = self.output.forward_add(&self.norm.forward(&h)?, &self.skip.forward(&x)?)?;
             y.flatten_all()?.to_vec1::<f32>()
         };
         let y = run().map_err(backend)?;
