@@ -43,6 +43,9 @@ class FederatedProjection(Projection):
 
     Serving: ``p = sum_k w_k(q) q @ W_k`` with ``w = softmax(cos(q, c_k) / T)`` over the
     ``top_k`` best clusters, renormalised (``top_k`` in (0, 1) is a coverage target).
+
+    Fitted: ``centroids_`` (K, d), ``W_`` (K, d, d), ``labels_`` (n,) the cluster of
+    each training pair, ``shrinkage_`` and ``validation_``.
     """
 
     kind = "federated"
@@ -80,8 +83,9 @@ class FederatedProjection(Projection):
         ):
             raise ValueError(f"shrinkage must be 'auto' or in [0, 1], got {self.shrinkage!r}")
 
-    def _fit_parts(self, Q: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Base map (d, d), centroids (K, d) and cluster corrections (K, d, d)."""
+    def _fit_parts(self, Q: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Base map (d, d), centroids (K, d), cluster corrections (K, d, d) and the
+        cluster label of each pair (n,)."""
         from tqdm.auto import tqdm
 
         d = Q.shape[1]
@@ -99,7 +103,7 @@ class FederatedProjection(Projection):
             centroids[k] = Qn[rows].mean(axis=0)
             if rows.sum() >= self.min_cluster_size:
                 deltas[k] = cluster_delta(Q[rows], A[rows], base)
-        return base.astype(np.float32), unit_rows(centroids), deltas
+        return base.astype(np.float32), unit_rows(centroids), deltas, labels
 
     def fit(self, Q: np.ndarray, A: np.ndarray) -> FederatedProjection:
         """Fit on pairs ``Q`` (n, d), ``A`` (n, d) of question and answer embeddings."""
@@ -112,7 +116,7 @@ class FederatedProjection(Projection):
 
             def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
                 # W_k is linear in lambda: project the base and the corrections once.
-                base, centroids, deltas = self._fit_parts(Q[train], A[train])
+                base, centroids, deltas, _ = self._fit_parts(Q[train], A[train])
                 X = task.queries
                 w = route_weights(X, centroids, self.temperature, *resolve_top_k(self.top_k, len(centroids)))
                 base_part, delta_part = X @ base, blend_maps(X, w, deltas)
@@ -123,7 +127,7 @@ class FederatedProjection(Projection):
             self.shrinkage_ = choose(SHRINKAGE_GRID, scores)
         else:
             self.shrinkage_ = float(self.shrinkage)
-        base, self.centroids_, deltas = self._fit_parts(Q, A)
+        base, self.centroids_, deltas, self.labels_ = self._fit_parts(Q, A)
         self.W_ = base[None] + np.float32(self.shrinkage_) * deltas
         self.top_k_, self.coverage_ = resolve_top_k(self.top_k, len(self.centroids_))
         self._build(Q.shape[1], A.shape[1])
@@ -137,5 +141,6 @@ class FederatedProjection(Projection):
             **self._routing_config(),
             "fit": {"shrinkage": self.shrinkage_, "validation_mrr": self.validation_,
                     "base": self.base, "cluster_on": self.cluster_on,
-                    "min_cluster_size": self.min_cluster_size},
+                    "min_cluster_size": self.min_cluster_size,
+                    "cluster_sizes": np.bincount(self.labels_, minlength=len(self.centroids_)).tolist()},
         }
