@@ -27,7 +27,8 @@ pub struct Config {
     pub format: String,
     /// Format version the file was written with.
     pub version: u32,
-    /// Model kind: `global`, `federated` or `lda`.
+    /// Model kind: `global`, `federated`, `lda`, `tree`, `hierarchical`, `transformer`
+    /// or `transformer_ensemble`.
     pub kind: String,
     /// Dimension of the input (question) embeddings.
     pub dim_in: usize,
@@ -45,6 +46,21 @@ pub struct Config {
     /// Optional coverage target (routed kinds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage: Option<f32>,
+    /// Per-question routing (`federated`): the routing tensor `questions` holds the
+    /// training questions sorted by cluster, this many per cluster (sums to N).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question_counts: Option<Vec<usize>>,
+    /// Per-question routing: temperature of an optional second softmax over the
+    /// summed cluster weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_temperature: Option<f32>,
+    /// Storage type of the maps `W`: `float32` (default), `float16` or `bfloat16`;
+    /// products are computed in f32 either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_dtype: Option<String>,
+    /// Keyed kinds (`tree`, `hierarchical`): the key of each map in `W`, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
     /// Architecture of a distilled student (`transformer` kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transformer: Option<TransformerConfig>,
@@ -279,6 +295,10 @@ mod tests {
             temperature: None,
             top_k: None,
             coverage: None,
+            question_counts: None,
+            cluster_temperature: None,
+            weights_dtype: None,
+            nodes: None,
             transformer: None,
             ensemble: None,
             fit: Map::new(),
