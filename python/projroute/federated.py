@@ -10,7 +10,7 @@ import numpy as np
 from projroute._estimator import Projection, check_pairs, check_temperature, resolve_top_k
 from projroute.clustering import cluster_pairs
 from projroute.procrustes import SHRINKAGE_GRID, GlobalProjection
-from projroute.reference import blend_maps, route_weights, unit_rows
+from projroute.reference import blend_maps, route_questions, route_weights, unit_rows
 from projroute.validation import RetrievalTask, choose, cross_validate
 
 
@@ -43,6 +43,14 @@ class FederatedProjection(Projection):
 
     Serving: ``p = sum_k w_k(q) q @ W_k`` with ``w = softmax(cos(q, c_k) / T)`` over the
     ``top_k`` best clusters, renormalised (``top_k`` in (0, 1) is a coverage target).
+    With ``routing="questions"`` the softmax runs over all training questions and a
+    cluster's weight is the sum over its questions, optionally sharpened by a second
+    softmax at ``cluster_temperature``. ``prior`` weights the softmax,
+    ``w_i ∝ p_i exp(s_i / T)``: an array (n,) with one weight > 0 per training pair,
+    ``"sizes"`` (ones: a centroid's prior is its cluster size) or ``"entropy"``
+    (``1 - H_i / ln K`` of each pair's question under centroid routing, floored at 1e-3:
+    confident questions count more). Centroid routing sums the pairs' priors per
+    cluster. See :mod:`projroute.reference` for the exact definitions.
 
     Fitted: ``centroids_`` (K, d), ``W_`` (K, d, d), ``labels_`` (n,) the cluster of
     each training pair, ``shrinkage_`` and ``validation_``.
@@ -56,6 +64,9 @@ class FederatedProjection(Projection):
         temperature: float = 0.1,
         top_k: int | float | None = 10,
         cluster_on: str = "answers",
+        routing: str = "centroids",
+        cluster_temperature: float | None = None,
+        prior: str | np.ndarray | None = None,
         base: str = "global",
         shrinkage: float | str = "auto",
         min_cluster_size: int = 2,
@@ -67,6 +78,9 @@ class FederatedProjection(Projection):
         self.temperature = temperature
         self.top_k = top_k
         self.cluster_on = cluster_on
+        self.routing = routing
+        self.cluster_temperature = cluster_temperature
+        self.prior = prior
         self.base = base
         self.shrinkage = shrinkage
         self.min_cluster_size = min_cluster_size
@@ -82,6 +96,53 @@ class FederatedProjection(Projection):
             isinstance(self.shrinkage, (int, float)) and 0.0 <= self.shrinkage <= 1.0
         ):
             raise ValueError(f"shrinkage must be 'auto' or in [0, 1], got {self.shrinkage!r}")
+        if self.routing not in ("centroids", "questions"):
+            raise ValueError(f"routing must be 'centroids' or 'questions', got {self.routing!r}")
+        if self.cluster_temperature is not None:
+            if self.routing != "questions":
+                raise ValueError("cluster_temperature applies to routing='questions' only")
+            check_temperature(self.cluster_temperature)
+        if isinstance(self.prior, str) and self.prior not in ("sizes", "entropy"):
+            raise ValueError(f"prior must be None, 'sizes', 'entropy' or an array, got {self.prior!r}")
+        if isinstance(self.prior, str) and self.prior == "sizes" and self.routing == "questions":
+            raise ValueError("prior='sizes' applies to centroid routing; per-question routing "
+                             "already weighs each cluster by its questions")
+
+    def _pair_prior(self, Q: np.ndarray, centroids: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+        """The prior of each training pair ``rows`` (n,), or None."""
+        if self.prior is None:
+            return None
+        if isinstance(self.prior, str) and self.prior == "sizes":
+            return np.ones(len(rows), np.float32)
+        if isinstance(self.prior, str):  # "entropy"
+            K = len(centroids)
+            w = route_weights(Q, centroids, self.temperature, K)
+            H = -(w * np.log(np.maximum(w, 1e-30))).sum(axis=1)
+            return np.maximum(1.0 - H / np.log(K), 1e-3).astype(np.float32) if K > 1 else np.ones(len(Q), np.float32)
+        return np.asarray(self.prior, np.float32)[rows]
+
+    def _routing_tensors(self, Q: np.ndarray, labels: np.ndarray, centroids: np.ndarray,
+                         rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Routing tensors beyond the centroids, for pairs ``rows`` of Q (n, d) with
+        cluster ``labels`` (n,): the questions sorted by cluster and the prior."""
+        prior = self._pair_prior(Q, centroids, rows)
+        if self.routing == "centroids":
+            return {} if prior is None else {"prior": np.bincount(labels, prior, len(centroids)).astype(np.float32)}
+        order = np.argsort(labels, kind="stable")
+        tensors = {"questions": unit_rows(Q[order])}
+        if prior is not None:
+            tensors["prior"] = prior[order]
+        return tensors
+
+    def _weights(self, X: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
+                 routing: dict[str, np.ndarray]) -> np.ndarray:
+        """Routing weights (B, K) of queries X (B, d), by the numpy reference."""
+        K = len(centroids)
+        top_k, coverage = resolve_top_k(self.top_k, K)
+        if self.routing == "questions":
+            return route_questions(X, routing["questions"], np.bincount(labels, minlength=K), self.temperature,
+                                   top_k, coverage, routing.get("prior"), self.cluster_temperature)
+        return route_weights(X, centroids, self.temperature, top_k, coverage, routing.get("prior"))
 
     def _fit_parts(self, Q: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Base map (d, d), centroids (K, d), cluster corrections (K, d, d) and the
@@ -108,6 +169,11 @@ class FederatedProjection(Projection):
     def fit(self, Q: np.ndarray, A: np.ndarray) -> FederatedProjection:
         """Fit on pairs ``Q`` (n, d), ``A`` (n, d) of question and answer embeddings."""
         Q, A = check_pairs(Q, A)
+        if self.prior is not None and not isinstance(self.prior, str):
+            prior = np.asarray(self.prior)
+            if prior.shape != (len(Q),) or not (np.isfinite(prior).all() and (prior > 0).all()):
+                raise ValueError(f"a prior array needs one finite weight > 0 per pair ({len(Q)},), "
+                                 f"got shape {prior.shape}")
         if Q.shape[1] != A.shape[1]:
             raise ValueError(f"Procrustes maps need equal dimensions, got {Q.shape[1]} and {A.shape[1]}")
         self._check_params()
@@ -116,9 +182,9 @@ class FederatedProjection(Projection):
 
             def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
                 # W_k is linear in lambda: project the base and the corrections once.
-                base, centroids, deltas, _ = self._fit_parts(Q[train], A[train])
+                base, centroids, deltas, labels = self._fit_parts(Q[train], A[train])
                 X = task.queries
-                w = route_weights(X, centroids, self.temperature, *resolve_top_k(self.top_k, len(centroids)))
+                w = self._weights(X, centroids, labels, self._routing_tensors(Q[train], labels, centroids, train))
                 base_part, delta_part = X @ base, blend_maps(X, w, deltas)
                 return [task.mrr(base_part + lam * delta_part) for lam in SHRINKAGE_GRID]
 
@@ -128,17 +194,21 @@ class FederatedProjection(Projection):
         else:
             self.shrinkage_ = float(self.shrinkage)
         base, self.centroids_, deltas, self.labels_ = self._fit_parts(Q, A)
+        self.routing_ = self._routing_tensors(Q, self.labels_, self.centroids_, np.arange(len(Q)))
         self.W_ = base[None] + np.float32(self.shrinkage_) * deltas
         self.top_k_, self.coverage_ = resolve_top_k(self.top_k, len(self.centroids_))
         self._build(Q.shape[1], A.shape[1])
         return self
 
     def _tensors(self) -> dict[str, np.ndarray]:
-        return {"centroids": self.centroids_, "W": self.W_}
+        return {"centroids": self.centroids_, "W": self.W_, **self.routing_}
 
     def _config(self) -> dict[str, Any]:
+        questions = {"question_counts": np.bincount(self.labels_).tolist(),
+                     "cluster_temperature": self.cluster_temperature} if self.routing == "questions" else {}
         return {
             **self._routing_config(),
+            **{k: v for k, v in questions.items() if v is not None},
             "fit": {"shrinkage": self.shrinkage_, "validation_mrr": self.validation_,
                     "base": self.base, "cluster_on": self.cluster_on,
                     "min_cluster_size": self.min_cluster_size,

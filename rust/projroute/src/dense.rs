@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use candle_nn::VarBuilder;
 use ndarray::{Array2, ArrayView2};
 
+use crate::fastmath;
 use crate::packed::PackedMatrix;
 
 /// `y = act(x @ W + b) [+ residual]`, with `W` (in, out) packed.
@@ -54,7 +55,7 @@ impl Dense {
                 row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
             }
             if self.gelu {
-                row.iter_mut().for_each(|v| *v = gelu(*v));
+                fastmath::gelu_in_place(row);
             }
             if let Some(r) = residual {
                 row.iter_mut().zip(&r[i * n..(i + 1) * n]).for_each(|(v, r)| *v += r);
@@ -109,60 +110,10 @@ pub(crate) fn matrix(vb: &VarBuilder, shape: (usize, usize), name: &str) -> cand
     Array2::from_shape_vec(shape, data).map_err(candle_core::Error::wrap)
 }
 
-/// The exact GELU, `x Φ(x) = x (1 + erf(x / √2)) / 2` (PyTorch's `nn.GELU()`).
-pub(crate) fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
-}
-
-/// erf as an odd rational function on [-4, 4] (clamped beyond, where erf is 1 to f32 precision);
-/// max abs error 4.5e-7 evaluated in f32. Branch-free, so the epilogue loops vectorise. Coefficients
-/// are the published ones of Eigen's `generic_fast_erf_float`.
-fn erf(x: f32) -> f32 {
-    const ALPHA: [f32; 7] = [
-        -2.726_142_3e-10, 2.770_681_4e-8, -2.101_024e-6, -5.692_506_4e-5, -7.349_906_3e-4, -2.954_600e-3, -1.609_603_3e-2,
-    ];
-    const BETA: [f32; 5] = [-1.456_607_2e-5, -2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2];
-    let x = x.clamp(-4.0, 4.0);
-    let x2 = x * x;
-    let p = ALPHA.iter().fold(0.0, |acc, &a| acc * x2 + a);
-    let q = BETA.iter().fold(0.0, |acc, &b| acc * x2 + b);
-    x * p / q
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// erf to f64 precision by its Taylor series (|x| ≤ 3) or continued fraction.
-    fn erf_f64(x: f64) -> f64 {
-        if x.abs() > 3.0 {
-            // erfc(x) = exp(-x²)/(x√π) · 1/(1 + 1/(2x²) / (1 + 2/(2x²) / ...)), Lentz-free backwards form.
-            let mut f = 0.0;
-            for n in (1..60).rev() {
-                f = (n as f64 / 2.0) / (x.abs() + f);
-            }
-            let erfc = (-x * x).exp() / std::f64::consts::PI.sqrt() / (x.abs() + f);
-            return x.signum() * (1.0 - erfc);
-        }
-        let (mut term, mut sum) = (x, x);
-        for n in 1..200 {
-            term *= -x * x / n as f64;
-            sum += term / (2 * n + 1) as f64;
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    }
-
-    #[test]
-    fn erf_is_accurate_everywhere() {
-        let mut worst: f64 = 0.0;
-        for i in -80_000..=80_000 {
-            let x = i as f32 * 1e-4;
-            worst = worst.max((erf(x) as f64 - erf_f64(x as f64)).abs());
-        }
-        assert!(worst < 1e-6, "max |erf error| {worst}");
-        assert!((erf(100.0) - 1.0).abs() < 1e-6 && (erf(-100.0) + 1.0).abs() < 1e-6);
-        assert!(erf(f32::NAN).is_nan());
-    }
+    use crate::fastmath::gelu;
 
     #[test]
     fn dense_matches_ndarray_with_bias_gelu_and_residual() {

@@ -3,7 +3,6 @@
 
 use ndarray::{Array2, ArrayView2, ArrayView3};
 
-
 use crate::blend;
 use crate::error::{format_err, Result};
 use crate::format::ModelFile;
@@ -22,23 +21,46 @@ impl Federated {
     /// From `centroids` (K, D_in; normalised here), `maps` (K, D_in, D_out; packed here
     /// for the serving kernel) and routing parameters.
     pub fn new(centroids: ArrayView2<f32>, maps: ArrayView3<f32>, params: RoutingParams) -> Result<Self> {
-        let (k, d_in) = centroids.dim();
+        Self::with_router(Router::new(centroids, params)?, maps)
+    }
+
+    /// From any router (centroid or per-question routing, with or without a prior) and
+    /// its K maps (K, D_in, D_out).
+    pub fn with_router(router: Router, maps: ArrayView3<f32>) -> Result<Self> {
+        let (k, d_in) = (router.n_clusters(), router.dim());
         if maps.dim().0 != k || maps.dim().1 != d_in {
             return format_err(format!(
-                "W has shape {:?}, expected ({k}, {d_in}, D_out) to match the centroids",
+                "W has shape {:?}, expected ({k}, {d_in}, D_out) to match the routing",
                 maps.shape()
             ));
         }
-        let router = Router::new(centroids, params)?;
         let dim_out = maps.dim().2;
         let maps = maps.outer_iter().map(PackedMatrix::pack).collect();
         Ok(Federated { router, maps, dim_out })
     }
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
+        let c = &m.config;
         let centroids = m.tensor("centroids")?.view2("centroids")?;
-        let maps = m.tensor("W")?.view3("W")?;
-        Self::new(centroids, maps, crate::projector::routing_params(m)?)
+        let params = crate::projector::routing_params(m)?;
+        let router = match &c.question_counts {
+            None if m.tensors.contains_key("questions") => {
+                return format_err("tensor `questions` needs `question_counts` in the config")
+            }
+            None => Router::new(centroids, params)?,
+            Some(counts) => {
+                if counts.len() != centroids.nrows() {
+                    return format_err(format!("{} question counts for {} centroids", counts.len(), centroids.nrows()));
+                }
+                let questions = m.tensor("questions")?.view2("questions")?;
+                Router::per_question(questions, counts, params, c.cluster_temperature)?
+            }
+        };
+        let router = match m.tensors.get("prior") {
+            Some(p) => router.with_prior(p.view1("prior")?)?,
+            None => router,
+        };
+        Self::with_router(router, m.tensor("W")?.view3("W")?)
     }
 
     /// Input dimension.

@@ -7,6 +7,7 @@ mod dense;
 #[cfg(feature = "candle")]
 mod ensemble;
 mod error;
+mod fastmath;
 mod federated;
 mod format;
 mod global;

@@ -207,7 +207,7 @@ fn pack_a(a: ArrayView2<f32>, i0: usize, mc: usize, kb: usize, kc: usize, out: &
     }
 }
 
-fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")

@@ -41,7 +41,7 @@ impl Projector {
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let (projector, expected): (Projector, Vec<String>) = match c.kind.as_str() {
             "global" => (Projector::Global(Global::from_model(m)?), names(&["W", "bias"])),
-            "federated" => (Projector::Federated(Federated::from_model(m)?), names(&["centroids", "W"])),
+            "federated" => (Projector::Federated(Federated::from_model(m)?), names(&["centroids", "W", "questions", "prior"])),
             "lda" => (Projector::Lda(Lda::from_model(m)?), names(&["centroids", "answers"])),
             #[cfg(feature = "candle")]
             "transformer" => {

@@ -1,4 +1,5 @@
-//! Softmax routing over centroids: temperature, top-k or coverage, renormalisation.
+//! Softmax routing over centroids or over all training questions: temperature,
+//! prior, top-k or coverage, renormalisation.
 //!
 //! For a query with cosine scores `s` (one per cluster), the weights are
 //! `softmax(s / T)` restricted to the selected clusters and renormalised. The
@@ -6,10 +7,11 @@
 //! index) or, with a `coverage` target, the smallest prefix of that order whose
 //! full-softmax weight reaches the target (never more than `top_k`).
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-use crate::error::{invalid, Error, Result};
+use crate::error::{format_err, invalid, Error, Result};
+use crate::fastmath;
 use crate::linalg;
 use crate::packed::PackedMatrix;
 
@@ -92,31 +94,103 @@ impl Routing {
     }
 }
 
-/// Centroids and routing parameters: what every routed kind shares.
+/// What a router scores queries against.
+#[derive(Clone, Debug)]
+enum Points {
+    /// One centroid per cluster.
+    Centroids,
+    /// The training questions, sorted by cluster: cluster `k` owns points
+    /// `offsets[k]..offsets[k + 1]`.
+    Questions { offsets: Vec<usize>, cluster_temperature: Option<f32> },
+}
+
+/// Queries scored at once in per-question routing: bounds the (chunk, N) score block.
+const QUESTION_CHUNK: usize = 128;
+
+/// Routing points, optional prior and parameters: what every routed kind shares.
+///
+/// With logits `z_i = cos(x, point_i) / T + ln p_i` (no prior: `p_i = 1`):
+/// - centroid routing: `w = softmax(z)` over the selected clusters;
+/// - per-question routing: a cluster's mass is the sum of `softmax(z)` over its
+///   questions, optionally passed through a second `softmax(mass / T₂)`; then the
+///   selected clusters' masses are renormalised.
+///
+/// Selection is the `top_k` largest (ties to the lower index) or a coverage prefix.
 #[derive(Clone, Debug)]
 pub struct Router {
-    /// Unit centroids, transposed (D, K) and packed for the scoring GEMM.
-    centroids_t: PackedMatrix,
+    /// Unit routing points, transposed (D, P) and packed for the scoring GEMM.
+    points_t: PackedMatrix,
+    points: Points,
+    /// `ln p` per point (P,).
+    log_prior: Option<Vec<f32>>,
     params: RoutingParams,
 }
 
 impl Router {
-    /// From `centroids` (K, D; normalised here, a zero row is a format error) and
-    /// parameters valid for K clusters.
+    /// Centroid routing from `centroids` (K, D; normalised here, a zero row is a
+    /// format error) and parameters valid for K clusters.
     pub fn new(centroids: ArrayView2<f32>, params: RoutingParams) -> Result<Self> {
         params.validate(centroids.nrows())?;
-        let unit = linalg::normalize_rows(centroids, "centroids").map_err(|e| Error::Format(e.to_string()))?;
-        Ok(Router { centroids_t: PackedMatrix::pack(unit.t()), params })
+        Ok(Router { points_t: pack_unit(centroids, "centroids")?, points: Points::Centroids, log_prior: None, params })
+    }
+
+    /// Per-question routing from the training `questions` (N, D) sorted by cluster,
+    /// `counts[k]` of them in cluster k (each at least 1), and an optional second-softmax
+    /// temperature.
+    pub fn per_question(
+        questions: ArrayView2<f32>,
+        counts: &[usize],
+        params: RoutingParams,
+        cluster_temperature: Option<f32>,
+    ) -> Result<Self> {
+        params.validate(counts.len())?;
+        if counts.contains(&0) || counts.iter().sum::<usize>() != questions.nrows() {
+            return format_err(format!(
+                "question counts must be positive and sum to the {} questions",
+                questions.nrows()
+            ));
+        }
+        if let Some(t) = cluster_temperature {
+            if !(t.is_finite() && t > 0.0) {
+                return format_err(format!("cluster temperature must be > 0, got {t}"));
+            }
+        }
+        let offsets = std::iter::once(0).chain(counts.iter().scan(0, |acc, &c| {
+            *acc += c;
+            Some(*acc)
+        }));
+        Ok(Router {
+            points_t: pack_unit(questions, "questions")?,
+            points: Points::Questions { offsets: offsets.collect(), cluster_temperature },
+            log_prior: None,
+            params,
+        })
+    }
+
+    /// Weight each routing point by `prior` (P,), finite and > 0:
+    /// `w_i ∝ p_i · exp(s_i / T)`.
+    pub fn with_prior(mut self, prior: ArrayView1<f32>) -> Result<Self> {
+        if prior.len() != self.points_t.cols() {
+            return format_err(format!("prior has {} entries for {} routing points", prior.len(), self.points_t.cols()));
+        }
+        if !prior.iter().all(|p| p.is_finite() && *p > 0.0) {
+            return format_err("prior weights must be finite and > 0");
+        }
+        self.log_prior = Some(prior.iter().map(|p| p.ln()).collect());
+        Ok(self)
     }
 
     /// Number of clusters K.
     pub fn n_clusters(&self) -> usize {
-        self.centroids_t.cols()
+        match &self.points {
+            Points::Centroids => self.points_t.cols(),
+            Points::Questions { offsets, .. } => offsets.len() - 1,
+        }
     }
 
     /// Query dimension.
     pub fn dim(&self) -> usize {
-        self.centroids_t.rows()
+        self.points_t.rows()
     }
 
     /// The routing parameters.
@@ -124,16 +198,56 @@ impl Router {
         &self.params
     }
 
-    /// Cosine scores (B, K) of queries `x` (B, D); validates the batch.
+    /// Cosine scores (B, P) of queries `x` (B, D) against the routing points (the
+    /// centroids, or the training questions); validates the batch.
     pub fn scores(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         linalg::check_batch(x, self.dim(), "queries")?;
-        Ok(self.centroids_t.matmul(linalg::normalize_rows(x, "queries")?.view()))
+        Ok(self.points_t.matmul(linalg::normalize_rows(x, "queries")?.view()))
     }
 
     /// Sparse routing weights of queries `x` (B, D).
     pub fn route(&self, x: ArrayView2<f32>) -> Result<Routing> {
-        route(self.scores(x)?.view(), &self.params)
+        linalg::check_batch(x, self.dim(), "queries")?;
+        let unit = linalg::normalize_rows(x, "queries")?;
+        let inv_t = 1.0 / self.params.temperature;
+        let prior = self.log_prior.as_deref();
+        // Logits already carry the temperature.
+        let params = RoutingParams { temperature: 1.0, ..self.params };
+        let logits = match &self.points {
+            Points::Centroids => self.points_t.matmul_then(unit.view(), |_, row| {
+                fastmath::scale_shift_max(row, inv_t, prior);
+            }),
+            Points::Questions { offsets, cluster_temperature } => {
+                let k = offsets.len() - 1;
+                let mut logits = Array2::<f32>::zeros((x.nrows(), k));
+                let chunks = unit.axis_chunks_iter(Axis(0), QUESTION_CHUNK);
+                for (chunk, mut out) in chunks.zip(logits.axis_chunks_iter_mut(Axis(0), QUESTION_CHUNK)) {
+                    // Each row's first K entries are overwritten with its cluster logits.
+                    let z = self.points_t.matmul_then(chunk, |_, row| {
+                        let max = fastmath::scale_shift_max(row, inv_t, prior);
+                        let mut mass = vec![0.0f32; k];
+                        fastmath::segment_exp_sums(row, max, offsets, &mut mass);
+                        let total: f32 = mass.iter().sum();
+                        for (z, m) in row.iter_mut().zip(mass) {
+                            *z = match cluster_temperature {
+                                Some(t2) => m / total / t2,
+                                None => (m / total).ln(),
+                            };
+                        }
+                    });
+                    out.assign(&z.slice(s![.., ..k]));
+                }
+                logits
+            }
+        };
+        route(logits.view(), &params)
     }
+}
+
+/// `points` (P, D) normalised, transposed and packed; a zero row is a format error.
+fn pack_unit(points: ArrayView2<f32>, what: &str) -> Result<PackedMatrix> {
+    let unit = linalg::normalize_rows(points, what).map_err(|e| Error::Format(e.to_string()))?;
+    Ok(PackedMatrix::pack(unit.t()))
 }
 
 /// In-place, numerically stable `softmax(s / T)` of every row.
