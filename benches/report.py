@@ -19,6 +19,8 @@ LDA_B1024 = "lda-flat-softmax-d384-k1000-b1024"
 
 # (group, minimum speedup of Rust over the numpy reference)
 SPEEDUP_BARS = {FED_BATCH: 1.5, LDA_B1: 3.0, LDA_B1024: 1.2}
+# Single-query speedup of half-precision W over float32 W.
+PRECISION_BAR = {"float16": 1.6}
 ROOFLINE_BAR = 0.75  # Rust federated GFLOP/s as a fraction of the square-GEMM GFLOP/s
 
 
@@ -132,6 +134,13 @@ def main(path: str) -> int:
                     if rd == "diag_rust_gemms":
                         print(f"     the two GEMMs are {100 * tr / rust:.0f}% of Rust project() time "
                               f"(numpy: {100 * tn / fast:.0f}% of fast numpy)" if fast else "")
+        f32 = med(group, "rust_float32")
+        for half in ("float16", "bfloat16"):
+            t = med(group, f"rust_{half}")
+            if f32 and t:
+                bar = PRECISION_BAR.get(half)
+                tag = f"bar >= {bar:.1f}x: {verdict(f32 / t >= bar)}" if bar else "no bar"
+                print(f"  -> W in {half}: {f32 / t:.2f}x the float32 speed  [{tag}]")
         bounds = {r: med(group, r) for r in groups.get(group, {}) if r.startswith("membw_")}
         if rust and bounds:
             for r, t in bounds.items():

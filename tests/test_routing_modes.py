@@ -158,3 +158,35 @@ def test_array_prior_and_bad_options():
     for options, match in bad:
         with pytest.raises(ValueError, match=match):
             pr.FederatedProjection(n_clusters=3, shrinkage=1.0, progress=False, **options).fit(Q, A)
+
+
+@pytest.mark.parametrize("dtype, tol", [("float16", 1e-3), ("bfloat16", 8e-3)])
+def test_reduced_precision_maps(dtype, tol, tmp_path):
+    """W stored at half width: the file holds that dtype, the model serves exactly the
+    rounded maps (computed in f32), and the outputs stay close to the f32 model's."""
+    from safetensors.numpy import load_file
+
+    rng = np.random.default_rng(5)
+    Q, A = _pairs(rng)
+    est = pr.FederatedProjection(n_clusters=4, top_k=2, shrinkage=1.0, progress=False).fit(Q, A)
+    path = tmp_path / "half.safetensors"
+    est.save(path, weights_dtype=dtype)
+    back = pr.load(path)
+    assert json.loads(back.config)["weights_dtype"] == dtype
+    est.save(tmp_path / "full.safetensors")
+    assert (tmp_path / "full.safetensors").stat().st_size - path.stat().st_size == est.W_.nbytes // 2
+    W = back.tensors()["W"]
+    if dtype == "float16":
+        np.testing.assert_array_equal(W, est.W_.astype(np.float16).astype(np.float32))
+        assert str(load_file(path)["W"].dtype) == "float16"
+    X = rng.normal(size=(50, Q.shape[1])).astype(np.float32)
+    want = ref.project_federated(X, est.centroids_, W, est.temperature, est.top_k_)
+    np.testing.assert_allclose(back.project(X), want, rtol=RTOL, atol=ATOL)
+    full = est.project(X)
+    cos = (back.project(X) * full).sum(1) / np.linalg.norm(full, axis=1) ** 2
+    assert np.abs(cos - 1).max() < tol
+    with pytest.raises(ValueError, match="weights_dtype"):
+        pr.with_weights_dtype(back, "int8")
+    bad = json.loads(back.config) | {"weights_dtype": "float8"}
+    with pytest.raises(pr.ModelFormatError, match="weights_dtype"):
+        pr.Projector.from_tensors(back.tensors(), json.dumps(bad))

@@ -15,17 +15,21 @@ from projroute._core import (
 from projroute.federated import FederatedProjection
 from projroute.lda import LdaProjection
 from projroute.procrustes import GlobalProjection
-from projroute.serving import load
+from projroute.serving import load, with_weights_dtype
+from projroute.trees import HierarchicalProjection, TreeProjection
 
 __all__ = [
     "FORMAT_VERSION",
     "FederatedProjection",
     "FlatIndex",
     "GlobalProjection",
+    "HierarchicalProjection",
     "LdaProjection",
     "ModelFormatError",
     "Projector",
     "ProjrouteError",
+    "TreeProjection",
     "__version__",
     "load",
+    "with_weights_dtype",
 ]

@@ -87,10 +87,15 @@ class Projection:
         path: str | os.PathLike[str],
         answers: np.ndarray | None = None,
         answer_texts: list[str] | None = None,
+        weights_dtype: str = "float32",
     ) -> None:
         """Write the model as one safetensors file; optionally with a searchable answer
-        corpus ``answers`` (N, D_out) and its texts."""
-        p = self._fitted()
+        corpus ``answers`` (N, D_out) and its texts, and the maps stored as
+        ``weights_dtype`` (``"float16"`` or ``"bfloat16"`` halve the file and the memory
+        traffic; computation stays float32)."""
+        from projroute.serving import with_weights_dtype
+
+        p = with_weights_dtype(self._fitted(), weights_dtype)
         tensors = p.tensors()
         metadata = p.metadata
         if answers is not None:

@@ -128,9 +128,9 @@ def cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
     Q, A, texts, C = embed_pairs(pairs, Encoder())
     est.fit(Q, A)
     if args.no_index:
-        est.save(args.output)
+        est.save(args.output, weights_dtype=args.weights_dtype)
     else:
-        est.save(args.output, answers=C, answer_texts=texts)
+        est.save(args.output, answers=C, answer_texts=texts, weights_dtype=args.weights_dtype)
     config = json.loads(projroute.load(args.output).config)
     return {
         "kind": args.kind,
@@ -275,6 +275,94 @@ def show_distill(r: dict[str, Any]) -> str:
     return show(r)
 
 
+# --- analyze --------------------------------------------------------------------------
+
+
+def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
+    from projroute import analysis
+
+    if args.meta and "auto" in args.meta and len(args.meta) > 1:
+        raise ValueError("--meta takes 'auto' or a list of integers, not both")
+    if args.output and not args.meta:
+        raise ValueError("-o writes a merged model: give --meta too")
+    model = projroute.load(args.model)
+    config = json.loads(model.config)
+    pairs, ev = datasets.load_pairs(args.data), datasets.load_eval(args.data)
+    encoder = Encoder()
+    Q, A, _, _ = embed_pairs(pairs, encoder)
+    E = encoder.encode(ev.queries + ev.corpus)
+    X, C = E[: len(ev)], E[len(ev) :]
+    cluster_on = config.get("fit", {}).get("cluster_on", "answers")
+    result: dict[str, Any] = {
+        "model": args.model, "kind": model.kind, "data": args.data, "pairs": len(pairs),
+        "queries": len(ev), "corpus": len(ev.corpus), "cluster_on": cluster_on,
+        "suggestion": analysis.suggest_n_clusters(A if cluster_on == "answers" else Q),
+        "granularity": analysis.granularity(model, X), "plot": args.plot, "meta": None,
+    }
+    if args.plot:
+        analysis.plot_coverage(result["granularity"]["curve"], args.plot, result["granularity"]["top_k"])
+    if args.meta:
+        K = result["granularity"]["n_clusters"]
+        candidates = analysis.meta_candidates(K) if args.meta == ["auto"] else args.meta
+        meta = analysis.suggest_meta(model, X, candidates, args.method, random_state=args.seed)
+        for row in meta["rows"]:
+            merged = analysis.meta_cluster(model, row["n_meta"], args.method, args.merge, Q, A,
+                                           random_state=args.seed)
+            cost = analysis.merge_cost(model, merged, X, C, ev.gold)
+            row.update(cosine=cost["cosine"], **{k: cost["merged"][k] for k in ("hit@1", "mrr")})
+            if row["n_meta"] == meta["suggested"] and args.output:
+                merged.save(args.output)
+        # Model files store no pair labels: a refit assigns pairs to the nearest centroid.
+        meta.update(method=args.method, merge=args.merge, output=args.output,
+                    pair_labels="nearest centroid" if args.merge == "refit" else None,
+                    **{k: {m: cost[k][m] for m in ("hit@1", "mrr")} for k in ("raw", "original")})
+        result["meta"] = meta
+    return result
+
+
+def show_analyze(r: dict[str, Any]) -> str:
+    s, g, m = r["suggestion"], r["granularity"], r["meta"]
+    cos = g["centroid_cosine"]
+    k = g["mean_k"]
+    lines = [
+        f"{r['data']}: {r['pairs']} training pairs; {r['queries']} held-out queries against {r['corpus']} answers",
+        f"{r['model']}: {r['kind']}, K={g['n_clusters']}, temperature {g['temperature']}, top_k {g['top_k']}",
+        "",
+        f"cluster count ({s['n']} {r['cluster_on'][:-1]} embeddings, {s['dim']}-d):",
+        f"  effective rank {s['effective_rank']:.1f}; {s['variance']:.0%} of the variance in r={s['r']} "
+        f"dimensions, 2^r={s['two_pow_r']}{' (capped at N)' if s['two_pow_r_capped'] else ''}; "
+        f"sqrt(N)={s['sqrt_n']:.1f}",
+        f"  recommended K={s['recommended']} (effective rank clipped to [{s['bounds'][0]}, {s['bounds'][1]}])",
+        "",
+        f"routing granularity ({g['queries']} held-out queries, full softmax at T={g['temperature']}):",
+        f"  mean k for 50% / 80% / 95% of the weight: {k['50%']:.1f} / {k['80%']:.1f} / {k['95%']:.1f}",
+        f"  mean top-1 weight {g['top1']:.3f}; the served top-{g['top_k']} hold {g['top_k_weight']:.3f}",
+        "  centroid cosine: " + ("none (one cluster)" if cos is None else
+                                 f"min {cos['min']:.3f}, mean {cos['mean']:.3f}, max {cos['max']:.3f}; "
+                                 f"{g['duplicate_centroids']} duplicate an earlier centroid"),
+    ]
+    if r["plot"]:
+        lines.append(f"coverage plot: {r['plot']}")
+    if m is None:
+        return "\n".join(lines)
+    rule = "mean top-1 >= 0.5 or k80 <= 10" + ("" if m["met"] else "; no candidate met it, so the smallest")
+    lines += ["", f"meta-clustering ({m['method']}, {m['merge']} merge): suggested K'={m['suggested']} ({rule})"]
+    if m["pair_labels"] == "nearest centroid":
+        lines.append("  refit pairs go to their nearest centroid by question cosine (the file stores no labels)")
+    header = f"{'model':12s} {'K':>5s} {'top-1':>6s} {'k80':>6s} {'cos':>6s} {'hit@1':>6s} {'mrr':>6s}"
+    rows = [f"{'raw cosine':12s} {'-':>5s} {'-':>6s} {'-':>6s} {'-':>6s} "
+            f"{m['raw']['hit@1']:6.3f} {m['raw']['mrr']:6.3f}",
+            f"{'original':12s} {g['n_clusters']:5d} {g['top1']:6.3f} {k['80%']:6.1f} {1:6.3f} "
+            f"{m['original']['hit@1']:6.3f} {m['original']['mrr']:6.3f}"]
+    rows += [f"{'merged' + (' *' if row['n_meta'] == m['suggested'] else ''):12s} {row['n_meta']:5d} "
+             f"{row['top1']:6.3f} {row['mean_k']['80%']:6.1f} {row['cosine']:6.3f} "
+             f"{row['hit@1']:6.3f} {row['mrr']:6.3f}" for row in m["rows"]]
+    lines += [header, *rows, "(K: clusters; cos: mean cosine to the original model's outputs; * suggested)"]
+    if m["output"]:
+        lines.append(f"wrote the merged model (K'={m['suggested']}) to {m['output']}")
+    return "\n".join(lines)
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -337,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto or FLOAT in [0, 1] (global, federated; default auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed for k-means and cross-validation")
     p.add_argument("--no-index", action="store_true", help="do not store the training answers in the model")
+    p.add_argument("--weights-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="storage type of the maps W (computed in float32 either way)")
 
     p = command("project", cmd_project, show_project, "project query embeddings into answer space")
     p.add_argument("model", metavar="MODEL")
@@ -365,6 +455,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-sample loss weights (entropy: the teacher's normalised routing entropy)")
     p.add_argument("--plot", metavar="PNG", help="save the loss curve here")
     p.add_argument("--seed", type=int, default=0)
+
+    p = command("analyze", cmd_analyze, show_analyze,
+                "suggest a cluster count, measure a routed model's granularity, and merge its clusters")
+    p.add_argument("model", metavar="MODEL", help="a federated or lda model file")
+    p.add_argument("data", metavar="DATA", help="training pairs and held-out queries: " + data_help)
+    p.add_argument("--plot", metavar="PNG", help="save the routing-weight coverage curve here")
+    p.add_argument("--meta", nargs="+", type=auto_or(positive_int), metavar="K",
+                   help="meta-cluster into K' clusters: auto (powers of two below K) or a list of ints")
+    p.add_argument("--method", choices=["kmeans", "agglomerative"], default="kmeans",
+                   help="how to group the centroids (default kmeans)")
+    p.add_argument("--merge", choices=["average", "refit"], default="average",
+                   help="average the members' maps, or refit Procrustes on the merged pairs (default average)")
+    p.add_argument("-o", "--output", metavar="MODEL", help="write the merged model at the suggested K' here")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed for k-means and the refit's base map (the fit's --seed reproduces it)")
 
     p = command("demo", cmd_demo, show_demo, "fit and evaluate all three kinds on the packaged demo data")
     p.add_argument("--out", metavar="DIR", help="where to save the models (default: a new temporary folder)")

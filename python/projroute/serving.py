@@ -20,6 +20,22 @@ def load(path: str | os.PathLike[str]) -> Projector:
     return Projector.load(os.fspath(path))
 
 
+WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def with_weights_dtype(model: Projector, weights_dtype: str) -> Projector:
+    """``model`` with its maps ``W`` stored as ``weights_dtype`` (float32, float16 or
+    bfloat16; rounded to nearest even), still computed in float32. Kinds without ``W``
+    are returned unchanged."""
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
+    tensors = model.tensors()
+    if "W" not in tensors:
+        return model
+    config = {**json.loads(model.config), "weights_dtype": weights_dtype}
+    return Projector.from_tensors(tensors, json.dumps(config), model.metadata)
+
+
 def stored_index(model: Projector) -> tuple[FlatIndex, list[str] | None] | None:
     """The answer corpus saved with a model, as (index, texts), or None."""
     tensors = model.tensors()

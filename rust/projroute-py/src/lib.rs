@@ -77,6 +77,16 @@ fn as_f32_matrix<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<PyReadonl
     Ok(array.cast_into::<PyArray2<f32>>()?.readonly())
 }
 
+/// `obj` as a list of str keys; a lone str or anything else than a sequence of str
+/// is a `TypeError`.
+fn as_keys(obj: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    let fail = || PyTypeError::new_err("keys must be a sequence of str (one tree id or path per query)");
+    if obj.is_instance_of::<pyo3::types::PyString>() {
+        return Err(fail());
+    }
+    obj.extract().map_err(|_| fail())
+}
+
 /// A loaded projroute model of any kind (global, federated, lda, transformer).
 #[pyclass(module = "projroute._core", frozen)]
 struct Projector {
@@ -107,7 +117,10 @@ fn model_from_parts(
             .map_err(to_py_err)?;
         out.insert(name, tensor);
     }
-    Ok(core::ModelFile { config, tensors: out, metadata: metadata.unwrap_or_default() })
+    // Through the file encoding, so that a model built here is the one its file holds
+    // (W rounded to `weights_dtype`, values checked) and is validated like a file.
+    let model = core::ModelFile { config, tensors: out, metadata: metadata.unwrap_or_default() };
+    core::ModelFile::from_bytes(&model.to_bytes().map_err(to_py_err)?).map_err(to_py_err)
 }
 
 #[pymethods]
@@ -139,12 +152,36 @@ impl Projector {
         py.detach(|| self.model.save(&path)).map_err(to_py_err)
     }
 
-    /// Project queries `x` (B, dim_in) to (B, dim_out), float32.
-    fn project<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    /// Project queries `x` (B, dim_in) to (B, dim_out), float32. Keyed kinds (`tree`,
+    /// `hierarchical`) need `keys`: one str per query, its tree id or its path `a/b/c`.
+    #[pyo3(signature = (x, keys=None))]
+    fn project<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        keys: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let x = as_f32_matrix(x, "queries")?;
         let view: ArrayView2<f32> = x.as_array();
-        let out = py.detach(|| self.inner.project(view)).map_err(to_py_err)?;
-        Ok(out.into_pyarray(py))
+        let out = match keys {
+            None => py.detach(|| self.inner.project(view)),
+            Some(keys) => {
+                let keys = as_keys(keys)?;
+                py.detach(|| self.inner.project_keyed(view, &keys.iter().map(String::as_str).collect::<Vec<_>>()))
+            }
+        };
+        Ok(out.map_err(to_py_err)?.into_pyarray(py))
+    }
+
+    /// The key of the node that serves each of `keys` (keyed kinds only): the key
+    /// itself, an ancestor path, or "" (the fallback map).
+    fn resolve(&self, keys: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        let core::Projector::Keyed(m) = &self.inner else {
+            return Err(PyValueError::new_err(format!("a `{}` model takes no keys", self.inner.kind())));
+        };
+        let keys = as_keys(keys)?;
+        let nodes = m.resolve(&keys.iter().map(String::as_str).collect::<Vec<_>>());
+        Ok(nodes.into_iter().map(|i| m.nodes()[i].clone()).collect())
     }
 
     /// Dense routing weights (B, K), float32; rows sum to 1. None for a global model.
@@ -162,7 +199,8 @@ impl Projector {
         Ok(dense.map(|d| d.into_pyarray(py)))
     }
 
-    /// Model kind: "global", "federated", "lda" or "transformer".
+    /// Model kind: "global", "federated", "lda", "tree", "hierarchical", "transformer"
+    /// or "transformer_ensemble".
     #[getter]
     fn kind(&self) -> &'static str {
         self.inner.kind()

@@ -6,7 +6,7 @@ use ndarray::{Array2, ArrayView2, ArrayView3};
 use crate::blend;
 use crate::error::{format_err, Result};
 use crate::format::ModelFile;
-use crate::packed::PackedMatrix;
+use crate::packed::{PackedMatrix, Precision};
 use crate::routing::{Router, Routing, RoutingParams};
 
 /// A federated projection.
@@ -21,12 +21,12 @@ impl Federated {
     /// From `centroids` (K, D_in; normalised here), `maps` (K, D_in, D_out; packed here
     /// for the serving kernel) and routing parameters.
     pub fn new(centroids: ArrayView2<f32>, maps: ArrayView3<f32>, params: RoutingParams) -> Result<Self> {
-        Self::with_router(Router::new(centroids, params)?, maps)
+        Self::with_router(Router::new(centroids, params)?, maps, Precision::F32)
     }
 
     /// From any router (centroid or per-question routing, with or without a prior) and
-    /// its K maps (K, D_in, D_out).
-    pub fn with_router(router: Router, maps: ArrayView3<f32>) -> Result<Self> {
+    /// its K maps (K, D_in, D_out), stored at `precision`.
+    pub fn with_router(router: Router, maps: ArrayView3<f32>, precision: Precision) -> Result<Self> {
         let (k, d_in) = (router.n_clusters(), router.dim());
         if maps.dim().0 != k || maps.dim().1 != d_in {
             return format_err(format!(
@@ -35,7 +35,7 @@ impl Federated {
             ));
         }
         let dim_out = maps.dim().2;
-        let maps = maps.outer_iter().map(PackedMatrix::pack).collect();
+        let maps = maps.outer_iter().map(|w| PackedMatrix::pack_as(w, precision)).collect();
         Ok(Federated { router, maps, dim_out })
     }
 
@@ -60,7 +60,7 @@ impl Federated {
             Some(p) => router.with_prior(p.view1("prior")?)?,
             None => router,
         };
-        Self::with_router(router, m.tensor("W")?.view3("W")?)
+        Self::with_router(router, m.tensor("W")?.view3("W")?, c.weights_precision())
     }
 
     /// Input dimension.

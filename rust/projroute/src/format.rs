@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{format_err, invalid, Error, Result};
+use crate::packed::Precision;
+
+/// The tensor stored at the config's `weights_dtype`; every other tensor is f32.
+const WEIGHTS_TENSOR: &str = "W";
 
 /// Newest format version this build reads and the one it writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -124,7 +128,18 @@ impl Config {
                 supported: FORMAT_VERSION,
             });
         }
-        serde_json::from_value(value).or_else(|e| format_err(format!("bad config: {e}")))
+        let config: Config = serde_json::from_value(value).or_else(|e| format_err(format!("bad config: {e}")))?;
+        if let Some(name) = &config.weights_dtype {
+            if Precision::from_name(name).is_none() {
+                return format_err(format!("`weights_dtype` must be float32, float16 or bfloat16, got {name:?}"));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Storage precision of the maps `W` (`weights_dtype`, float32 when absent).
+    pub fn weights_precision(&self) -> Precision {
+        self.weights_dtype.as_deref().and_then(Precision::from_name).unwrap_or(Precision::F32)
     }
 
     /// The config as a JSON string.
@@ -226,7 +241,8 @@ impl ModelFile {
             .or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
-            tensors.insert(name.clone(), read_tensor(&name, &view)?);
+            let precision = if name == WEIGHTS_TENSOR { config.weights_precision() } else { Precision::F32 };
+            tensors.insert(name.clone(), read_tensor(&name, &view, precision)?);
         }
         Ok(ModelFile { config, tensors, metadata })
     }
@@ -240,15 +256,20 @@ impl ModelFile {
 
     /// Serialise to safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
+        let weights = self.config.weights_precision();
+        let bytes: Vec<(String, Dtype, Vec<u8>, Vec<usize>)> = self
             .tensors
             .iter()
-            .map(|(name, t)| (name.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
+            .map(|(name, t)| {
+                let precision = if name == WEIGHTS_TENSOR { weights } else { Precision::F32 };
+                let (dtype, data) = encode(&t.data, precision);
+                (name.clone(), dtype, data, t.shape.clone())
+            })
             .collect();
         let views = bytes
             .iter()
-            .map(|(name, data, shape)| {
-                TensorView::new(Dtype::F32, shape.clone(), data)
+            .map(|(name, dtype, data, shape)| {
+                TensorView::new(*dtype, shape.clone(), data)
                     .map(|v| (name.clone(), v))
                     .or_else(|e| invalid(format!("tensor `{name}`: {e}")))
             })
@@ -265,15 +286,26 @@ impl ModelFile {
     }
 }
 
-fn read_tensor(name: &str, view: &TensorView<'_>) -> Result<Tensor> {
-    if view.dtype() != Dtype::F32 {
-        return format_err(format!("tensor `{name}` has dtype {:?}, expected F32", view.dtype()));
+/// The safetensors dtype of `precision` and `data` encoded in it (little-endian).
+fn encode(data: &[f32], precision: Precision) -> (Dtype, Vec<u8>) {
+    match precision {
+        Precision::F32 => (Dtype::F32, data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        Precision::F16 => (Dtype::F16, data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
+        Precision::BF16 => (Dtype::BF16, data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
     }
-    let data: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+}
+
+fn read_tensor(name: &str, view: &TensorView<'_>, precision: Precision) -> Result<Tensor> {
+    let expected = encode(&[], precision).0;
+    if view.dtype() != expected {
+        return format_err(format!("tensor `{name}` has dtype {:?}, expected {expected:?}", view.dtype()));
+    }
+    let bytes = view.data();
+    let data: Vec<f32> = match precision {
+        Precision::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Precision::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Precision::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+    };
     if !data.iter().all(|v| v.is_finite()) {
         return format_err(format!("tensor `{name}` contains NaN or infinite values"));
     }

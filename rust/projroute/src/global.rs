@@ -5,7 +5,7 @@ use ndarray::{Array1, Array2, ArrayView2};
 use crate::error::{format_err, Result};
 use crate::format::ModelFile;
 use crate::linalg;
-use crate::packed::PackedMatrix;
+use crate::packed::{PackedMatrix, Precision};
 
 /// A global projection.
 #[derive(Clone, Debug)]
@@ -15,14 +15,14 @@ pub struct Global {
 }
 
 impl Global {
-    /// From the map `w` (D_in, D_out) and an optional `bias` (D_out,).
-    pub fn new(w: Array2<f32>, bias: Option<Array1<f32>>) -> Result<Self> {
+    /// From the map `w` (D_in, D_out), stored at `precision`, and an optional `bias` (D_out,).
+    pub fn new(w: Array2<f32>, bias: Option<Array1<f32>>, precision: Precision) -> Result<Self> {
         if let Some(b) = &bias {
             if b.len() != w.ncols() {
                 return format_err(format!("bias has {} values, W has {} columns", b.len(), w.ncols()));
             }
         }
-        Ok(Global { w: PackedMatrix::pack(w.view()), bias })
+        Ok(Global { w: PackedMatrix::pack_as(w.view(), precision), bias })
     }
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
@@ -31,7 +31,7 @@ impl Global {
             Some(t) => Some(t.view1("bias")?.to_owned()),
             None => None,
         };
-        Self::new(w, bias)
+        Self::new(w, bias, m.config.weights_precision())
     }
 
     /// Input dimension.

@@ -12,6 +12,7 @@ mod federated;
 mod format;
 mod global;
 mod index;
+mod keyed;
 mod lda;
 mod linalg;
 mod packed;
@@ -28,8 +29,9 @@ pub use federated::Federated;
 pub use format::{Config, EnsembleConfig, ModelFile, Tensor, TransformerConfig, CONFIG_KEY, FORMAT_NAME, FORMAT_VERSION};
 pub use global::Global;
 pub use index::FlatIndex;
+pub use keyed::{KeyRule, Keyed};
 pub use lda::Lda;
-pub use packed::PackedMatrix;
+pub use packed::{PackedMatrix, Precision};
 pub use projector::{Projector, INDEX_TENSOR};
 #[cfg(feature = "candle")]
 pub use transformer::Transformer;

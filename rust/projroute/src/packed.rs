@@ -21,7 +21,7 @@ pub const NR: usize = 16;
 const MR: usize = 6;
 /// Depth of one slice of a panel (16 KiB of f32 per panel slice).
 const KC: usize = 256;
-/// Rows of `a` packed at once (fits L2 with `KC`).
+/// Rows of `a` packed at once (all of their depth kept in L2).
 const MC: usize = 120;
 
 /// One row of a panel: [`NR`] floats, cache-line aligned so that no vector load splits
@@ -30,6 +30,86 @@ const MC: usize = 120;
 #[repr(C, align(64))]
 struct Line([f32; NR]);
 
+/// One row of a half-precision panel: [`NR`] f16 or bf16 bit patterns, two per cache line.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
+struct HalfLine([u16; NR]);
+
+/// How a packed matrix stores its values; products are computed in f32 either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision (10-bit mantissa): half the memory traffic.
+    F16,
+    /// bfloat16 (8-bit mantissa, the f32 exponent range): half the memory traffic.
+    BF16,
+}
+
+impl Precision {
+    /// `float32`, `float16` or `bfloat16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "float32",
+            Precision::F16 => "float16",
+            Precision::BF16 => "bfloat16",
+        }
+    }
+
+    /// From a [`name`](Self::name); `None` on anything else.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Precision::F32, Precision::F16, Precision::BF16].into_iter().find(|p| p.name() == name)
+    }
+
+    /// `v` as stored at this precision (round to nearest even), back in f32.
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            Precision::F32 => v,
+            Precision::F16 => half::f16::from_f32(v).to_f32(),
+            Precision::BF16 => half::bf16::from_f32(v).to_f32(),
+        }
+    }
+
+    fn to_bits(self, v: f32) -> u16 {
+        match self {
+            Precision::F16 => half::f16::from_f32(v).to_bits(),
+            _ => half::bf16::from_f32(v).to_bits(),
+        }
+    }
+}
+
+/// A packed matrix's lines at its precision.
+#[derive(Clone, Debug)]
+enum Lines {
+    F32(Vec<Line>),
+    Half(Precision, Vec<HalfLine>),
+}
+
+/// The lines of one panel slice.
+#[derive(Clone, Copy)]
+enum Panel<'a> {
+    F32(&'a [Line]),
+    Half(Precision, &'a [HalfLine]),
+}
+
+impl Panel<'_> {
+    /// Row `p` of the panel in f32.
+    fn row(&self, p: usize) -> [f32; NR] {
+        match self {
+            Panel::F32(l) => l[p].0,
+            Panel::Half(Precision::F16, l) => l[p].0.map(|b| half::f16::from_bits(b).to_f32()),
+            Panel::Half(_, l) => l[p].0.map(|b| half::bf16::from_bits(b).to_f32()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Panel::F32(l) => l.len(),
+            Panel::Half(_, l) => l.len(),
+        }
+    }
+}
+
 /// A `(k, n)` matrix packed into column panels of [`NR`].
 #[derive(Clone, Debug)]
 pub struct PackedMatrix {
@@ -37,21 +117,38 @@ pub struct PackedMatrix {
     n: usize,
     /// Row block `kb..kb + kc` (kb a multiple of `KC`) starts at line `kb * n_panels`;
     /// within it, panel `j` is lines `j * kc..(j + 1) * kc`.
-    lines: Vec<Line>,
+    lines: Lines,
 }
 
 impl PackedMatrix {
     /// Pack `b` (k, n), any strides.
     pub fn pack(b: ArrayView2<f32>) -> Self {
+        Self::pack_as(b, Precision::F32)
+    }
+
+    /// Pack `b` (k, n) stored at `precision` (values rounded to nearest even).
+    pub fn pack_as(b: ArrayView2<f32>, precision: Precision) -> Self {
         let (k, n) = b.dim();
-        let mut packed = PackedMatrix { k, n, lines: vec![Line([0.0; NR]); n.div_ceil(NR) * k] };
+        let mut lines = vec![Line([0.0; NR]); n.div_ceil(NR) * k];
+        let mut packed = PackedMatrix { k, n, lines: Lines::F32(Vec::new()) };
         for p in 0..k {
             for col in 0..n {
-                let at = packed.line_of(p, col);
-                packed.lines[at].0[col % NR] = b[[p, col]];
+                lines[packed.line_of(p, col)].0[col % NR] = b[[p, col]];
             }
         }
+        packed.lines = match precision {
+            Precision::F32 => Lines::F32(lines),
+            half => Lines::Half(half, lines.iter().map(|l| HalfLine(l.0.map(|v| half.to_bits(v)))).collect()),
+        };
         packed
+    }
+
+    /// The storage precision.
+    pub fn precision(&self) -> Precision {
+        match &self.lines {
+            Lines::F32(_) => Precision::F32,
+            Lines::Half(p, _) => *p,
+        }
     }
 
     /// Rows (input dimension).
@@ -72,15 +169,19 @@ impl PackedMatrix {
     }
 
     /// Lines of panel `j` in the row block starting at `kb`.
-    fn panel(&self, kb: usize, j: usize) -> &[Line] {
+    fn panel(&self, kb: usize, j: usize) -> Panel<'_> {
         let kc = KC.min(self.k - kb);
-        let start = kb * self.n.div_ceil(NR) + j * kc;
-        &self.lines[start..start + kc]
+        let at = kb * self.n.div_ceil(NR) + j * kc..kb * self.n.div_ceil(NR) + (j + 1) * kc;
+        match &self.lines {
+            Lines::F32(l) => Panel::F32(&l[at]),
+            Lines::Half(p, l) => Panel::Half(*p, &l[at]),
+        }
     }
 
     /// Unpacked value at (row, col); for tests and export.
     pub fn get(&self, row: usize, col: usize) -> f32 {
-        self.lines[self.line_of(row, col)].0[col % NR]
+        let (kb, j) = (row / KC * KC, col / NR);
+        self.panel(kb, j).row(row - kb)[col % NR]
     }
 
     /// `a @ self` (m, n) on the whole rayon pool: row blocks per thread for a tall
@@ -154,15 +255,18 @@ impl PackedMatrix {
         let mut tile = [0.0f32; MR * NR];
         for i0 in (0..m).step_by(MC) {
             let mc = MC.min(m - i0);
-            for (kb_index, kb) in (0..k).step_by(KC).enumerate() {
-                let kc = KC.min(k - kb);
-                pack_a(a, i0, mc, kb, kc, scratch);
-                for j in panels.clone() {
-                    let nr = NR.min(self.n - j * NR);
+            // All depth blocks of these rows at once (block `kb` at offset `kb * mc`), so
+            // that each output tile stays in L1 while it accumulates over the depth.
+            pack_a(a, i0, mc, scratch);
+            for j in panels.clone() {
+                let nr = NR.min(self.n - j * NR);
+                for (kb_index, kb) in (0..k).step_by(KC).enumerate() {
+                    let kc = KC.min(k - kb);
                     let b = self.panel(kb, j);
+                    let block = &scratch[kb * mc..(kb + kc) * mc];
                     for s in (0..mc).step_by(MR) {
                         let mr = MR.min(mc - s);
-                        let a_strip = &scratch[s * kc..(s + mr) * kc];
+                        let a_strip = &block[s * kc..(s + mr) * kc];
                         let c_off = (i0 + s) * ldc + (j - panels.start) * NR;
                         let accumulate = kb_index > 0;
                         let prefetch = s == 0;
@@ -190,18 +294,24 @@ impl PackedMatrix {
     }
 }
 
-/// Pack rows `i0..i0+mc`, columns `kb..kb+kc` of `a` into strips of up to `MR` rows,
-/// each strip k-major: `strip[p * mr + r] = a[i0 + s + r, kb + p]`.
-fn pack_a(a: ArrayView2<f32>, i0: usize, mc: usize, kb: usize, kc: usize, out: &mut Vec<f32>) {
+/// Pack rows `i0..i0+mc` of `a` (m, k): for each depth block `kb..kb+kc` (at offset
+/// `kb * mc`), strips of up to `MR` rows, each k-major:
+/// `block[s * kc + p * mr + r] = a[i0 + s + r, kb + p]`.
+fn pack_a(a: ArrayView2<f32>, i0: usize, mc: usize, out: &mut Vec<f32>) {
+    let k = a.ncols();
     out.clear();
-    out.resize(mc * kc, 0.0);
-    for s in (0..mc).step_by(MR) {
-        let mr = MR.min(mc - s);
-        let strip = &mut out[s * kc..(s + mr) * kc];
-        for r in 0..mr {
-            let row = a.row(i0 + s + r);
-            for p in 0..kc {
-                strip[p * mr + r] = row[kb + p];
+    out.resize(mc * k, 0.0);
+    for kb in (0..k).step_by(KC) {
+        let kc = KC.min(k - kb);
+        let block = &mut out[kb * mc..(kb + kc) * mc];
+        for s in (0..mc).step_by(MR) {
+            let mr = MR.min(mc - s);
+            let strip = &mut block[s * kc..(s + mr) * kc];
+            for r in 0..mr {
+                let row = a.row(i0 + s + r);
+                for p in 0..kc {
+                    strip[p * mr + r] = row[kb + p];
+                }
             }
         }
     }
@@ -210,7 +320,9 @@ fn pack_a(a: ArrayView2<f32>, i0: usize, mc: usize, kb: usize, kc: usize, out: &
 pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -226,7 +338,7 @@ fn micro(
     mr: usize,
     kc: usize,
     a: &[f32],
-    b: &[Line],
+    b: Panel<'_>,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
@@ -235,26 +347,41 @@ fn micro(
     debug_assert!(a.len() >= kc * mr && b.len() >= kc && c.len() >= (mr - 1) * ldc + NR);
     #[cfg(target_arch = "x86_64")]
     if avx {
-        // SAFETY: AVX2 and FMA were detected at run time; the slices are long enough
-        // for every access (checked above in debug builds, by construction in callers).
+        // SAFETY: AVX2, FMA and F16C were detected at run time; the slices are long
+        // enough for every access (checked above in debug builds, by construction in callers).
         unsafe {
-            match mr {
-                1 => avx2::micro::<1>(kc, a, b, c, ldc, accumulate, prefetch),
-                2 => avx2::micro::<2>(kc, a, b, c, ldc, accumulate, prefetch),
-                3 => avx2::micro::<3>(kc, a, b, c, ldc, accumulate, prefetch),
-                4 => avx2::micro::<4>(kc, a, b, c, ldc, accumulate, prefetch),
-                5 => avx2::micro::<5>(kc, a, b, c, ldc, accumulate, prefetch),
-                _ => avx2::micro::<6>(kc, a, b, c, ldc, accumulate, prefetch),
+            let (ptr, kind) = match b {
+                Panel::F32(l) => (l.as_ptr().cast::<u8>(), 0),
+                Panel::Half(Precision::F16, l) => (l.as_ptr().cast::<u8>(), 1),
+                Panel::Half(_, l) => (l.as_ptr().cast::<u8>(), 2),
+            };
+            macro_rules! go {
+                ($k:literal) => {
+                    match mr {
+                        1 => avx2::micro::<1, $k>(kc, a, ptr, c, ldc, accumulate, prefetch),
+                        2 => avx2::micro::<2, $k>(kc, a, ptr, c, ldc, accumulate, prefetch),
+                        3 => avx2::micro::<3, $k>(kc, a, ptr, c, ldc, accumulate, prefetch),
+                        4 => avx2::micro::<4, $k>(kc, a, ptr, c, ldc, accumulate, prefetch),
+                        5 => avx2::micro::<5, $k>(kc, a, ptr, c, ldc, accumulate, prefetch),
+                        _ => avx2::micro::<6, $k>(kc, a, ptr, c, ldc, accumulate, prefetch),
+                    }
+                };
+            }
+            match kind {
+                0 => go!(0),
+                1 => go!(1),
+                _ => go!(2),
             }
         }
         return;
     }
     let _ = avx;
     let mut acc = [[0.0f32; NR]; MR];
-    for (p, Line(bp)) in b.iter().enumerate().take(kc) {
+    for p in 0..kc {
+        let bp = b.row(p);
         for (r, acc_r) in acc.iter_mut().enumerate().take(mr) {
             let av = a[p * mr + r];
-            for (x, &bv) in acc_r.iter_mut().zip(bp) {
+            for (x, &bv) in acc_r.iter_mut().zip(&bp) {
                 *x += av * bv;
             }
         }
@@ -269,31 +396,49 @@ fn micro(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Line, NR};
+    use super::NR;
     use std::arch::x86_64::*;
 
+    /// Panel row `p` as two vectors of 8: `KIND` 0 = f32 lines (64 bytes), 1 = f16 and
+    /// 2 = bf16 lines (32 bytes), widened to f32.
+    #[inline(always)]
+    unsafe fn load<const KIND: u8>(b: *const u8, p: usize) -> (__m256, __m256) {
+        if KIND == 0 {
+            let f = b.cast::<f32>().add(p * NR);
+            return (_mm256_load_ps(f), _mm256_load_ps(f.add(8)));
+        }
+        let h = b.add(p * 2 * NR).cast::<__m128i>();
+        let (x0, x1) = (_mm_load_si128(h), _mm_load_si128(h.add(1)));
+        if KIND == 1 {
+            (_mm256_cvtph_ps(x0), _mm256_cvtph_ps(x1))
+        } else {
+            let widen = |x| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(x)));
+            (widen(x0), widen(x1))
+        }
+    }
+
     /// The `M`x16 register-blocked kernel: `2 * M` accumulators of 8 lanes.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn micro<const M: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
         kc: usize,
         a: &[f32],
-        b: &[Line],
+        b: *const u8,
         c: &mut [f32],
         ldc: usize,
         accumulate: bool,
         prefetch: bool,
     ) {
-        let (a, b) = (a.as_ptr(), b.as_ptr().cast::<f32>());
+        let a = a.as_ptr();
+        let line = if KIND == 0 { 4 * NR } else { 2 * NR };
         let mut lo = [_mm256_setzero_ps(); M];
         let mut hi = [_mm256_setzero_ps(); M];
         for p in 0..kc {
-            if prefetch {
+            if prefetch && (KIND == 0 || p % 2 == 0) {
                 // The next panel follows this one in memory: start fetching it (a
                 // prefetch never faults, so running past the end is harmless).
-                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kc + p) * NR).cast::<i8>());
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kc + p) * line).cast::<i8>());
             }
-            let b0 = _mm256_load_ps(b.add(p * NR));
-            let b1 = _mm256_load_ps(b.add(p * NR + 8));
+            let (b0, b1) = load::<KIND>(b, p);
             for r in 0..M {
                 let av = _mm256_broadcast_ss(&*a.add(p * M + r));
                 lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
@@ -328,18 +473,26 @@ mod tests {
     }
 
     fn check(m: usize, k: usize, n: usize, seed: u64, portable: bool) {
+        for precision in [Precision::F32, Precision::F16, Precision::BF16] {
+            check_at(m, k, n, seed, portable, precision);
+        }
+    }
+
+    /// The kernel against ndarray on the matrix rounded to `precision`.
+    fn check_at(m: usize, k: usize, n: usize, seed: u64, portable: bool, precision: Precision) {
         let a = filled(m, k, seed);
-        let b = filled(k, n, seed + 1);
-        let packed = PackedMatrix::pack(b.view());
+        let b = filled(k, n, seed + 1).mapv(|v| precision.round(v));
+        let packed = PackedMatrix::pack_as(b.view(), precision);
+        assert_eq!(packed.precision(), precision);
         let mut c = vec![f32::NAN; m * n];
         if portable {
             // Drive the portable kernel directly on the first row block.
             let kc = KC.min(k);
             let a = a.slice(ndarray::s![.., ..kc]).to_owned();
             let b = b.slice(ndarray::s![..kc, ..]).to_owned();
-            let packed = PackedMatrix::pack(b.view());
+            let packed = PackedMatrix::pack_as(b.view(), precision);
             let mut scratch = Vec::new();
-            pack_a(a.view(), 0, m, 0, kc, &mut scratch);
+            pack_a(a.view(), 0, m, &mut scratch);
             for j in 0..n.div_ceil(NR) {
                 let mut tile = vec![0.0f32; m * NR];
                 for s in (0..m).step_by(MR) {

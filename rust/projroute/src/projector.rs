@@ -4,10 +4,10 @@ use std::path::Path;
 
 use ndarray::{Array2, ArrayView2};
 
-use crate::error::{format_err, Error, Result};
+use crate::error::{format_err, invalid, Error, Result};
 use crate::format::{Config, ModelFile};
 use crate::routing::{Routing, RoutingParams};
-use crate::{Federated, Global, Lda};
+use crate::{Federated, Global, KeyRule, Keyed, Lda};
 
 /// Optional tensor (N, D_out) of answer embeddings stored with a model for search.
 pub const INDEX_TENSOR: &str = "index.embeddings";
@@ -21,6 +21,8 @@ pub enum Projector {
     Federated(Federated),
     /// Routed per-head answer embeddings.
     Lda(Lda),
+    /// Per-node maps chosen by a key per query (`tree` and `hierarchical` kinds).
+    Keyed(Keyed),
     /// A distilled student run with candle.
     #[cfg(feature = "candle")]
     Transformer(crate::Transformer),
@@ -43,6 +45,8 @@ impl Projector {
             "global" => (Projector::Global(Global::from_model(m)?), names(&["W", "bias"])),
             "federated" => (Projector::Federated(Federated::from_model(m)?), names(&["centroids", "W", "questions", "prior"])),
             "lda" => (Projector::Lda(Lda::from_model(m)?), names(&["centroids", "answers"])),
+            "tree" => (Projector::Keyed(Keyed::from_model(m, KeyRule::Tree)?), names(&["W"])),
+            "hierarchical" => (Projector::Keyed(Keyed::from_model(m, KeyRule::Hierarchical)?), names(&["W"])),
             #[cfg(feature = "candle")]
             "transformer" => {
                 let t = crate::Transformer::from_model(m)?;
@@ -89,6 +93,8 @@ impl Projector {
             Projector::Global(_) => "global",
             Projector::Federated(_) => "federated",
             Projector::Lda(_) => "lda",
+            Projector::Keyed(m) if m.rule() == KeyRule::Tree => "tree",
+            Projector::Keyed(_) => "hierarchical",
             #[cfg(feature = "candle")]
             Projector::Transformer(_) => "transformer",
             #[cfg(feature = "candle")]
@@ -102,6 +108,7 @@ impl Projector {
             Projector::Global(m) => m.dim_in(),
             Projector::Federated(m) => m.dim_in(),
             Projector::Lda(m) => m.dim_in(),
+            Projector::Keyed(m) => m.dim_in(),
             #[cfg(feature = "candle")]
             Projector::Transformer(m) => m.dim_in(),
             #[cfg(feature = "candle")]
@@ -115,6 +122,7 @@ impl Projector {
             Projector::Global(m) => m.dim_out(),
             Projector::Federated(m) => m.dim_out(),
             Projector::Lda(m) => m.dim_out(),
+            Projector::Keyed(m) => m.dim_out(),
             #[cfg(feature = "candle")]
             Projector::Transformer(m) => m.dim_out(),
             #[cfg(feature = "candle")]
@@ -131,16 +139,30 @@ impl Projector {
         }
     }
 
-    /// Project queries `x` (B, D_in) to (B, D_out).
+    /// Project queries `x` (B, D_in) to (B, D_out). Keyed kinds need
+    /// [`project_keyed`](Self::project_keyed) instead.
     pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         match self {
             Projector::Global(m) => m.project(x),
             Projector::Federated(m) => m.project(x),
             Projector::Lda(m) => m.project(x),
+            Projector::Keyed(m) => {
+                let key = if m.rule() == KeyRule::Tree { "tree id" } else { "path like `a/b/c`" };
+                invalid(format!("a `{}` model needs keys: one {key} per query", self.kind()))
+            }
             #[cfg(feature = "candle")]
             Projector::Transformer(m) => m.project(x),
             #[cfg(feature = "candle")]
             Projector::Ensemble(m) => m.project(x),
+        }
+    }
+
+    /// Project queries `x` (B, D_in) with one key per query (tree ids or paths) to
+    /// (B, D_out); only for keyed kinds (`tree`, `hierarchical`).
+    pub fn project_keyed(&self, x: ArrayView2<f32>, keys: &[&str]) -> Result<Array2<f32>> {
+        match self {
+            Projector::Keyed(m) => m.project_keyed(x, keys),
+            _ => invalid(format!("a `{}` model takes no keys; call project without them", self.kind())),
         }
     }
 

@@ -7,7 +7,7 @@
 //! index) or, with a `coverage` target, the smallest prefix of that order whose
 //! full-softmax weight reaches the target (never more than `top_k`).
 
-use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use crate::error::{format_err, invalid, Error, Result};
@@ -104,8 +104,9 @@ enum Points {
     Questions { offsets: Vec<usize>, cluster_temperature: Option<f32> },
 }
 
-/// Queries scored at once in per-question routing: bounds the (chunk, N) score block.
-const QUESTION_CHUNK: usize = 128;
+/// Most queries a thread scores at once in per-question routing: bounds its (chunk, N)
+/// score buffer, while each pass over the packed questions serves that many queries.
+const QUESTION_CHUNK: usize = 64;
 
 /// Routing points, optional prior and parameters: what every routed kind shares.
 ///
@@ -218,24 +219,44 @@ impl Router {
                 fastmath::scale_shift_max(row, inv_t, prior);
             }),
             Points::Questions { offsets, cluster_temperature } => {
-                let k = offsets.len() - 1;
+                let (k, n) = (offsets.len() - 1, self.points_t.cols());
+                // Scores of one query -> its K cluster logits.
+                let to_logits = |row: &mut [f32], out: &mut [f32]| {
+                    let max = fastmath::scale_shift_max(row, inv_t, prior);
+                    fastmath::segment_exp_sums(row, max, offsets, out);
+                    let total: f32 = out.iter().sum();
+                    for z in out.iter_mut() {
+                        *z = match cluster_temperature {
+                            Some(t2) => *z / total / t2,
+                            None => (*z / total).ln(),
+                        };
+                    }
+                };
+                let threads = rayon::current_num_threads().max(1);
                 let mut logits = Array2::<f32>::zeros((x.nrows(), k));
-                let chunks = unit.axis_chunks_iter(Axis(0), QUESTION_CHUNK);
-                for (chunk, mut out) in chunks.zip(logits.axis_chunks_iter_mut(Axis(0), QUESTION_CHUNK)) {
-                    // Each row's first K entries are overwritten with its cluster logits.
-                    let z = self.points_t.matmul_then(chunk, |_, row| {
-                        let max = fastmath::scale_shift_max(row, inv_t, prior);
-                        let mut mass = vec![0.0f32; k];
-                        fastmath::segment_exp_sums(row, max, offsets, &mut mass);
-                        let total: f32 = mass.iter().sum();
-                        for (z, m) in row.iter_mut().zip(mass) {
-                            *z = match cluster_temperature {
-                                Some(t2) => m / total / t2,
-                                None => (m / total).ln(),
-                            };
-                        }
-                    });
-                    out.assign(&z.slice(s![.., ..k]));
+                if x.nrows() < 4 * threads {
+                    // Few queries: the GEMM split by columns over the threads.
+                    let mut scores = self.points_t.matmul(unit.view());
+                    for (row, mut out) in scores.axis_iter_mut(Axis(0)).zip(logits.axis_iter_mut(Axis(0))) {
+                        to_logits(row.into_slice().expect("contiguous"), out.as_slice_mut().expect("contiguous"));
+                    }
+                } else {
+                    // Each thread scores chunks of queries into its own reused (chunk, N) buffer.
+                    let chunk = x.nrows().div_ceil(threads).min(QUESTION_CHUNK);
+                    logits
+                        .axis_chunks_iter_mut(Axis(0), chunk)
+                        .into_par_iter()
+                        .zip(unit.axis_chunks_iter(Axis(0), chunk))
+                        .for_each_init(
+                            || (Vec::new(), Vec::new()),
+                            |(scores, scratch), (mut out, q)| {
+                                scores.resize(q.nrows() * n, 0.0);
+                                self.points_t.matmul_into(q, scores, n, scratch);
+                                for (row, mut o) in scores.chunks_exact_mut(n).zip(out.axis_iter_mut(Axis(0))) {
+                                    to_logits(row, o.as_slice_mut().expect("contiguous"));
+                                }
+                            },
+                        );
                 }
                 logits
             }
