@@ -279,6 +279,8 @@ def test_cli_analyze_prints_the_tables_and_writes_the_plot(capsys, tmp_path, dem
     assert f"wrote the merged model (K'={suggested})" in text
     assert pr.load(out).n_clusters == int(suggested)
     assert "nearest centroid by question cosine" in text
+    half = next(s for s in lines if s.strip().startswith("float16 "))
+    assert float(half.split("cos ")[1].split(",")[0]) > 0.999
 
 
 def test_cli_analyze_json_and_errors(capsys, demo_model):
@@ -294,6 +296,9 @@ def test_cli_analyze_json_and_errors(capsys, demo_model):
     assert m["method"] == "agglomerative" and m["merge"] == "average" and m["pair_labels"] is None
     assert all(-1 <= row["cosine"] <= 1 and 0 <= row["hit@1"] <= 1 for row in m["rows"])
     assert set(m["raw"]) == set(m["original"]) == {"hit@1", "mrr"}
+    p = r["precision"]
+    assert set(p) == {"float16", "bfloat16"} and p["float16"]["w_bytes"] == 8 * 384 * 384 * 2
+    assert p["bfloat16"]["cosine"] < p["float16"]["cosine"] <= 1 + 1e-6
     with pytest.raises(SystemExit) as exc:
         cli.main(["analyze", str(demo_model), "demo", "--meta", "9"])
     assert exc.value.code == 2 and "n_meta must be an int in [1, 8]" in capsys.readouterr().err

@@ -301,6 +301,12 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.plot:
         analysis.plot_coverage(result["granularity"]["curve"], args.plot, result["granularity"]["top_k"])
+    W = model.tensors().get("W")
+    result["precision"] = {}
+    for dtype in ("float16", "bfloat16") if W is not None else ():
+        cost = analysis.merge_cost(model, projroute.with_weights_dtype(model, dtype), X, C, ev.gold)
+        result["precision"][dtype] = {"cosine": cost["cosine"], "w_bytes": W.size * 2,
+                                      **{k: cost["merged"][k] for k in ("hit@1", "mrr")}}
     if args.meta:
         K = result["granularity"]["n_clusters"]
         candidates = analysis.meta_candidates(K) if args.meta == ["auto"] else args.meta
@@ -343,6 +349,11 @@ def show_analyze(r: dict[str, Any]) -> str:
     ]
     if r["plot"]:
         lines.append(f"coverage plot: {r['plot']}")
+    if r["precision"]:
+        lines += ["", "reduced-precision W (computed in float32; cos: mean cosine to the float32 outputs):"]
+        lines += [f"  {dtype:9s} W {human_size(p['w_bytes'])} (float32 {human_size(2 * p['w_bytes'])}): "
+                  f"cos {p['cosine']:.6f}, hit@1 {p['hit@1']:.3f}, mrr {p['mrr']:.3f}"
+                  for dtype, p in r["precision"].items()]
     if m is None:
         return "\n".join(lines)
     rule = "mean top-1 >= 0.5 or k80 <= 10" + ("" if m["met"] else "; no candidate met it, so the smallest")
