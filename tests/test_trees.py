@@ -126,6 +126,16 @@ def test_save_load_round_trip(hierarchy, tmp_path):
         pr.load(path)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_reduced_precision_maps(trees, tmp_path, dtype):
+    _, (X, _, keys), model = trees
+    path = tmp_path / "t.safetensors"
+    model.save(path, weights_dtype=dtype)
+    loaded = pr.load(path)
+    assert loaded.kind == "tree" and json.loads(loaded.config)["weights_dtype"] == dtype
+    np.testing.assert_allclose(loaded.project(X, keys), model.project(X, keys), atol=2e-2)
+
+
 @pytest.mark.parametrize(
     "call, exc, match",
     [

@@ -1,5 +1,24 @@
 """Keyed projections: one map per tree, or per node of a hierarchy, chosen by a key
-that each query carries (its tree id, or its path ``a/b/c``)."""
+that each query carries (its tree id, or its path ``a/b/c``).
+
+Fitting, shared by both kinds: node ``""`` (the root, and the fallback of every key
+that finds no node) holds the validated :class:`~projroute.GlobalProjection` fitted
+on all pairs. Every other node with at least ``min_pairs`` pairs gets
+``W_node = W_parent + lambda * P_node (R_node - W_parent)``
+(:func:`projroute.federated.cluster_delta`): the node's Procrustes rotation
+``R_node`` inside the span of its questions (``P_node`` projects onto it), its
+parent's map outside that span, shrunk toward the parent by ``lambda``
+(``shrinkage_``). Plain Procrustes on a node's pairs (fewer than the dimension, as
+a rule) is arbitrary outside their span and wrecks unseen questions; the minimal
+correction changes only what the node's data determine. ``lambda`` is chosen from
+0, 0.1, ..., 1 by the mean MRR of held-out questions (served with their own keys)
+in ``cv``-fold cross-validation over the distinct questions, ties to the more
+shrunk value, unless given as a number.
+
+Fitted: ``nodes_`` (list of M keys, ``""`` first, parents before children), ``W_``
+(M, d, d) float32, ``node_sizes_`` (M,) pairs per node, ``shrinkage_`` and
+``validation_`` (cross-validated MRR per ``lambda``).
+"""
 
 from __future__ import annotations
 
@@ -18,33 +37,19 @@ from projroute.validation import RetrievalTask, choose, cross_validate, question
 def check_keys(keys: Any, n: int) -> list[str]:
     """``keys`` as a list of ``n`` str; TypeError for anything but a sequence of str,
     ValueError for the wrong length."""
-    if isinstance(keys, (str, bytes)) or not all(isinstance(k, str) for k in keys):
-        raise TypeError("keys must be a sequence of str (one tree id or path per item)")
+    if isinstance(keys, (str, bytes)):
+        raise TypeError("keys must be a sequence of str (one tree id or path per item), not one str")
     keys = list(keys)
+    if not all(isinstance(k, str) for k in keys):
+        raise TypeError("keys must be a sequence of str (one tree id or path per item)")
     if len(keys) != n:
         raise ValueError(f"{len(keys)} keys for {n} items")
     return keys
 
 
 class _KeyedProjection(Projection):
-    """Shared fitting of the ``tree`` and ``hierarchical`` kinds.
-
-    Node ``""`` (the root, and the fallback of every key that finds no node) holds
-    the validated :class:`GlobalProjection` fitted on all pairs. Every other node with
-    at least ``min_pairs`` pairs gets ``W_node = W_parent + lambda * P_node (R_node -
-    W_parent)`` (:func:`projroute.federated.cluster_delta`): the node's Procrustes
-    rotation ``R_node`` inside the span of its questions (``P_node`` projects onto
-    it), its parent's map outside that span, shrunk toward the parent by ``lambda``
-    (``shrinkage_``). Plain Procrustes on a node's few pairs (fewer than the
-    dimension, as a rule) would be arbitrary outside their span and wreck unseen
-    questions; the minimal correction changes only what the node's data determine.
-    ``lambda`` is chosen from 0, 0.1, ..., 1 by the mean MRR of held-out questions
-    (served with their own keys) in ``cv``-fold cross-validation over the distinct
-    questions, ties to the more shrunk value, unless given as a number.
-
-    Fitted: ``nodes_`` (list of M keys, ``""`` first), ``W_`` (M, d, d) float32,
-    ``node_sizes_`` (M,) pairs per node, ``shrinkage_``, ``validation_``.
-    """
+    """Fitting and serving shared by the ``tree`` and ``hierarchical`` kinds (see the
+    module docstring)."""
 
     def __init__(
         self, min_pairs: int = 10, shrinkage: float | str = "auto", cv: int = 5, random_state: int = 0
@@ -135,18 +140,18 @@ class TreeProjection(_KeyedProjection):
     """One map per tree: each pair and each query carries a ``tree_id`` (a str key).
 
     A tree with at least ``min_pairs`` pairs gets the global map corrected by its own
-    Procrustes rotation within the span of its questions (see below); smaller trees,
-    ids never seen in training and the id ``""`` are served by the global map (node
-    ``""``). Serving is an exact lookup of the id, one GEMM per tree in the batch.
+    Procrustes rotation within the span of its questions; smaller trees, ids never
+    seen in training and the id ``""`` are served by the global map (node ``""``).
+    Serving is an exact lookup of the id, one GEMM per tree in the batch. Fitting and
+    ``lambda``: see :mod:`projroute.trees`.
 
     Parameters
     ----------
     min_pairs : int, fewest pairs for a tree of its own
-    shrinkage : "auto" or float in [0, 1], the ``lambda`` below
+    shrinkage : "auto" or float in [0, 1], the ``lambda`` of each correction
     cv, random_state : cross-validation folds and seed
     """
 
-    __doc__ = (__doc__ or "") + "\n" + (_KeyedProjection.__doc__ or "")
     kind = "tree"
 
 
@@ -161,13 +166,13 @@ class HierarchicalProjection(_KeyedProjection):
     node in the batch (no weighted sum of several maps per query), and a small node
     borrows strength from its parents, deviating from them only in the span of its
     own questions. A path with no fitted prefix goes to the global map (node ``""``).
+    Fitting and ``lambda``: see :mod:`projroute.trees`.
 
     Parameters
     ----------
     min_pairs : int, fewest pairs (in the subtree) for a node of its own
-    shrinkage : "auto" or float in [0, 1], the ``lambda`` below
+    shrinkage : "auto" or float in [0, 1], the ``lambda`` of each correction
     cv, random_state : cross-validation folds and seed
     """
 
-    __doc__ = (__doc__ or "") + "\n" + (_KeyedProjection.__doc__ or "")
     kind = "hierarchical"

@@ -14,7 +14,7 @@ use crate::blend;
 use crate::error::{format_err, invalid, Result};
 use crate::format::ModelFile;
 use crate::linalg;
-use crate::packed::PackedMatrix;
+use crate::packed::{PackedMatrix, Precision};
 use crate::routing::Routing;
 
 /// How a query's key finds its node.
@@ -40,8 +40,9 @@ pub struct Keyed {
 
 impl Keyed {
     /// From `nodes` (M distinct keys, `""` among them) and `maps` (M, D_in, D_out;
-    /// packed here for the serving kernel), map `m` belonging to `nodes[m]`.
-    pub fn new(rule: KeyRule, nodes: Vec<String>, maps: ArrayView3<f32>) -> Result<Self> {
+    /// packed here for the serving kernel, stored at `precision`), map `m` belonging
+    /// to `nodes[m]`.
+    pub fn new(rule: KeyRule, nodes: Vec<String>, maps: ArrayView3<f32>, precision: Precision) -> Result<Self> {
         let (m, dim_in, dim_out) = maps.dim();
         if nodes.len() != m {
             return format_err(format!("{} node keys for {m} maps in W", nodes.len()));
@@ -55,7 +56,7 @@ impl Keyed {
         let Some(&root) = index.get("") else {
             return format_err("no root node: the node keys must include \"\" (the fallback map)");
         };
-        let maps = maps.outer_iter().map(PackedMatrix::pack).collect();
+        let maps = maps.outer_iter().map(|w| PackedMatrix::pack_as(w, precision)).collect();
         Ok(Keyed { rule, nodes, index, root, maps, dim_in, dim_out })
     }
 
@@ -63,7 +64,7 @@ impl Keyed {
         let Some(nodes) = m.config.nodes.clone() else {
             return format_err(format!("a `{}` config needs `nodes`", m.config.kind));
         };
-        Self::new(rule, nodes, m.tensor("W")?.view3("W")?)
+        Self::new(rule, nodes, m.tensor("W")?.view3("W")?, m.config.weights_precision())
     }
 
     /// How keys are resolved.
@@ -134,7 +135,7 @@ mod tests {
     fn model(rule: KeyRule, nodes: &[&str]) -> Keyed {
         let d = 3;
         let maps = Array3::from_shape_fn((nodes.len(), d, d), |(m, i, j)| if i == j { (m + 1) as f32 } else { 0.0 });
-        Keyed::new(rule, keys(nodes), maps.view()).unwrap()
+        Keyed::new(rule, keys(nodes), maps.view(), Precision::F32).unwrap()
     }
 
     #[test]
@@ -171,7 +172,7 @@ mod tests {
             (&["", "a", "b"], "3 node keys for 2 maps"),
         ];
         for (nodes, msg) in cases {
-            let err = Keyed::new(KeyRule::Tree, keys(nodes), maps.view()).unwrap_err().to_string();
+            let err = Keyed::new(KeyRule::Tree, keys(nodes), maps.view(), Precision::F32).unwrap_err().to_string();
             assert!(err.contains(msg), "{err}");
         }
         let m = model(KeyRule::Tree, &[""]);
