@@ -280,7 +280,7 @@ def test_cli_analyze_prints_the_tables_and_writes_the_plot(capsys, tmp_path, dem
     assert pr.load(out).n_clusters == int(suggested)
     assert "nearest centroid by question cosine" in text
     half = next(s for s in lines if s.strip().startswith("float16 "))
-    assert float(half.split("cos ")[1].split(",")[0]) > 0.999
+    assert float(half.split("1 - cos ")[1].split(",")[0]) < 1e-3
 
 
 def test_cli_analyze_json_and_errors(capsys, demo_model):

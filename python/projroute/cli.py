@@ -350,9 +350,9 @@ def show_analyze(r: dict[str, Any]) -> str:
     if r["plot"]:
         lines.append(f"coverage plot: {r['plot']}")
     if r["precision"]:
-        lines += ["", "reduced-precision W (computed in float32; cos: mean cosine to the float32 outputs):"]
+        lines += ["", "reduced-precision W (computed in float32; cos: mean cosine to the float32 model's outputs):"]
         lines += [f"  {dtype:9s} W {human_size(p['w_bytes'])} (float32 {human_size(2 * p['w_bytes'])}): "
-                  f"cos {p['cosine']:.6f}, hit@1 {p['hit@1']:.3f}, mrr {p['mrr']:.3f}"
+                  f"1 - cos {1 - p['cosine']:.1e}, hit@1 {p['hit@1']:.3f}, mrr {p['mrr']:.3f}"
                   for dtype, p in r["precision"].items()]
     if m is None:
         return "\n".join(lines)
