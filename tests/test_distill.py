@@ -255,6 +255,17 @@ def test_least_squares_start_is_already_close(synthetic):
     assert fidelity(teacher, r.student, X, A)["cosine"] > 0.95
 
 
+def test_per_question_routed_teacher_distils(synthetic):
+    """The routing modes plug into the same teacher interface: a per-question routed,
+    entropy-prior federated teacher, with the routing loss on its cluster weights."""
+    _, Q, A, X = synthetic
+    teacher = pr.FederatedProjection(n_clusters=8, shrinkage=1.0, routing="questions", prior="entropy",
+                                     cluster_temperature=0.1, progress=False).fit(Q, A)
+    r = distill(teacher, Q, routing_weight=0.2, **FAST)
+    assert Teacher(teacher).n_parameters == 8 * D * D + 8 * D + 400 * D + 400  # maps, centroids, questions, prior
+    assert fidelity(teacher, r.student, X, A)["cosine"] > 0.95
+
+
 @pytest.mark.parametrize("augment", [(), ("sphere",), ("mix",), ("sphere", "mix")])
 def test_augmentation_on_and_off(synthetic, augment):
     teacher, Q, _, _ = synthetic
