@@ -264,23 +264,23 @@ impl PackedMatrix {
                     let kc = KC.min(k - kb);
                     let b = self.panel(kb, j);
                     let block = &scratch[kb * mc..(kb + kc) * mc];
+                    let accumulate = kb_index > 0;
+                    if nr == NR {
+                        let c_off = i0 * ldc + (j - panels.start) * NR;
+                        strips(avx, mc, kc, block, b, &mut c[c_off..], ldc, accumulate);
+                        continue;
+                    }
+                    // Right edge: compute full tiles aside, copy the valid columns.
                     for s in (0..mc).step_by(MR) {
                         let mr = MR.min(mc - s);
                         let a_strip = &block[s * kc..(s + mr) * kc];
                         let c_off = (i0 + s) * ldc + (j - panels.start) * NR;
-                        let accumulate = kb_index > 0;
-                        let prefetch = s == 0;
-                        if nr == NR {
-                            micro(avx, mr, kc, a_strip, b, &mut c[c_off..], ldc, accumulate, prefetch);
-                        } else {
-                            // Right edge: compute a full tile aside, copy the valid columns.
-                            for r in 0..mr {
-                                tile[r * NR..r * NR + nr].copy_from_slice(&c[c_off + r * ldc..c_off + r * ldc + nr]);
-                            }
-                            micro(avx, mr, kc, a_strip, b, &mut tile, NR, accumulate, prefetch);
-                            for r in 0..mr {
-                                c[c_off + r * ldc..c_off + r * ldc + nr].copy_from_slice(&tile[r * NR..r * NR + nr]);
-                            }
+                        for r in 0..mr {
+                            tile[r * NR..r * NR + nr].copy_from_slice(&c[c_off + r * ldc..c_off + r * ldc + nr]);
+                        }
+                        micro(avx, mr, kc, a_strip, b, &mut tile, NR, accumulate, s == 0);
+                        for r in 0..mr {
+                            c[c_off + r * ldc..c_off + r * ldc + nr].copy_from_slice(&tile[r * NR..r * NR + nr]);
                         }
                     }
                 }
@@ -330,6 +330,29 @@ pub(crate) fn has_avx2_fma() -> bool {
     }
 }
 
+/// [`micro`] over every strip of a packed row block `a` (mc rows, depth kc) against
+/// one full panel, into `c` (mc, NR) with row stride `ldc`; one dispatch per panel.
+#[allow(clippy::too_many_arguments)]
+fn strips(avx: bool, mc: usize, kc: usize, a: &[f32], b: Panel<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
+    debug_assert!(a.len() >= mc * kc && b.len() >= kc && c.len() >= (mc - 1) * ldc + NR);
+    #[cfg(target_arch = "x86_64")]
+    if avx {
+        // SAFETY: as in `micro`.
+        unsafe {
+            match b {
+                Panel::F32(l) => avx2::strips::<0>(mc, kc, a, l.as_ptr().cast(), c, ldc, accumulate),
+                Panel::Half(Precision::F16, l) => avx2::strips::<1>(mc, kc, a, l.as_ptr().cast(), c, ldc, accumulate),
+                Panel::Half(_, l) => avx2::strips::<2>(mc, kc, a, l.as_ptr().cast(), c, ldc, accumulate),
+            }
+        }
+        return;
+    }
+    for s in (0..mc).step_by(MR) {
+        let mr = MR.min(mc - s);
+        micro(avx, mr, kc, &a[s * kc..], b, &mut c[s * ldc..], ldc, accumulate, s == 0);
+    }
+}
+
 /// `c[r, 0..NR] (+)= sum_p a[p * mr + r] * b[p][0..NR]` for `r < mr`.
 /// With `prefetch`, the panel after `b` is fetched into cache meanwhile (AVX2 kernel).
 #[allow(clippy::too_many_arguments)]
@@ -355,6 +378,7 @@ fn micro(
                 Panel::Half(Precision::F16, l) => (l.as_ptr().cast::<u8>(), 1),
                 Panel::Half(_, l) => (l.as_ptr().cast::<u8>(), 2),
             };
+            let (a, c) = (a.as_ptr(), c.as_mut_ptr());
             macro_rules! go {
                 ($k:literal) => {
                     match mr {
@@ -417,25 +441,47 @@ mod avx2 {
         }
     }
 
-    /// The `M`x16 register-blocked kernel: `2 * M` accumulators of 8 lanes.
+    /// `micro` over the strips of `a` (mc rows of depth kc, packed) into `c` (mc, 16).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
+    pub(super) unsafe fn strips<const KIND: u8>(
+        mc: usize,
         kc: usize,
         a: &[f32],
         b: *const u8,
         c: &mut [f32],
         ldc: usize,
         accumulate: bool,
-        prefetch: bool,
     ) {
-        let a = a.as_ptr();
+        let (a, c) = (a.as_ptr(), c.as_mut_ptr());
+        let full = mc - mc % 6;
+        for s in (0..full).step_by(6) {
+            micro::<6, KIND>(kc, a.add(s * kc), b, c.add(s * ldc), ldc, accumulate, s == 0);
+        }
+        let (a, c, first) = (a.add(full * kc), c.add(full * ldc), full == 0);
+        match mc - full {
+            0 => {}
+            1 => micro::<1, KIND>(kc, a, b, c, ldc, accumulate, first),
+            2 => micro::<2, KIND>(kc, a, b, c, ldc, accumulate, first),
+            3 => micro::<3, KIND>(kc, a, b, c, ldc, accumulate, first),
+            4 => micro::<4, KIND>(kc, a, b, c, ldc, accumulate, first),
+            _ => micro::<5, KIND>(kc, a, b, c, ldc, accumulate, first),
+        }
+    }
+
+    /// `Σ_p a[p * M + r] · b[p]` for each row `r < M`, as (lanes 0..8, lanes 8..16); with
+    /// `PREFETCH`, the panel that follows `b` in memory is fetched meanwhile.
+    #[inline(always)]
+    unsafe fn accumulate_panel<const M: usize, const KIND: u8, const PREFETCH: bool>(
+        kc: usize,
+        a: *const f32,
+        b: *const u8,
+    ) -> ([__m256; M], [__m256; M]) {
         let line = if KIND == 0 { 4 * NR } else { 2 * NR };
         let mut lo = [_mm256_setzero_ps(); M];
         let mut hi = [_mm256_setzero_ps(); M];
         for p in 0..kc {
-            if prefetch && (KIND == 0 || p % 2 == 0) {
-                // The next panel follows this one in memory: start fetching it (a
-                // prefetch never faults, so running past the end is harmless).
+            if PREFETCH && (KIND == 0 || p % 2 == 0) {
+                // A prefetch never faults, so running past the end is harmless.
                 _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kc + p) * line).cast::<i8>());
             }
             let (b0, b1) = load::<KIND>(b, p);
@@ -445,7 +491,25 @@ mod avx2 {
                 hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
             }
         }
-        let c = c.as_mut_ptr();
+        (lo, hi)
+    }
+
+    /// The `M`x16 register-blocked kernel: `2 * M` accumulators of 8 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
+        kc: usize,
+        a: *const f32,
+        b: *const u8,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        prefetch: bool,
+    ) {
+        let (mut lo, mut hi) = if prefetch {
+            accumulate_panel::<M, KIND, true>(kc, a, b)
+        } else {
+            accumulate_panel::<M, KIND, false>(kc, a, b)
+        };
         for r in 0..M {
             let row = c.add(r * ldc);
             if accumulate {

@@ -105,8 +105,9 @@ enum Points {
 }
 
 /// Most queries a thread scores at once in per-question routing: bounds its (chunk, N)
-/// score buffer, while each pass over the packed questions serves that many queries.
-const QUESTION_CHUNK: usize = 64;
+/// score buffer, while each pass over the packed questions serves that many queries
+/// (a multiple of the kernel's 6 rows).
+const QUESTION_CHUNK: usize = 72;
 
 /// Routing points, optional prior and parameters: what every routed kind shares.
 ///
@@ -241,22 +242,24 @@ impl Router {
                         to_logits(row.into_slice().expect("contiguous"), out.as_slice_mut().expect("contiguous"));
                     }
                 } else {
-                    // Each thread scores chunks of queries into its own reused (chunk, N) buffer.
-                    let chunk = x.nrows().div_ceil(threads).min(QUESTION_CHUNK);
+                    // Each thread takes an equal block of queries and scores it in chunks
+                    // into one (chunk, N) buffer of its own, allocated once per call.
+                    let per_thread = x.nrows().div_ceil(threads);
                     logits
-                        .axis_chunks_iter_mut(Axis(0), chunk)
+                        .axis_chunks_iter_mut(Axis(0), per_thread)
                         .into_par_iter()
-                        .zip(unit.axis_chunks_iter(Axis(0), chunk))
-                        .for_each_init(
-                            || (Vec::new(), Vec::new()),
-                            |(scores, scratch), (mut out, q)| {
+                        .zip(unit.axis_chunks_iter(Axis(0), per_thread))
+                        .for_each(|(mut block, q)| {
+                            let (mut scores, mut scratch) = (Vec::new(), Vec::new());
+                            let chunks = q.axis_chunks_iter(Axis(0), QUESTION_CHUNK);
+                            for (q, mut out) in chunks.zip(block.axis_chunks_iter_mut(Axis(0), QUESTION_CHUNK)) {
                                 scores.resize(q.nrows() * n, 0.0);
-                                self.points_t.matmul_into(q, scores, n, scratch);
+                                self.points_t.matmul_into(q, &mut scores, n, &mut scratch);
                                 for (row, mut o) in scores.chunks_exact_mut(n).zip(out.axis_iter_mut(Axis(0))) {
                                     to_logits(row, o.as_slice_mut().expect("contiguous"));
                                 }
-                            },
-                        );
+                            }
+                        });
                 }
                 logits
             }
