@@ -479,17 +479,35 @@ mod avx2 {
         let line = if KIND == 0 { 4 * NR } else { 2 * NR };
         let mut lo = [_mm256_setzero_ps(); M];
         let mut hi = [_mm256_setzero_ps(); M];
-        for p in 0..kc {
-            if PREFETCH && (KIND == 0 || p % 2 == 0) {
-                // A prefetch never faults, so running past the end is harmless.
-                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kc + p) * line).cast::<i8>());
-            }
-            let (b0, b1) = load::<KIND>(b, p);
-            for r in 0..M {
-                let av = _mm256_broadcast_ss(&*a.add(p * M + r));
-                lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
-                hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
-            }
+        // A macro, not a closure: closures do not inherit the target features.
+        macro_rules! step {
+            ($p:expr) => {{
+                let p = $p;
+                if PREFETCH && (KIND == 0 || p % 2 == 0) {
+                    // A prefetch never faults, so running past the end is harmless.
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kc + p) * line).cast::<i8>());
+                }
+                let (b0, b1) = load::<KIND>(b, p);
+                for r in 0..M {
+                    let av = _mm256_broadcast_ss(&*a.add(p * M + r));
+                    lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
+                    hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
+                }
+            }};
+        }
+        // Unrolled by four: the loop bookkeeping would otherwise compete with the FMAs
+        // for issue slots.
+        let mut p = 0;
+        while p + 4 <= kc {
+            step!(p);
+            step!(p + 1);
+            step!(p + 2);
+            step!(p + 3);
+            p += 4;
+        }
+        while p < kc {
+            step!(p);
+            p += 1;
         }
         (lo, hi)
     }
