@@ -70,6 +70,24 @@ def test_prior_weighted_centroid_routing_matches_reference(p):
     np.testing.assert_allclose(model.project(X), ref.blend_maps(X, want, W), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("B", [1, 3, 100])
+def test_per_question_routing_across_column_blocks(B):
+    """More questions than one scoring block (4096 columns), uneven clusters straddling
+    block boundaries, a prior: the online softmax over blocks equals the reference."""
+    rng = np.random.default_rng(11)
+    counts = rng.integers(1, 600, size=37)
+    N, d = int(counts.sum()), 16
+    Qs, X = unit(rng, N, d), rng.normal(size=(B, d)).astype(np.float32)
+    prior = rng.uniform(0.1, 5.0, size=N).astype(np.float32)
+    W = rng.normal(size=(37, d, d)).astype(np.float32)
+    r = {"n_clusters": 37, "temperature": 0.03, "top_k": 5, "coverage": None}
+    model = pr.Projector.from_tensors({"centroids": unit(rng, 37, d), "W": W, "questions": Qs, "prior": prior},
+                                      config("federated", d, d, **r, question_counts=counts.tolist()))
+    assert N > 2 * 4096
+    want = ref.route_questions(X, Qs, counts, 0.03, 5, None, prior)
+    np.testing.assert_allclose(model.route(X), want, rtol=RTOL, atol=ATOL)
+
+
 def test_prior_is_the_log_shift_it_claims():
     """w ∝ p exp(s/T): a prior of exp(delta/T) equals adding delta to the scores."""
     rng = np.random.default_rng(0)

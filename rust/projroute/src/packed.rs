@@ -246,7 +246,7 @@ impl PackedMatrix {
 
     /// Columns of `panels` of `a @ self` into `c` (m, width) with row stride `ldc`,
     /// column 0 of `c` being the first column of `panels.start`.
-    fn panels_into(&self, a: ArrayView2<f32>, panels: Range<usize>, c: &mut [f32], ldc: usize, scratch: &mut Vec<f32>) {
+    pub(crate) fn panels_into(&self, a: ArrayView2<f32>, panels: Range<usize>, c: &mut [f32], ldc: usize, scratch: &mut Vec<f32>) {
         let (m, k) = a.dim();
         let width = (panels.end * NR).min(self.n) - panels.start * NR;
         assert_eq!(k, self.k, "inner dimensions differ");

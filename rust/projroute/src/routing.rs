@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::error::{format_err, invalid, Error, Result};
 use crate::fastmath;
 use crate::linalg;
-use crate::packed::PackedMatrix;
+use crate::packed::{PackedMatrix, NR};
 
 /// How a query's weights over K clusters are computed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -108,6 +108,10 @@ enum Points {
 /// score buffer, while each pass over the packed questions serves that many queries
 /// (a multiple of the kernel's 6 rows).
 const QUESTION_CHUNK: usize = 72;
+
+/// Columns (questions) scored at once per chunk: a (chunk, block) score block of about
+/// 1 MiB, kept in cache while it is folded into the running sums.
+const QUESTION_BLOCK: usize = 4096;
 
 /// Routing points, optional prior and parameters: what every routed kind shares.
 ///
@@ -221,42 +225,54 @@ impl Router {
             }),
             Points::Questions { offsets, cluster_temperature } => {
                 let (k, n) = (offsets.len() - 1, self.points_t.cols());
-                // Scores of one query -> its K cluster logits.
-                let to_logits = |row: &mut [f32], out: &mut [f32]| {
-                    let max = fastmath::scale_shift_max(row, inv_t, prior);
-                    fastmath::segment_exp_sums(row, max, offsets, out);
-                    let total: f32 = out.iter().sum();
-                    for z in out.iter_mut() {
-                        *z = match cluster_temperature {
-                            Some(t2) => *z / total / t2,
-                            None => (*z / total).ln(),
-                        };
-                    }
-                };
                 let threads = rayon::current_num_threads().max(1);
                 let mut logits = Array2::<f32>::zeros((x.nrows(), k));
                 if x.nrows() < 4 * threads {
-                    // Few queries: the GEMM split by columns over the threads.
+                    // Few queries: the whole GEMM at once, split by columns over the threads.
                     let mut scores = self.points_t.matmul(unit.view());
+                    let (_, local) = block_segments(offsets, 0, n);
                     for (row, mut out) in scores.axis_iter_mut(Axis(0)).zip(logits.axis_iter_mut(Axis(0))) {
-                        to_logits(row.into_slice().expect("contiguous"), out.as_slice_mut().expect("contiguous"));
+                        let out = out.as_slice_mut().expect("contiguous");
+                        let mut max = f32::NEG_INFINITY;
+                        let row = row.into_slice().expect("contiguous");
+                        self.add_block(row, 0, 0, &local, &mut max, out, &mut vec![0.0; k]);
+                        cluster_logits(out, *cluster_temperature);
                     }
                 } else {
-                    // Each thread takes an equal block of queries and scores it in chunks
-                    // into one (chunk, N) buffer of its own, allocated once per call.
+                    // Each thread takes an equal share of the queries, in chunks; a chunk is
+                    // scored block by block of columns (kept in cache), each block folded
+                    // into running per-cluster sums (an online softmax), so the (chunk, N)
+                    // scores never exist at once.
                     let per_thread = x.nrows().div_ceil(threads);
+                    let blocks: Vec<(usize, usize, Vec<usize>)> = (0..n)
+                        .step_by(QUESTION_BLOCK)
+                        .map(|c0| {
+                            let (k0, local) = block_segments(offsets, c0, (c0 + QUESTION_BLOCK).min(n));
+                            (c0, k0, local)
+                        })
+                        .collect();
                     logits
                         .axis_chunks_iter_mut(Axis(0), per_thread)
                         .into_par_iter()
                         .zip(unit.axis_chunks_iter(Axis(0), per_thread))
-                        .for_each(|(mut block, q)| {
-                            let (mut scores, mut scratch) = (Vec::new(), Vec::new());
+                        .for_each(|(mut share, q)| {
+                            let (mut scores, mut scratch, mut tmp) = (Vec::new(), Vec::new(), vec![0.0f32; k]);
                             let chunks = q.axis_chunks_iter(Axis(0), QUESTION_CHUNK);
-                            for (q, mut out) in chunks.zip(block.axis_chunks_iter_mut(Axis(0), QUESTION_CHUNK)) {
-                                scores.resize(q.nrows() * n, 0.0);
-                                self.points_t.matmul_into(q, &mut scores, n, &mut scratch);
-                                for (row, mut o) in scores.chunks_exact_mut(n).zip(out.axis_iter_mut(Axis(0))) {
-                                    to_logits(row, o.as_slice_mut().expect("contiguous"));
+                            for (q, mut out) in chunks.zip(share.axis_chunks_iter_mut(Axis(0), QUESTION_CHUNK)) {
+                                let mut max = vec![f32::NEG_INFINITY; q.nrows()];
+                                for (c0, k0, local) in &blocks {
+                                    let panels = c0 / NR..(c0 + QUESTION_BLOCK).min(n).div_ceil(NR);
+                                    let width = (c0 + QUESTION_BLOCK).min(n) - c0;
+                                    scores.resize(q.nrows() * width, 0.0);
+                                    self.points_t.panels_into(q, panels, &mut scores, width, &mut scratch);
+                                    let rows = scores.chunks_exact_mut(width).zip(out.axis_iter_mut(Axis(0)));
+                                    for ((row, mut o), m) in rows.zip(max.iter_mut()) {
+                                        let o = o.as_slice_mut().expect("contiguous");
+                                        self.add_block(row, *c0, *k0, local, m, o, &mut tmp);
+                                    }
+                                }
+                                for mut o in out.axis_iter_mut(Axis(0)) {
+                                    cluster_logits(o.as_slice_mut().expect("contiguous"), *cluster_temperature);
                                 }
                             }
                         });
@@ -266,6 +282,45 @@ impl Router {
         };
         route(logits.view(), &params)
     }
+}
+
+impl Router {
+    /// Fold one block of a query's scores, columns `c0..c0 + row.len()`, into its
+    /// running maximum logit `max` and per-cluster sums `sums[k] = Σ exp(z_i - max)`;
+    /// the block overlaps clusters `k0..` with boundaries `local` (relative to c0).
+    #[allow(clippy::too_many_arguments)]
+    fn add_block(&self, row: &mut [f32], c0: usize, k0: usize, local: &[usize], max: &mut f32, sums: &mut [f32], tmp: &mut [f32]) {
+        let prior = self.log_prior.as_deref().map(|p| &p[c0..c0 + row.len()]);
+        let block_max = fastmath::scale_shift_max(row, 1.0 / self.params.temperature, prior);
+        if block_max > *max {
+            let rescale = (*max - block_max).exp();
+            sums.iter_mut().for_each(|s| *s *= rescale);
+            *max = block_max;
+        }
+        let tmp = &mut tmp[..local.len() - 1];
+        fastmath::segment_exp_sums(row, *max, local, tmp);
+        sums[k0..k0 + tmp.len()].iter_mut().zip(tmp.iter()).for_each(|(s, t)| *s += t);
+    }
+}
+
+/// Per-cluster sums of a query's `exp(z - max)` -> its cluster logits, in place:
+/// `ln` of the normalised masses, or the masses over the second temperature.
+fn cluster_logits(sums: &mut [f32], cluster_temperature: Option<f32>) {
+    let total: f32 = sums.iter().sum();
+    for z in sums.iter_mut() {
+        *z = match cluster_temperature {
+            Some(t2) => *z / total / t2,
+            None => (*z / total).ln(),
+        };
+    }
+}
+
+/// The clusters overlapping columns `c0..c1` of per-question scores: the first, `k0`,
+/// and their boundaries relative to `c0`, clipped to the block.
+fn block_segments(offsets: &[usize], c0: usize, c1: usize) -> (usize, Vec<usize>) {
+    let k0 = offsets.partition_point(|&o| o <= c0) - 1;
+    let k1 = offsets.partition_point(|&o| o < c1);
+    (k0, offsets[k0..=k1].iter().map(|&o| o.clamp(c0, c1) - c0).collect())
 }
 
 /// `points` (P, D) normalised, transposed and packed; a zero row is a format error.
