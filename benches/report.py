@@ -134,6 +134,12 @@ def main(path: str) -> int:
                     if rd == "diag_rust_gemms":
                         print(f"     the two GEMMs are {100 * tr / rust:.0f}% of Rust project() time "
                               f"(numpy: {100 * tn / fast:.0f}% of fast numpy)" if fast else "")
+        candle, torch = med(group, "candle"), med(group, "torch")
+        if candle and torch:
+            ok = candle <= torch if group.endswith("-b1") else torch / candle >= 0.8
+            bar = "candle no slower than torch" if group.endswith("-b1") else "throughput >= 0.8x torch"
+            print(f"  -> candle {fmt_time(candle).strip()} vs torch {fmt_time(torch).strip()}: "
+                  f"{torch / candle:.2f}x torch's throughput  [{bar}: {verdict(ok)}]")
         f32 = med(group, "rust_float32")
         for half in ("float16", "bfloat16"):
             t = med(group, f"rust_{half}")
