@@ -11,7 +11,8 @@ from projroute import reference as ref
 from projroute.clustering import effective_rank, resolve_n_clusters
 from projroute.federated import cluster_delta
 from projroute.metrics import retrieval_metrics
-from projroute.procrustes import SHRINKAGE_GRID, least_squares_scale, procrustes
+from projroute.procrustes import least_squares_scale, procrustes
+from projroute.validation import SHRINKAGE_GRID
 from projroute.serving import stored_index
 
 

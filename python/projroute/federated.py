@@ -9,9 +9,9 @@ import numpy as np
 
 from projroute._estimator import Projection, check_pairs, check_temperature, resolve_top_k
 from projroute.clustering import cluster_pairs
-from projroute.procrustes import SHRINKAGE_GRID, GlobalProjection
+from projroute.procrustes import GlobalProjection
 from projroute.reference import blend_maps, route_questions, route_weights, unit_rows
-from projroute.validation import RetrievalTask, choose, cross_validate
+from projroute.validation import SHRINKAGE_GRID, RetrievalTask, choose_shrinkage
 
 
 def cluster_delta(Qc: np.ndarray, Ac: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -177,22 +177,17 @@ class FederatedProjection(Projection):
         if Q.shape[1] != A.shape[1]:
             raise ValueError(f"Procrustes maps need equal dimensions, got {Q.shape[1]} and {A.shape[1]}")
         self._check_params()
-        self.validation_: dict[float, float] = {}
-        if self.shrinkage == "auto":
 
-            def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
-                # W_k is linear in lambda: project the base and the corrections once.
-                base, centroids, deltas, labels = self._fit_parts(Q[train], A[train])
-                X = task.queries
-                w = self._weights(X, centroids, labels, self._routing_tensors(Q[train], labels, centroids, train))
-                base_part, delta_part = X @ base, blend_maps(X, w, deltas)
-                return [task.mrr(base_part + lam * delta_part) for lam in SHRINKAGE_GRID]
+        def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
+            # W_k is linear in lambda: project the base and the corrections once.
+            base, centroids, deltas, labels = self._fit_parts(Q[train], A[train])
+            X = task.queries
+            w = self._weights(X, centroids, labels, self._routing_tensors(Q[train], labels, centroids, train))
+            base_part, delta_part = X @ base, blend_maps(X, w, deltas)
+            return [task.mrr(base_part + lam * delta_part) for lam in SHRINKAGE_GRID]
 
-            scores = cross_validate(Q, A, self.cv, self.random_state, fold_scores)
-            self.validation_ = dict(zip(SHRINKAGE_GRID, scores.tolist()))
-            self.shrinkage_ = choose(SHRINKAGE_GRID, scores)
-        else:
-            self.shrinkage_ = float(self.shrinkage)
+        self.shrinkage_, self.validation_ = choose_shrinkage(
+            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores)
         base, self.centroids_, deltas, self.labels_ = self._fit_parts(Q, A)
         self.routing_ = self._routing_tensors(Q, self.labels_, self.centroids_, np.arange(len(Q)))
         self.W_ = base[None] + np.float32(self.shrinkage_) * deltas

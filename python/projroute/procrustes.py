@@ -10,10 +10,7 @@ from typing import Any
 import numpy as np
 
 from projroute._estimator import Projection, check_pairs
-from projroute.validation import RetrievalTask, choose, cross_validate
-
-#: Shrinkage values tried on the validation split (0 = identity / base, 1 = full fit).
-SHRINKAGE_GRID = tuple(round(float(a), 2) for a in np.linspace(0.0, 1.0, 11))
+from projroute.validation import SHRINKAGE_GRID, RetrievalTask, choose_shrinkage
 
 
 def procrustes(Q: np.ndarray, A: np.ndarray, allow_reflection: bool = False) -> np.ndarray:
@@ -86,20 +83,13 @@ class GlobalProjection(Projection):
         Q, A = check_pairs(Q, A)
         if Q.shape[1] != A.shape[1]:
             raise ValueError(f"a Procrustes map needs equal dimensions, got {Q.shape[1]} and {A.shape[1]}")
-        self.validation_: dict[float, float] = {}
-        if self.shrinkage == "auto":
 
-            def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
-                M, mu_q, mu_a = self._solve(Q[train], A[train])
-                return [task.mrr((task.queries - mu_q) @ self._shrunk(M, a) + mu_a) for a in SHRINKAGE_GRID]
+        def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
+            M, mu_q, mu_a = self._solve(Q[train], A[train])
+            return [task.mrr((task.queries - mu_q) @ self._shrunk(M, a) + mu_a) for a in SHRINKAGE_GRID]
 
-            scores = cross_validate(Q, A, self.cv, self.random_state, fold_scores)
-            self.validation_ = dict(zip(SHRINKAGE_GRID, scores.tolist()))
-            self.shrinkage_ = choose(SHRINKAGE_GRID, scores)
-        elif isinstance(self.shrinkage, (int, float)) and 0.0 <= self.shrinkage <= 1.0:
-            self.shrinkage_ = float(self.shrinkage)
-        else:
-            raise ValueError(f"shrinkage must be 'auto' or in [0, 1], got {self.shrinkage!r}")
+        self.shrinkage_, self.validation_ = choose_shrinkage(
+            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores)
         M, mu_q, mu_a = self._solve(Q, A)
         self.W_ = self._shrunk(M, self.shrinkage_).astype(np.float32)
         self.bias_ = (mu_a - mu_q @ self.W_).astype(np.float32) if self.center else None

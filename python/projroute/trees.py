@@ -29,9 +29,9 @@ import numpy as np
 
 from projroute._estimator import Projection, check_pairs
 from projroute.federated import cluster_delta
-from projroute.procrustes import SHRINKAGE_GRID, GlobalProjection
+from projroute.procrustes import GlobalProjection
 from projroute.reference import project_keyed, resolve_keys
-from projroute.validation import RetrievalTask, choose, cross_validate, question_groups
+from projroute.validation import SHRINKAGE_GRID, RetrievalTask, choose_shrinkage, question_groups
 
 
 def check_keys(keys: Any, n: int) -> list[str]:
@@ -97,24 +97,17 @@ class _KeyedProjection(Projection):
         if not (isinstance(self.min_pairs, int) and self.min_pairs >= 1):
             raise ValueError(f"min_pairs must be an int >= 1, got {self.min_pairs!r}")
         hierarchical = self.kind == "hierarchical"
-        self.validation_: dict[float, float] = {}
-        if self.shrinkage == "auto":
-            key_array = np.array(keys, dtype=object)
+        key_array = np.array(keys, dtype=object)
 
-            def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
-                nodes, _, maps = self._maps(Q[train], A[train], [keys[i] for i in train], SHRINKAGE_GRID)
-                val = np.setdiff1d(np.arange(len(Q)), train)
-                first = np.unique(question_groups(Q[val]), return_index=True)[1]
-                node = resolve_keys(list(key_array[val][first]), nodes, hierarchical)
-                return [task.mrr(project_keyed(task.queries, W, node)) for W in maps]
+        def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
+            nodes, _, maps = self._maps(Q[train], A[train], [keys[i] for i in train], SHRINKAGE_GRID)
+            val = np.setdiff1d(np.arange(len(Q)), train)
+            first = np.unique(question_groups(Q[val]), return_index=True)[1]
+            node = resolve_keys(list(key_array[val][first]), nodes, hierarchical)
+            return [task.mrr(project_keyed(task.queries, W, node)) for W in maps]
 
-            scores = cross_validate(Q, A, self.cv, self.random_state, fold_scores)
-            self.validation_ = dict(zip(SHRINKAGE_GRID, scores.tolist()))
-            self.shrinkage_ = choose(SHRINKAGE_GRID, scores)
-        elif isinstance(self.shrinkage, (int, float)) and 0.0 <= self.shrinkage <= 1.0:
-            self.shrinkage_ = float(self.shrinkage)
-        else:
-            raise ValueError(f"shrinkage must be 'auto' or in [0, 1], got {self.shrinkage!r}")
+        self.shrinkage_, self.validation_ = choose_shrinkage(
+            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores)
         self.nodes_, self.node_sizes_, (self.W_,) = self._maps(Q, A, keys, [self.shrinkage_])
         self._build(Q.shape[1], A.shape[1])
         return self

@@ -65,3 +65,26 @@ def cross_validate(
 def choose(grid: Sequence[float], scores: Sequence[float]) -> float:
     """The grid value with the best score; ties go to the earliest (most shrunk)."""
     return float(grid[int(np.argmax(scores))])
+
+
+#: Shrinkage values tried by cross-validation: 0 (the base map) to 1 (the fitted map).
+SHRINKAGE_GRID = tuple(round(float(a), 2) for a in np.linspace(0.0, 1.0, 11))
+
+
+def choose_shrinkage(
+    shrinkage: float | str,
+    Q: np.ndarray,
+    A: np.ndarray,
+    n_folds: int,
+    random_state: int,
+    fold_scores: Callable[[np.ndarray, RetrievalTask], Sequence[float]],
+) -> tuple[float, dict[float, float]]:
+    """(shrinkage, validation MRR per grid value): a number in [0, 1] as given (no
+    validation), or for ``"auto"`` the :data:`SHRINKAGE_GRID` value whose
+    ``fold_scores`` (one per grid value) are best in cross-validation."""
+    if shrinkage == "auto":
+        scores = cross_validate(Q, A, n_folds, random_state, fold_scores)
+        return choose(SHRINKAGE_GRID, scores), dict(zip(SHRINKAGE_GRID, scores.tolist()))
+    if isinstance(shrinkage, (int, float)) and 0.0 <= shrinkage <= 1.0:
+        return float(shrinkage), {}
+    raise ValueError(f"shrinkage must be 'auto' or in [0, 1], got {shrinkage!r}")
