@@ -266,6 +266,30 @@ def test_per_question_routed_teacher_distils(synthetic):
     assert fidelity(teacher, r.student, X, A)["cosine"] > 0.95
 
 
+def test_keyed_teacher_distils_with_its_training_keys():
+    """A tree teacher serves each query by its key; given the training keys, any query
+    takes the key of its nearest training query, and the student learns more than the
+    best single linear map of the query (the key-dependent part)."""
+    rng = np.random.default_rng(2)
+    centers = unit(rng, 3, D)
+    rot = [np.linalg.qr(rng.normal(size=(D, D)))[0] for _ in range(3)]
+    g = rng.integers(0, 3, 600)
+    Q = (centers[g] + 0.2 * rng.normal(size=(600, D))).astype(np.float32)
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    A = np.einsum("nd,nde->ne", Q, np.stack(rot)[g]).astype(np.float32)
+    keys = [f"t{k}" for k in g]
+    teacher = pr.TreeProjection(shrinkage=1.0).fit(Q[:500], A[:500], keys[:500])
+    with pytest.raises(ValueError, match="keys"):
+        distill(teacher, Q[:500], **FAST)
+    nearest = np.argmax(Q[500:] @ Q[:500].T, axis=1)
+    np.testing.assert_array_equal(Teacher(teacher, keys[:500], Q[:500]).project(Q[500:]),
+                                  teacher.project(Q[500:], [keys[i] for i in nearest]))
+    r = distill(teacher, Q[:500], keys=keys[:500], **{**FAST, "epochs": 15, "lr": 3e-3})
+    T = teacher.project(Q[500:], keys[500:])
+    linear = np.linalg.lstsq(Q[:500], teacher.project(Q[:500], keys[:500]), rcond=None)[0]
+    assert mean_cosine(project_numpy(r.student, Q[500:]), T) > mean_cosine(Q[500:] @ linear, T) + 0.03
+
+
 @pytest.mark.parametrize("augment", [(), ("sphere",), ("mix",), ("sphere", "mix")])
 def test_augmentation_on_and_off(synthetic, augment):
     teacher, Q, _, _ = synthetic

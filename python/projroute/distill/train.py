@@ -315,6 +315,7 @@ def distill(
     seed: int = 0,
     progress: bool = True,
     plot: str | os.PathLike[str] | None = None,
+    keys: Sequence[str] | None = None,
 ) -> DistillResult:
     """Train a student to reproduce ``teacher.project`` (and optionally its routing).
 
@@ -357,6 +358,10 @@ def distill(
         Show a tqdm bar over epochs.
     plot : path or None
         Where to save a PNG of the loss and validation curves.
+    keys : sequence of str, optional
+        One key per training query, for keyed teachers (``tree``, ``hierarchical``):
+        every query, augmented ones included, is labelled with the key of its nearest
+        training query (see :class:`~projroute.distill.teacher.Teacher`).
     """
     from tqdm.auto import tqdm
 
@@ -377,7 +382,7 @@ def distill(
     }
 
     started = time.perf_counter()
-    teach = Teacher(teacher)
+    teach = Teacher(teacher, keys, queries if keys is not None else None)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     Q = np.ascontiguousarray(queries, dtype=np.float32)
