@@ -21,8 +21,10 @@ pub const NR: usize = 16;
 const MR: usize = 6;
 /// Depth of one slice of a panel (16 KiB of f32 per panel slice).
 const KC: usize = 256;
-/// Rows of `a` packed at once (all of their depth kept in L2).
+/// Most rows of `a` packed at once.
 const MC: usize = 120;
+/// Floats of packed `a` kept in L2 at once (all depth blocks of `mc` rows): 192 KiB.
+const A_BLOCK: usize = 48 * 1024;
 
 /// One row of a panel: [`NR`] floats, cache-line aligned so that no vector load splits
 /// across two lines.
@@ -253,8 +255,10 @@ impl PackedMatrix {
         assert!(ldc >= width && (m == 0 || c.len() >= (m - 1) * ldc + width), "output too small");
         let avx = has_avx2_fma();
         let mut tile = [0.0f32; MR * NR];
-        for i0 in (0..m).step_by(MC) {
-            let mc = MC.min(m - i0);
+        // Rows per block: all of their depth must stay in L2 while every panel passes.
+        let mc_max = (A_BLOCK / k.max(1)).clamp(MR, MC) / MR * MR;
+        for i0 in (0..m).step_by(mc_max) {
+            let mc = mc_max.min(m - i0);
             // All depth blocks of these rows at once (block `kb` at offset `kb * mc`), so
             // that each output tile stays in L1 while it accumulates over the depth.
             pack_a(a, i0, mc, scratch);
@@ -307,10 +311,22 @@ fn pack_a(a: ArrayView2<f32>, i0: usize, mc: usize, out: &mut Vec<f32>) {
         for s in (0..mc).step_by(MR) {
             let mr = MR.min(mc - s);
             let strip = &mut block[s * kc..(s + mr) * kc];
-            for r in 0..mr {
-                let row = a.row(i0 + s + r);
-                for p in 0..kc {
-                    strip[p * mr + r] = row[kb + p];
+            let rows: Option<Vec<&[f32]>> =
+                (0..mr).map(|r| a.row(i0 + s + r).to_slice().map(|row| &row[kb..kb + kc])).collect();
+            match rows {
+                // Contiguous rows: write the strip in order, reading the rows side by side.
+                Some(rows) => {
+                    for (p, dst) in strip.chunks_exact_mut(mr).enumerate() {
+                        for (d, row) in dst.iter_mut().zip(&rows) {
+                            *d = row[p];
+                        }
+                    }
+                }
+                None => {
+                    for r in 0..mr {
+                        let row = a.row(i0 + s + r);
+                        (0..kc).for_each(|p| strip[p * mr + r] = row[kb + p]);
+                    }
                 }
             }
         }
