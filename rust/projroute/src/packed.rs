@@ -3,12 +3,14 @@
 //! A served model multiplies many small batches by the same per-cluster maps, so each
 //! map is laid out at load time in the order the inner loop reads it: `KC`-deep row
 //! blocks, each split into column panels of [`NR`] floats (zero-padded on the right
-//! edge), every panel row one aligned cache line. A product `c = a @ b` walks the
-//! panels of a block in memory order, each panel (16 KiB, kept in L1) against strips
-//! of up to `MR` rows of `a` (packed per call, kept in L2), so the map streams from
-//! memory sequentially, once. On x86-64
-//! with AVX2 and FMA an explicit 6x16 register-blocked kernel runs; elsewhere a
-//! portable kernel with the same layout does.
+//! edge), every panel row one aligned cache line. A product `c = a @ b` packs a block
+//! of rows of `a` (all of its depth, kept in L2), then takes the panels one by one,
+//! each depth slice (16 KiB, in L1) against every strip of `MR` rows, so an output
+//! tile stays in L1 while it accumulates over the depth and the map streams from
+//! memory once per row block. Maps may be stored as f16 or bf16 ([`Precision`]),
+//! widened to f32 as they are loaded. On x86-64 with AVX2, FMA and F16C an explicit
+//! 6x16 register-blocked kernel runs; elsewhere a portable kernel with the same
+//! layout does.
 
 use std::ops::Range;
 
