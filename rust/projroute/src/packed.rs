@@ -114,7 +114,7 @@ impl Panel<'_> {
     }
 }
 
-/// A `(k, n)` matrix packed into column panels of [`NR`].
+/// A `(k, n)` matrix packed into column panels of `NR` (16) columns.
 #[derive(Clone, Debug)]
 pub struct PackedMatrix {
     k: usize,
