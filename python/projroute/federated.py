@@ -92,10 +92,6 @@ class FederatedProjection(Projection):
         check_temperature(self.temperature)
         if self.base not in ("global", "identity"):
             raise ValueError(f"base must be 'global' or 'identity', got {self.base!r}")
-        if self.shrinkage != "auto" and not (
-            isinstance(self.shrinkage, (int, float)) and 0.0 <= self.shrinkage <= 1.0
-        ):
-            raise ValueError(f"shrinkage must be 'auto' or in [0, 1], got {self.shrinkage!r}")
         if self.routing not in ("centroids", "questions"):
             raise ValueError(f"routing must be 'centroids' or 'questions', got {self.routing!r}")
         if self.cluster_temperature is not None:
