@@ -14,8 +14,9 @@ INDEX_TENSOR = "index.embeddings"
 INDEX_TEXTS = "index.texts"
 
 
-def check_pairs(Q: Any, A: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Training pairs as float32 arrays of shape (n, d_q) and (n, d_a)."""
+def check_pairs(Q: Any, A: Any, same_dim: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Training pairs as float32 arrays of shape (n, d_q) and (n, d_a); with
+    ``same_dim`` (Procrustes maps), d_q must equal d_a."""
     Q = np.asarray(Q, dtype=np.float32)
     A = np.asarray(A, dtype=np.float32)
     if Q.ndim != 2 or A.ndim != 2 or len(Q) != len(A):
@@ -24,6 +25,8 @@ def check_pairs(Q: Any, A: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("cannot fit on zero pairs")
     if not (np.isfinite(Q).all() and np.isfinite(A).all()):
         raise ValueError("Q and A must be finite (found NaN or infinity)")
+    if same_dim and Q.shape[1] != A.shape[1]:
+        raise ValueError(f"Procrustes maps need equal dimensions, got {Q.shape[1]} and {A.shape[1]}")
     return Q, A
 
 

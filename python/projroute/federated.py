@@ -164,14 +164,12 @@ class FederatedProjection(Projection):
 
     def fit(self, Q: np.ndarray, A: np.ndarray) -> FederatedProjection:
         """Fit on pairs ``Q`` (n, d), ``A`` (n, d) of question and answer embeddings."""
-        Q, A = check_pairs(Q, A)
+        Q, A = check_pairs(Q, A, same_dim=True)
         if self.prior is not None and not isinstance(self.prior, str):
             prior = np.asarray(self.prior)
             if prior.shape != (len(Q),) or not (np.isfinite(prior).all() and (prior > 0).all()):
                 raise ValueError(f"a prior array needs one finite weight > 0 per pair ({len(Q)},), "
                                  f"got shape {prior.shape}")
-        if Q.shape[1] != A.shape[1]:
-            raise ValueError(f"Procrustes maps need equal dimensions, got {Q.shape[1]} and {A.shape[1]}")
         self._check_params()
 
         def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:

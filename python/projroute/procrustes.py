@@ -80,9 +80,7 @@ class GlobalProjection(Projection):
 
     def fit(self, Q: np.ndarray, A: np.ndarray) -> GlobalProjection:
         """Fit on pairs ``Q`` (n, d), ``A`` (n, d) of question and answer embeddings."""
-        Q, A = check_pairs(Q, A)
-        if Q.shape[1] != A.shape[1]:
-            raise ValueError(f"a Procrustes map needs equal dimensions, got {Q.shape[1]} and {A.shape[1]}")
+        Q, A = check_pairs(Q, A, same_dim=True)
 
         def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
             M, mu_q, mu_a = self._solve(Q[train], A[train])

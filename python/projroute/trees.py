@@ -90,10 +90,8 @@ class _KeyedProjection(Projection):
 
     def fit(self, Q: np.ndarray, A: np.ndarray, keys: Sequence[str]) -> _KeyedProjection:
         """Fit on pairs ``Q`` (n, d), ``A`` (n, d) and their ``keys`` (n str)."""
-        Q, A = check_pairs(Q, A)
+        Q, A = check_pairs(Q, A, same_dim=True)
         keys = check_keys(keys, len(Q))
-        if Q.shape[1] != A.shape[1]:
-            raise ValueError(f"Procrustes maps need equal dimensions, got {Q.shape[1]} and {A.shape[1]}")
         if not (isinstance(self.min_pairs, int) and self.min_pairs >= 1):
             raise ValueError(f"min_pairs must be an int >= 1, got {self.min_pairs!r}")
         hierarchical = self.kind == "hierarchical"
