@@ -96,18 +96,19 @@ class Projection:
         corpus ``answers`` (N, D_out) and its texts, and the maps stored as
         ``weights_dtype`` (``"float16"`` or ``"bfloat16"`` halve the file and the memory
         traffic; computation stays float32)."""
-        from projroute.serving import with_weights_dtype
+        from projroute.serving import with_weights_dtype_config
 
-        p = with_weights_dtype(self._fitted(), weights_dtype)
+        p = self._fitted()
         tensors = p.tensors()
         metadata = p.metadata
+        config = with_weights_dtype_config(p.config, tensors, weights_dtype)
         if answers is not None:
             tensors[INDEX_TENSOR] = np.ascontiguousarray(answers, dtype=np.float32)
             if answer_texts is not None:
                 if len(answer_texts) != len(answers):
                     raise ValueError("answer_texts and answers differ in length")
                 metadata[INDEX_TEXTS] = json.dumps(list(answer_texts))
-        Projector.from_tensors(tensors, p.config, metadata).save(os.fspath(path))
+        Projector.from_tensors(tensors, config, metadata).save(os.fspath(path))
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))

@@ -23,17 +23,24 @@ def load(path: str | os.PathLike[str]) -> Projector:
 WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
 
 
+def with_weights_dtype_config(config: str, tensors: dict[str, np.ndarray], weights_dtype: str) -> str:
+    """The JSON ``config`` of a model with ``tensors`` with its maps ``W`` set to be
+    stored as ``weights_dtype``; unchanged for kinds without ``W``. ValueError for a
+    dtype other than float32, float16 or bfloat16."""
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
+    if "W" not in tensors:
+        return config
+    return json.dumps({**json.loads(config), "weights_dtype": weights_dtype})
+
+
 def with_weights_dtype(model: Projector, weights_dtype: str) -> Projector:
     """``model`` with its maps ``W`` stored as ``weights_dtype`` (float32, float16 or
     bfloat16; rounded to nearest even), still computed in float32. Kinds without ``W``
     are returned unchanged."""
-    if weights_dtype not in WEIGHTS_DTYPES:
-        raise ValueError(f"weights_dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
     tensors = model.tensors()
-    if "W" not in tensors:
-        return model
-    config = {**json.loads(model.config), "weights_dtype": weights_dtype}
-    return Projector.from_tensors(tensors, json.dumps(config), model.metadata)
+    config = with_weights_dtype_config(model.config, tensors, weights_dtype)
+    return model if config == model.config else Projector.from_tensors(tensors, config, model.metadata)
 
 
 def stored_index(model: Projector) -> tuple[FlatIndex, list[str] | None] | None:
