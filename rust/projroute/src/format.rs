@@ -286,17 +286,27 @@ impl ModelFile {
     }
 }
 
-/// The safetensors dtype of `precision` and `data` encoded in it (little-endian).
-fn encode(data: &[f32], precision: Precision) -> (Dtype, Vec<u8>) {
+/// The safetensors dtype a tensor stored at `precision` has.
+fn dtype(precision: Precision) -> Dtype {
     match precision {
-        Precision::F32 => (Dtype::F32, data.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        Precision::F16 => (Dtype::F16, data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
-        Precision::BF16 => (Dtype::BF16, data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
+        Precision::F32 => Dtype::F32,
+        Precision::F16 => Dtype::F16,
+        Precision::BF16 => Dtype::BF16,
     }
 }
 
+/// The safetensors dtype of `precision` and `data` encoded in it (little-endian).
+fn encode(data: &[f32], precision: Precision) -> (Dtype, Vec<u8>) {
+    let bytes = match precision {
+        Precision::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Precision::F16 => data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        Precision::BF16 => data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+    };
+    (dtype(precision), bytes)
+}
+
 fn read_tensor(name: &str, view: &TensorView<'_>, precision: Precision) -> Result<Tensor> {
-    let expected = encode(&[], precision).0;
+    let expected = dtype(precision);
     if view.dtype() != expected {
         return format_err(format!("tensor `{name}` has dtype {:?}, expected {expected:?}", view.dtype()));
     }

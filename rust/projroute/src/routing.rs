@@ -7,6 +7,8 @@
 //! index) or, with a `coverage` target, the smallest prefix of that order whose
 //! full-softmax weight reaches the target (never more than `top_k`).
 
+use std::ops::Range;
+
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
@@ -229,13 +231,14 @@ impl Router {
                 let mut logits = Array2::<f32>::zeros((x.nrows(), k));
                 if x.nrows() < 4 * threads {
                     // Few queries: the whole GEMM at once, split by columns over the threads.
+                    // One block spanning all columns: its segments are the clusters themselves.
                     let mut scores = self.points_t.matmul(unit.view());
-                    let (_, local) = block_segments(offsets, 0, n);
+                    let mut tmp = vec![0.0f32; k];
                     for (row, mut out) in scores.axis_iter_mut(Axis(0)).zip(logits.axis_iter_mut(Axis(0))) {
                         let out = out.as_slice_mut().expect("contiguous");
                         let mut max = f32::NEG_INFINITY;
                         let row = row.into_slice().expect("contiguous");
-                        self.add_block(row, 0, 0, &local, &mut max, out, &mut vec![0.0; k]);
+                        self.add_block(row, 0, 0, offsets, &mut max, out, &mut tmp);
                         cluster_logits(out, *cluster_temperature);
                     }
                 } else {
@@ -244,11 +247,12 @@ impl Router {
                     // into running per-cluster sums (an online softmax), so the (chunk, N)
                     // scores never exist at once.
                     let per_thread = x.nrows().div_ceil(threads);
-                    let blocks: Vec<(usize, usize, Vec<usize>)> = (0..n)
+                    let blocks: Vec<(Range<usize>, usize, Vec<usize>)> = (0..n)
                         .step_by(QUESTION_BLOCK)
                         .map(|c0| {
-                            let (k0, local) = block_segments(offsets, c0, (c0 + QUESTION_BLOCK).min(n));
-                            (c0, k0, local)
+                            let c1 = (c0 + QUESTION_BLOCK).min(n);
+                            let (k0, local) = block_segments(offsets, c0, c1);
+                            (c0..c1, k0, local)
                         })
                         .collect();
                     logits
@@ -260,15 +264,15 @@ impl Router {
                             let chunks = q.axis_chunks_iter(Axis(0), QUESTION_CHUNK);
                             for (q, mut out) in chunks.zip(share.axis_chunks_iter_mut(Axis(0), QUESTION_CHUNK)) {
                                 let mut max = vec![f32::NEG_INFINITY; q.nrows()];
-                                for (c0, k0, local) in &blocks {
-                                    let panels = c0 / NR..(c0 + QUESTION_BLOCK).min(n).div_ceil(NR);
-                                    let width = (c0 + QUESTION_BLOCK).min(n) - c0;
+                                for (cols, k0, local) in &blocks {
+                                    let width = cols.len();
                                     scores.resize(q.nrows() * width, 0.0);
+                                    let panels = cols.start / NR..cols.end.div_ceil(NR);
                                     self.points_t.panels_into(q, panels, &mut scores, width, &mut scratch);
                                     let rows = scores.chunks_exact_mut(width).zip(out.axis_iter_mut(Axis(0)));
                                     for ((row, mut o), m) in rows.zip(max.iter_mut()) {
                                         let o = o.as_slice_mut().expect("contiguous");
-                                        self.add_block(row, *c0, *k0, local, m, o, &mut tmp);
+                                        self.add_block(row, cols.start, *k0, local, m, o, &mut tmp);
                                     }
                                 }
                                 for mut o in out.axis_iter_mut(Axis(0)) {
