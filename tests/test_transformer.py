@@ -28,7 +28,8 @@ def random_student(dim_in, dim_out, seed, **arch):
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS), ids=sorted(ARCHS))
-@pytest.mark.parametrize("batch", [1, 7, 300])
+# 2100 rows: a batch the Rust core cuts into 64-row chunks run per thread (up to 16 threads).
+@pytest.mark.parametrize("batch", [1, 7, 300, 2100])
 def test_candle_matches_torch(tmp_path, arch, batch):
     student = random_student(24, 20, seed=batch, **ARCHS[arch])
     path = tmp_path / "student.safetensors"

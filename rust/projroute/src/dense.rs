@@ -127,7 +127,7 @@ mod tests {
         let xt = Tensor::from_slice(x.as_slice().unwrap(), (b, k), &dev).unwrap();
         let rt = Tensor::from_slice(r.as_slice().unwrap(), (b, n), &dev).unwrap();
         let got = layer.forward_add(&xt, &rt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let want = (x.dot(&w) + &ndarray::aview1(&bias)).mapv(gelu) + &r;
+        let want = (x.dot(&w) + ndarray::aview1(&bias)).mapv(gelu) + &r;
         for (g, w) in got.iter().zip(want.iter()) {
             assert!((g - w).abs() < 1e-5, "{g} vs {w}");
         }

@@ -3,11 +3,12 @@
 //! A served model multiplies many small batches by the same per-cluster maps, so each
 //! map is laid out at load time in the order the inner loop reads it: `KC`-deep row
 //! blocks, each split into column panels of [`NR`] floats (zero-padded on the right
-//! edge), every panel row one aligned cache line. A product `c = a @ b` packs a block
-//! of rows of `a` (all of its depth, kept in L2), then takes the panels one by one,
-//! each depth slice (16 KiB, in L1) against every strip of `MR` rows, so an output
-//! tile stays in L1 while it accumulates over the depth and the map streams from
-//! memory once per row block. Maps may be stored as f16 or bf16 ([`Precision`]),
+//! edge), every panel row one aligned cache line. A product `c = a @ b` takes a block
+//! of rows of `a` (all of its depth, kept in L2; read in place when its rows are
+//! contiguous, the kernel broadcasting from `MR` row streams), then the panels one by
+//! one, each depth slice (16 KiB, in L1) against every strip of `MR` rows, so an
+//! output tile stays in L1 while it accumulates over the depth and the map streams
+//! from memory once per row block. Maps may be stored as f16 or bf16 ([`Precision`]),
 //! widened to f32 as they are loaded. On x86-64 with AVX2, FMA and F16C an explicit
 //! 6x16 register-blocked kernel runs; elsewhere a portable kernel with the same
 //! layout does.
@@ -23,9 +24,9 @@ pub const NR: usize = 16;
 const MR: usize = 6;
 /// Depth of one slice of a panel (16 KiB of f32 per panel slice).
 const KC: usize = 256;
-/// Most rows of `a` packed at once.
+/// Most rows of `a` in one block.
 const MC: usize = 120;
-/// Floats of packed `a` kept in L2 at once (all depth blocks of `mc` rows): 192 KiB.
+/// Floats of `a` kept in L2 at once (a block of rows, all of its depth): 192 KiB.
 const A_BLOCK: usize = 48 * 1024;
 
 /// One row of a panel: [`NR`] floats, cache-line aligned so that no vector load splits
@@ -189,7 +190,8 @@ impl PackedMatrix {
     }
 
     /// `a @ self` (m, n) on the whole rayon pool: row blocks per thread for a tall
-    /// `a`, column panels per thread for a short one.
+    /// `a`, column panels per thread for a short one. Called from inside the pool
+    /// (the caller already runs in parallel), it computes on the calling thread.
     pub fn matmul(&self, a: ArrayView2<f32>) -> Array2<f32> {
         self.matmul_then(a, |_, _| {})
     }
@@ -201,7 +203,11 @@ impl PackedMatrix {
         let (m, n) = (a.nrows(), self.n);
         let threads = rayon::current_num_threads().max(1);
         let mut out = Array2::<f32>::zeros((m, n));
-        if m >= 4 * MR * threads {
+        if rayon::current_thread_index().is_some() {
+            let o = out.as_slice_mut().expect("fresh array is contiguous");
+            self.matmul_into(a, o, n, &mut Vec::new());
+            o.chunks_exact_mut(n.max(1)).enumerate().for_each(|(i, row)| epilogue(i, row));
+        } else if m >= 4 * MR * threads {
             let rows = m.div_ceil(2 * threads).div_ceil(MR) * MR;
             out.axis_chunks_iter_mut(Axis(0), rows)
                 .into_par_iter()
@@ -255,36 +261,48 @@ impl PackedMatrix {
         let width = (panels.end * NR).min(self.n) - panels.start * NR;
         assert_eq!(k, self.k, "inner dimensions differ");
         assert!(ldc >= width && (m == 0 || c.len() >= (m - 1) * ldc + width), "output too small");
+        if m == 0 {
+            return;
+        }
+        if k == 0 {
+            (0..m).for_each(|i| c[i * ldc..i * ldc + width].fill(0.0));
+            return;
+        }
+        // The kernel reads rows of `a` in place; other layouts are copied row-major first.
+        let (a, lda) = match *a.strides() {
+            [_, 1] if m == 1 => (rows_of(a, k), k),
+            [lda, 1] if lda >= k as isize => (rows_of(a, lda as usize), lda as usize),
+            _ => {
+                scratch.clear();
+                scratch.extend(a.iter());
+                (&scratch[..], k)
+            }
+        };
         let avx = has_avx2_fma();
         let mut tile = [0.0f32; MR * NR];
-        // Rows per block: all of their depth must stay in L2 while every panel passes.
-        let mc_max = (A_BLOCK / k.max(1)).clamp(MR, MC) / MR * MR;
+        // Rows per block: all of their depth stays in L2 while every panel passes.
+        let mc_max = (A_BLOCK / k).clamp(MR, MC) / MR * MR;
         for i0 in (0..m).step_by(mc_max) {
             let mc = mc_max.min(m - i0);
-            // All depth blocks of these rows at once (block `kb` at offset `kb * mc`), so
-            // that each output tile stays in L1 while it accumulates over the depth.
-            pack_a(a, i0, mc, scratch);
             for j in panels.clone() {
                 let nr = NR.min(self.n - j * NR);
-                for (kb_index, kb) in (0..k).step_by(KC).enumerate() {
-                    let kc = KC.min(k - kb);
+                for kb in (0..k).step_by(KC) {
+                    let (kc, accumulate) = (KC.min(k - kb), kb > 0);
                     let b = self.panel(kb, j);
-                    let block = &scratch[kb * mc..(kb + kc) * mc];
-                    let accumulate = kb_index > 0;
+                    let a_block = &a[i0 * lda + kb..];
                     if nr == NR {
                         let c_off = i0 * ldc + (j - panels.start) * NR;
-                        strips(avx, mc, kc, block, b, &mut c[c_off..], ldc, accumulate);
+                        strips(avx, mc, kc, a_block, lda, b, &mut c[c_off..], ldc, accumulate);
                         continue;
                     }
                     // Right edge: compute full tiles aside, copy the valid columns.
                     for s in (0..mc).step_by(MR) {
                         let mr = MR.min(mc - s);
-                        let a_strip = &block[s * kc..(s + mr) * kc];
                         let c_off = (i0 + s) * ldc + (j - panels.start) * NR;
                         for r in 0..mr {
                             tile[r * NR..r * NR + nr].copy_from_slice(&c[c_off + r * ldc..c_off + r * ldc + nr]);
                         }
-                        micro(avx, mr, kc, a_strip, b, &mut tile, NR, accumulate, s == 0);
+                        micro(avx, mr, kc, &a_block[s * lda..], lda, b, &mut tile, NR, accumulate, s == 0);
                         for r in 0..mr {
                             c[c_off + r * ldc..c_off + r * ldc + nr].copy_from_slice(&tile[r * NR..r * NR + nr]);
                         }
@@ -292,47 +310,16 @@ impl PackedMatrix {
                 }
             }
         }
-        if k == 0 {
-            for i in 0..m {
-                c[i * ldc..i * ldc + width].fill(0.0);
-            }
-        }
     }
 }
 
-/// Pack rows `i0..i0+mc` of `a` (m, k): for each depth block `kb..kb+kc` (at offset
-/// `kb * mc`), strips of up to `MR` rows, each k-major:
-/// `block[s * kc + p * mr + r] = a[i0 + s + r, kb + p]`.
-fn pack_a(a: ArrayView2<f32>, i0: usize, mc: usize, out: &mut Vec<f32>) {
-    let k = a.ncols();
-    out.clear();
-    out.resize(mc * k, 0.0);
-    for kb in (0..k).step_by(KC) {
-        let kc = KC.min(k - kb);
-        let block = &mut out[kb * mc..(kb + kc) * mc];
-        for s in (0..mc).step_by(MR) {
-            let mr = MR.min(mc - s);
-            let strip = &mut block[s * kc..(s + mr) * kc];
-            let rows: Option<Vec<&[f32]>> =
-                (0..mr).map(|r| a.row(i0 + s + r).to_slice().map(|row| &row[kb..kb + kc])).collect();
-            match rows {
-                // Contiguous rows: write the strip in order, reading the rows side by side.
-                Some(rows) => {
-                    for (p, dst) in strip.chunks_exact_mut(mr).enumerate() {
-                        for (d, row) in dst.iter_mut().zip(&rows) {
-                            *d = row[p];
-                        }
-                    }
-                }
-                None => {
-                    for r in 0..mr {
-                        let row = a.row(i0 + s + r);
-                        (0..kc).for_each(|p| strip[p * mr + r] = row[kb + p]);
-                    }
-                }
-            }
-        }
-    }
+/// The memory of `a` (m, k) with unit column stride and row stride `lda` >= k, from
+/// its first element to the end of its last row.
+fn rows_of(a: ArrayView2<'_, f32>, lda: usize) -> &[f32] {
+    let (m, k) = a.dim();
+    // SAFETY: rows 0..m start `lda` floats apart and each holds `k` contiguous floats,
+    // so `(m - 1) * lda + k` floats from the first element lie inside the view's buffer.
+    unsafe { std::slice::from_raw_parts(a.as_ptr(), (m - 1) * lda + k) }
 }
 
 pub(crate) fn has_avx2_fma() -> bool {
@@ -348,30 +335,31 @@ pub(crate) fn has_avx2_fma() -> bool {
     }
 }
 
-/// [`micro`] over every strip of a packed row block `a` (mc rows, depth kc) against
-/// one full panel, into `c` (mc, NR) with row stride `ldc`; one dispatch per panel.
+/// [`micro`] over every strip of `MR` rows of `a` (mc rows of depth kc, row stride
+/// `lda`) against one full panel, into `c` (mc, NR) with row stride `ldc`; one
+/// dispatch per panel.
 #[allow(clippy::too_many_arguments)]
-fn strips(avx: bool, mc: usize, kc: usize, a: &[f32], b: Panel<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
-    debug_assert!(a.len() >= mc * kc && b.len() >= kc && c.len() >= (mc - 1) * ldc + NR);
+fn strips(avx: bool, mc: usize, kc: usize, a: &[f32], lda: usize, b: Panel<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
+    debug_assert!(a.len() >= (mc - 1) * lda + kc && b.len() >= kc && c.len() >= (mc - 1) * ldc + NR);
     #[cfg(target_arch = "x86_64")]
     if avx {
         // SAFETY: as in `micro`.
         unsafe {
             match b {
-                Panel::F32(l) => avx2::strips::<0>(mc, kc, a, l.as_ptr().cast(), c, ldc, accumulate),
-                Panel::Half(Precision::F16, l) => avx2::strips::<1>(mc, kc, a, l.as_ptr().cast(), c, ldc, accumulate),
-                Panel::Half(_, l) => avx2::strips::<2>(mc, kc, a, l.as_ptr().cast(), c, ldc, accumulate),
+                Panel::F32(l) => avx2::strips::<0>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
+                Panel::Half(Precision::F16, l) => avx2::strips::<1>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
+                Panel::Half(_, l) => avx2::strips::<2>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
             }
         }
         return;
     }
     for s in (0..mc).step_by(MR) {
         let mr = MR.min(mc - s);
-        micro(avx, mr, kc, &a[s * kc..], b, &mut c[s * ldc..], ldc, accumulate, s == 0);
+        micro(avx, mr, kc, &a[s * lda..], lda, b, &mut c[s * ldc..], ldc, accumulate, s == 0);
     }
 }
 
-/// `c[r, 0..NR] (+)= sum_p a[p * mr + r] * b[p][0..NR]` for `r < mr`.
+/// `c[r, 0..NR] (+)= sum_p a[r * lda + p] * b[p][0..NR]` for `r < mr`, `p < kc`.
 /// With `prefetch`, the panel after `b` is fetched into cache meanwhile (AVX2 kernel).
 #[allow(clippy::too_many_arguments)]
 fn micro(
@@ -379,13 +367,14 @@ fn micro(
     mr: usize,
     kc: usize,
     a: &[f32],
+    lda: usize,
     b: Panel<'_>,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
     prefetch: bool,
 ) {
-    debug_assert!(a.len() >= kc * mr && b.len() >= kc && c.len() >= (mr - 1) * ldc + NR);
+    debug_assert!(a.len() >= (mr - 1) * lda + kc && b.len() >= kc && c.len() >= (mr - 1) * ldc + NR);
     #[cfg(target_arch = "x86_64")]
     if avx {
         // SAFETY: AVX2, FMA and F16C were detected at run time; the slices are long
@@ -400,12 +389,12 @@ fn micro(
             macro_rules! go {
                 ($k:literal) => {
                     match mr {
-                        1 => avx2::micro::<1, $k>(kc, a, ptr, c, ldc, accumulate, prefetch),
-                        2 => avx2::micro::<2, $k>(kc, a, ptr, c, ldc, accumulate, prefetch),
-                        3 => avx2::micro::<3, $k>(kc, a, ptr, c, ldc, accumulate, prefetch),
-                        4 => avx2::micro::<4, $k>(kc, a, ptr, c, ldc, accumulate, prefetch),
-                        5 => avx2::micro::<5, $k>(kc, a, ptr, c, ldc, accumulate, prefetch),
-                        _ => avx2::micro::<6, $k>(kc, a, ptr, c, ldc, accumulate, prefetch),
+                        1 => avx2::micro::<1, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                        2 => avx2::micro::<2, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                        3 => avx2::micro::<3, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                        4 => avx2::micro::<4, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                        5 => avx2::micro::<5, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                        _ => avx2::micro::<6, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
                     }
                 };
             }
@@ -422,7 +411,7 @@ fn micro(
     for p in 0..kc {
         let bp = b.row(p);
         for (r, acc_r) in acc.iter_mut().enumerate().take(mr) {
-            let av = a[p * mr + r];
+            let av = a[r * lda + p];
             for (x, &bv) in acc_r.iter_mut().zip(&bp) {
                 *x += av * bv;
             }
@@ -459,12 +448,14 @@ mod avx2 {
         }
     }
 
-    /// `micro` over the strips of `a` (mc rows of depth kc, packed) into `c` (mc, 16).
+    /// `micro` over the strips of `a` (mc rows of depth kc, row stride `lda`) into `c` (mc, 16).
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn strips<const KIND: u8>(
         mc: usize,
         kc: usize,
         a: &[f32],
+        lda: usize,
         b: *const u8,
         c: &mut [f32],
         ldc: usize,
@@ -473,25 +464,26 @@ mod avx2 {
         let (a, c) = (a.as_ptr(), c.as_mut_ptr());
         let full = mc - mc % 6;
         for s in (0..full).step_by(6) {
-            micro::<6, KIND>(kc, a.add(s * kc), b, c.add(s * ldc), ldc, accumulate, s == 0);
+            micro::<6, KIND>(kc, a.add(s * lda), lda, b, c.add(s * ldc), ldc, accumulate, s == 0);
         }
-        let (a, c, first) = (a.add(full * kc), c.add(full * ldc), full == 0);
+        let (a, c, first) = (a.add(full * lda), c.add(full * ldc), full == 0);
         match mc - full {
             0 => {}
-            1 => micro::<1, KIND>(kc, a, b, c, ldc, accumulate, first),
-            2 => micro::<2, KIND>(kc, a, b, c, ldc, accumulate, first),
-            3 => micro::<3, KIND>(kc, a, b, c, ldc, accumulate, first),
-            4 => micro::<4, KIND>(kc, a, b, c, ldc, accumulate, first),
-            _ => micro::<5, KIND>(kc, a, b, c, ldc, accumulate, first),
+            1 => micro::<1, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
+            2 => micro::<2, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
+            3 => micro::<3, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
+            4 => micro::<4, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
+            _ => micro::<5, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
         }
     }
 
-    /// `Σ_p a[p * M + r] · b[p]` for each row `r < M`, as (lanes 0..8, lanes 8..16); with
+    /// `Σ_p a[r * lda + p] · b[p]` for each row `r < M`, as (lanes 0..8, lanes 8..16); with
     /// `PREFETCH`, the panel that follows `b` in memory is fetched meanwhile.
     #[inline(always)]
     unsafe fn accumulate_panel<const M: usize, const KIND: u8, const PREFETCH: bool>(
         kc: usize,
         a: *const f32,
+        lda: usize,
         b: *const u8,
     ) -> ([__m256; M], [__m256; M]) {
         let line = if KIND == 0 { 4 * NR } else { 2 * NR };
@@ -507,7 +499,7 @@ mod avx2 {
                 }
                 let (b0, b1) = load::<KIND>(b, p);
                 for r in 0..M {
-                    let av = _mm256_broadcast_ss(&*a.add(p * M + r));
+                    let av = _mm256_broadcast_ss(&*a.add(r * lda + p));
                     lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
                     hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
                 }
@@ -532,9 +524,11 @@ mod avx2 {
 
     /// The `M`x16 register-blocked kernel: `2 * M` accumulators of 8 lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
         kc: usize,
         a: *const f32,
+        lda: usize,
         b: *const u8,
         c: *mut f32,
         ldc: usize,
@@ -542,9 +536,9 @@ mod avx2 {
         prefetch: bool,
     ) {
         let (mut lo, mut hi) = if prefetch {
-            accumulate_panel::<M, KIND, true>(kc, a, b)
+            accumulate_panel::<M, KIND, true>(kc, a, lda, b)
         } else {
-            accumulate_panel::<M, KIND, false>(kc, a, b)
+            accumulate_panel::<M, KIND, false>(kc, a, lda, b)
         };
         for r in 0..M {
             let row = c.add(r * ldc);
@@ -591,14 +585,12 @@ mod tests {
             let a = a.slice(ndarray::s![.., ..kc]).to_owned();
             let b = b.slice(ndarray::s![..kc, ..]).to_owned();
             let packed = PackedMatrix::pack_as(b.view(), precision);
-            let mut scratch = Vec::new();
-            pack_a(a.view(), 0, m, &mut scratch);
+            let a = a.as_slice().expect("owned array is contiguous");
             for j in 0..n.div_ceil(NR) {
                 let mut tile = vec![0.0f32; m * NR];
                 for s in (0..m).step_by(MR) {
                     let mr = MR.min(m - s);
-                    let a_strip = &scratch[s * kc..(s + mr) * kc];
-                    micro(false, mr, kc, a_strip, packed.panel(0, j), &mut tile[s * NR..], NR, false, false);
+                    micro(false, mr, kc, &a[s * kc..], kc, packed.panel(0, j), &mut tile[s * NR..], NR, false, false);
                 }
                 for i in 0..m {
                     for col in 0..NR.min(n - j * NR) {
@@ -638,6 +630,23 @@ mod tests {
             let shifted = PackedMatrix::pack(b.view()).matmul_then(a.view(), |i, row| row.iter_mut().for_each(|v| *v -= i as f32));
             for (((i, _), y), x) in want.indexed_iter().zip(shifted.iter()) {
                 assert!((x + i as f32 - y).abs() <= 1e-4 * (1.0 + y.abs() + i as f32), "{m}x{k}x{n} epilogue");
+            }
+        }
+    }
+
+    #[test]
+    fn strided_and_transposed_inputs() {
+        let (a, b) = (filled(40, 300, 1), filled(280, 33, 2));
+        let packed = PackedMatrix::pack(b.view());
+        // Rows with a gap between them (read in place), a transposed view and a
+        // negative row stride (both copied first).
+        let gapped = a.slice(ndarray::s![.., 5..285]);
+        let transposed = a.t().to_owned().reversed_axes();
+        let flipped = a.slice(ndarray::s![..;-1, 10..290]);
+        for view in [gapped, transposed.slice(ndarray::s![.., 5..285]), flipped] {
+            let want = view.dot(&b);
+            for (x, y) in packed.matmul(view).iter().zip(want.iter()) {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
             }
         }
     }

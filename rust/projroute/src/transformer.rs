@@ -15,7 +15,8 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use candle_nn::{layer_norm, LayerNorm, Module, VarBuilder};
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
 
 use crate::dense::{matrix, Dense};
 use crate::error::{format_err, Error, Result};
@@ -29,6 +30,9 @@ fn backend(e: candle_core::Error) -> Error {
 fn format(e: candle_core::Error) -> Error {
     Error::Format(e.to_string())
 }
+
+/// Rows of a large batch that one thread runs through the whole network at once.
+const CHUNK: usize = 64;
 
 /// One block, with the attention folded at load time into two GEMMs:
 /// per-head scores `norm1(h) @ (W_qᵀ K) + b_q K` against a block-diagonal `K`
@@ -171,12 +175,29 @@ impl Transformer {
     }
 
     /// Project queries `x` (B, D_in) to (B, D_out).
+    ///
+    /// A large batch is cut into chunks of [`CHUNK`] rows, each run through the whole
+    /// network by one thread, so its activations stay in that core's cache and the
+    /// threads meet once instead of at every layer; a small batch runs as one, each
+    /// layer on all threads.
     pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         linalg::check_batch(x, self.dim_in, "queries")?;
+        if x.nrows() < 2 * CHUNK * rayon::current_num_threads() {
+            return self.forward(x);
+        }
+        let mut out = Array2::<f32>::zeros((x.nrows(), self.dim_out));
+        out.axis_chunks_iter_mut(Axis(0), CHUNK)
+            .into_par_iter()
+            .zip(x.axis_chunks_iter(Axis(0), CHUNK))
+            .try_for_each(|(mut o, x)| self.forward(x).map(|y| o.assign(&y)))?;
+        Ok(out)
+    }
+
+    /// The network on `x` (B, D_in), checked.
+    fn forward(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let b = x.nrows();
-        let data: Vec<f32> = x.iter().copied().collect();
         let run = || -> candle_core::Result<Vec<f32>> {
-            let x = Tensor::from_vec(data, (b, self.dim_in), &Device::Cpu)?;
+            let x = Tensor::from_vec(x.iter().copied().collect(), (b, self.dim_in), &Device::Cpu)?;
             let mut h = self.input.forward(&x)?;
             for block in &self.blocks {
                 h = block.forward(&h)?;
