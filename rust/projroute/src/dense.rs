@@ -1,9 +1,10 @@
 //! Linear layers of the distilled students as candle custom ops on the packed kernel.
 //!
 //! Each weight is constant, so it is packed once at load ([`PackedMatrix`]) and every
-//! product runs on the same microkernel as the federated maps. Bias, GELU and a
-//! residual are applied as the epilogue of the product, row by row while the row is
-//! in cache, so a layer is one pass over its output and one candle op.
+//! product runs on the same microkernel as the federated maps. Bias, an activation
+//! (GELU, or a softmax within groups of columns) and a residual are applied as the
+//! epilogue of the product, row by row while the row is in cache, so a layer is one
+//! pass over its output and one candle op.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use candle_nn::VarBuilder;
@@ -12,18 +13,28 @@ use ndarray::{Array2, ArrayView2};
 use crate::fastmath;
 use crate::packed::PackedMatrix;
 
+/// The activation of a [`Dense`] layer.
+#[derive(Clone, Copy, Debug)]
+enum Activation {
+    Identity,
+    /// The exact (erf) GELU.
+    Gelu,
+    /// A softmax within each run of this many columns.
+    Softmax(usize),
+}
+
 /// `y = act(x @ W + b) [+ residual]`, with `W` (in, out) packed.
 #[derive(Clone, Debug)]
 pub(crate) struct Dense {
     w: PackedMatrix,
     bias: Option<Vec<f32>>,
-    gelu: bool,
+    act: Activation,
 }
 
 impl Dense {
     /// `w` (in, out), `bias` (out).
     pub(crate) fn new(w: ArrayView2<f32>, bias: Option<Vec<f32>>) -> Self {
-        Dense { w: PackedMatrix::pack(w), bias, gelu: false }
+        Dense { w: PackedMatrix::pack(w), bias, act: Activation::Identity }
     }
 
     /// A PyTorch `nn.Linear(in_dim, out_dim)` under `vb` (`weight` is (out, in)).
@@ -35,7 +46,14 @@ impl Dense {
 
     /// The same layer followed by the exact (erf) GELU.
     pub(crate) fn with_gelu(self) -> Self {
-        Dense { gelu: true, ..self }
+        Dense { act: Activation::Gelu, ..self }
+    }
+
+    /// The same layer followed by a softmax within each run of `group` outputs
+    /// (`group` must divide the output dimension).
+    pub(crate) fn with_softmax(self, group: usize) -> Self {
+        assert!(group > 0 && self.w.cols() % group == 0, "softmax groups must tile the outputs");
+        Dense { act: Activation::Softmax(group), ..self }
     }
 
     /// `x` (B, in) -> (B, out).
@@ -54,8 +72,10 @@ impl Dense {
             if let Some(b) = &self.bias {
                 row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
             }
-            if self.gelu {
-                fastmath::gelu_in_place(row);
+            match self.act {
+                Activation::Identity => {}
+                Activation::Gelu => fastmath::gelu_in_place(row),
+                Activation::Softmax(group) => fastmath::softmax_groups(row, group),
             }
             if let Some(r) = residual {
                 row.iter_mut().zip(&r[i * n..(i + 1) * n]).for_each(|(v, r)| *v += r);

@@ -77,6 +77,19 @@ dispatch! {
     }
 }
 
+/// `fold(v)` with eight running accumulators, so that the reduction vectorises.
+#[inline(always)]
+fn reduce8(v: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = f(*a, x);
+        }
+    }
+    chunks.remainder().iter().chain(&acc).fold(init, |a, &b| f(a, b))
+}
+
 dispatch! {
     /// `v = v * scale + shift` (shift optional, same length), returning the maximum.
     fn scale_shift_max(v: &mut [f32], scale: f32, shift: Option<&[f32]>) -> f32 {
@@ -84,15 +97,20 @@ dispatch! {
             Some(s) => v.iter_mut().zip(s).for_each(|(x, s)| *x = *x * scale + s),
             None => v.iter_mut().for_each(|x| *x *= scale),
         }
-        // Eight running maxima, so the reduction vectorises.
-        let mut m = [f32::NEG_INFINITY; 8];
-        let mut chunks = v.chunks_exact(8);
-        for c in &mut chunks {
-            for (m, &x) in m.iter_mut().zip(c) {
-                *m = m.max(x);
-            }
+        reduce8(v, f32::NEG_INFINITY, f32::max)
+    }
+}
+
+#[cfg(feature = "candle")]
+dispatch! {
+    /// `v = softmax(v)` within each run of `group` elements (`v.len()` a multiple of it).
+    fn softmax_groups(v: &mut [f32], group: usize) {
+        for g in v.chunks_exact_mut(group) {
+            let max = reduce8(g, f32::NEG_INFINITY, f32::max);
+            g.iter_mut().for_each(|x| *x = exp(*x - max));
+            let inv = 1.0 / reduce8(g, 0.0, |a, b| a + b);
+            g.iter_mut().for_each(|x| *x *= inv);
         }
-        chunks.remainder().iter().chain(&m).fold(f32::NEG_INFINITY, |a, &b| a.max(b))
     }
 }
 
@@ -182,6 +200,15 @@ mod tests {
             let mut g = v.clone();
             gelu_in_place(&mut g);
             assert!(g.iter().zip(&v).all(|(g, &x)| (g - gelu(x)).abs() < 1e-6));
+            let mut p = v[..1000].to_vec();
+            softmax_groups(&mut p, 40);
+            for (p, v) in p.chunks(40).zip(v.chunks(40)) {
+                let max = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let z: f64 = v.iter().map(|&x| (x as f64 - max).exp()).sum();
+                for (p, &x) in p.iter().zip(v) {
+                    assert!((*p as f64 - (x as f64 - max).exp() / z).abs() < 1e-6);
+                }
+            }
         }
     }
 }

@@ -36,7 +36,7 @@ const CHUNK: usize = 64;
 
 /// One block, with the attention folded at load time into two GEMMs:
 /// per-head scores `norm1(h) @ (W_qᵀ K) + b_q K` against a block-diagonal `K`
-/// (d, H·nk) scaled by 1/√d_head, a softmax within each head, then
+/// (d, H·nk) scaled by 1/√d_head, a softmax within each head (the GEMM's epilogue), then
 /// `att @ (V W_outᵀ) + b_out` with a block-diagonal `V` (H·nk, d). This is the same
 /// function as query → per-head attention → out, without per-head transposes.
 #[derive(Clone)]
@@ -47,8 +47,6 @@ struct Block {
     norm2: LayerNorm,
     ffn1: Dense,
     ffn2: Dense,
-    n_heads: usize,
-    num_keys: usize,
 }
 
 impl Block {
@@ -70,21 +68,17 @@ impl Block {
         let scores_bias = ndarray::aview1(&bq).dot(&k_bd).to_vec();
         Ok(Block {
             norm1: layer_norm(d, c.layer_norm_eps, vb.pp("norm1"))?,
-            scores: Dense::new(wq.t().dot(&k_bd).view(), Some(scores_bias)),
+            scores: Dense::new(wq.t().dot(&k_bd).view(), Some(scores_bias)).with_softmax(nk),
             mix: Dense::new(v_bd.dot(&wo.t()).view(), Some(bo)),
             norm2: layer_norm(d, c.layer_norm_eps, vb.pp("norm2"))?,
             ffn1: Dense::linear(d, c.ffn_dim, true, vb.pp("ffn1"))?.with_gelu(),
             ffn2: Dense::linear(c.ffn_dim, d, true, vb.pp("ffn2"))?,
-            n_heads: h,
-            num_keys: nk,
         })
     }
 
     /// `h` (B, d_model) -> (B, d_model).
     fn forward(&self, h: &Tensor) -> candle_core::Result<Tensor> {
-        let b = h.dim(0)?;
-        let s = self.scores.forward(&self.norm1.forward(h)?)?.reshape((b, self.n_heads, self.num_keys))?;
-        let att = candle_nn::ops::softmax_last_dim(&s)?.reshape((b, self.n_heads * self.num_keys))?;
+        let att = self.scores.forward(&self.norm1.forward(h)?)?;
         let h = self.mix.forward_add(&att, h)?;
         self.ffn2.forward_add(&self.ffn1.forward(&self.norm2.forward(&h)?)?, &h)
     }
