@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array2, Array3};
-use projroute::{route, FlatIndex, Federated, Lda, Router, RoutingParams};
+use projroute::{route, FlatIndex, Federated, Lda, PackedMatrix, Router, RoutingParams};
 
 fn random(shape: (usize, usize), seed: u64) -> Array2<f32> {
     let mut s = seed;
@@ -74,5 +74,46 @@ fn index(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, federated, lda, routing, index);
+/// The packed kernel on one thread at the distilled student's GEMM shapes (B=1024),
+/// beside the core's FMA peak: `fma_peak` is a register-only loop of 12 independent
+/// 8-lane FMA chains, so both throughputs are FLOP/s and their ratio is the kernel's
+/// share of the peak.
+fn packed_gemm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("packed_gemm_1thread");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        const STEPS: usize = 100_000;
+        group.throughput(Throughput::Elements((STEPS * 12 * 16) as u64));
+        // SAFETY: FMA was detected above.
+        group.bench_function("fma_peak", |bench| bench.iter(|| unsafe { fma_chains(STEPS) }));
+    }
+    for (m, k, n) in [(1024, 384, 256), (1024, 256, 256), (1024, 256, 512), (1024, 512, 256)] {
+        let (a, b) = (random((m, k), 11), PackedMatrix::pack(random((k, n), 12).view()));
+        let mut out = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        group.bench_function(format!("{m}x{k}x{n}"), |bench| {
+            bench.iter(|| b.matmul_into(a.view(), &mut out, n, &mut Vec::new()))
+        });
+    }
+    group.finish();
+}
+
+/// `steps` rounds of 12 independent FMAs on 8 lanes (192 FLOP per round).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,fma")]
+unsafe fn fma_chains(steps: usize) -> f32 {
+    use std::arch::x86_64::*;
+    // Opaque inputs, so that the compiler cannot fold the chains at build time.
+    let (a, b) = (_mm256_set1_ps(std::hint::black_box(0.999_999)), _mm256_set1_ps(std::hint::black_box(1e-7)));
+    let mut acc = [_mm256_set1_ps(1.0); 12];
+    for _ in 0..std::hint::black_box(steps) {
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let sum = acc.iter().fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
+    _mm256_cvtss_f32(sum)
+}
+
+criterion_group!(benches, federated, lda, routing, index, packed_gemm);
 criterion_main!(benches);

@@ -52,7 +52,7 @@ impl Dense {
     /// The same layer followed by a softmax within each run of `group` outputs
     /// (`group` must divide the output dimension).
     pub(crate) fn with_softmax(self, group: usize) -> Self {
-        assert!(group > 0 && self.w.cols() % group == 0, "softmax groups must tile the outputs");
+        assert!(group > 0 && self.w.cols().is_multiple_of(group), "softmax groups must tile the outputs");
         Dense { act: Activation::Softmax(group), ..self }
     }
 
