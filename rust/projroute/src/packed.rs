@@ -4,8 +4,8 @@
 //! map is laid out at load time in the order the inner loop reads it: `KC`-deep row
 //! blocks, each split into column panels of [`NR`] floats (zero-padded on the right
 //! edge), every panel row one aligned cache line. A product `c = a @ b` takes a block
-//! of rows of `a` (all of its depth, kept in L2; read in place when its rows are
-//! contiguous, the kernel broadcasting from `MR` row streams), then the panels one by
+//! of rows of `a` (all of its depth, kept in L2; read in place when `a` is row-major,
+//! the kernel broadcasting from `MR` row streams), then the panels one by
 //! one, each depth slice (16 KiB, in L1) against every strip of `MR` rows, so an
 //! output tile stays in L1 while it accumulates over the depth and the map streams
 //! from memory once per row block. Maps may be stored as f16 or bf16 ([`Precision`]),
@@ -268,16 +268,17 @@ impl PackedMatrix {
             (0..m).for_each(|i| c[i * ldc..i * ldc + width].fill(0.0));
             return;
         }
-        // The kernel reads rows of `a` in place; other layouts are copied row-major first.
-        let (a, lda) = match *a.strides() {
-            [_, 1] if m == 1 => (rows_of(a, k), k),
-            [lda, 1] if lda >= k as isize => (rows_of(a, lda as usize), lda as usize),
-            _ => {
+        // The kernel reads the rows of a row-major `a` in place; other layouts are
+        // copied row-major first.
+        let a = match a.as_slice() {
+            Some(rows) => rows,
+            None => {
                 scratch.clear();
                 scratch.extend(a.iter());
-                (&scratch[..], k)
+                &scratch[..]
             }
         };
+        let lda = k;
         let avx = has_avx2_fma();
         let mut tile = [0.0f32; MR * NR];
         // Rows per block: all of their depth stays in L2 while every panel passes.
@@ -311,15 +312,6 @@ impl PackedMatrix {
             }
         }
     }
-}
-
-/// The memory of `a` (m, k) with unit column stride and row stride `lda` >= k, from
-/// its first element to the end of its last row.
-fn rows_of(a: ArrayView2<'_, f32>, lda: usize) -> &[f32] {
-    let (m, k) = a.dim();
-    // SAFETY: rows 0..m start `lda` floats apart and each holds `k` contiguous floats,
-    // so `(m - 1) * lda + k` floats from the first element lie inside the view's buffer.
-    unsafe { std::slice::from_raw_parts(a.as_ptr(), (m - 1) * lda + k) }
 }
 
 pub(crate) fn has_avx2_fma() -> bool {
@@ -638,8 +630,8 @@ mod tests {
     fn strided_and_transposed_inputs() {
         let (a, b) = (filled(40, 300, 1), filled(280, 33, 2));
         let packed = PackedMatrix::pack(b.view());
-        // Rows with a gap between them (read in place), a transposed view and a
-        // negative row stride (both copied first).
+        // Rows with a gap between them, a transposed view and a negative row stride:
+        // each copied row-major first.
         let gapped = a.slice(ndarray::s![.., 5..285]);
         let transposed = a.t().to_owned().reversed_axes();
         let flipped = a.slice(ndarray::s![..;-1, 10..290]);
