@@ -187,7 +187,7 @@ impl Transformer {
         Ok(out)
     }
 
-    /// The network on `x` (B, D_in), checked.
+    /// The network on `x` (B, D_in), whose shape the caller has checked.
     fn forward(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let b = x.nrows();
         let run = || -> candle_core::Result<Vec<f32>> {
