@@ -203,12 +203,10 @@ impl PackedMatrix {
         let (m, n) = (a.nrows(), self.n);
         let threads = rayon::current_num_threads().max(1);
         let mut out = Array2::<f32>::zeros((m, n));
-        if rayon::current_thread_index().is_some() {
-            let o = out.as_slice_mut().expect("fresh array is contiguous");
-            self.matmul_into(a, o, n, &mut Vec::new());
-            o.chunks_exact_mut(n.max(1)).enumerate().for_each(|(i, row)| epilogue(i, row));
-        } else if m >= 4 * MR * threads {
-            let rows = m.div_ceil(2 * threads).div_ceil(MR) * MR;
+        let in_pool = rayon::current_thread_index().is_some();
+        if in_pool || m >= 4 * MR * threads {
+            // Row blocks, two per thread; inside the pool one block, run on this thread.
+            let rows = if in_pool { m.max(1) } else { m.div_ceil(2 * threads).div_ceil(MR) * MR };
             out.axis_chunks_iter_mut(Axis(0), rows)
                 .into_par_iter()
                 .zip(a.axis_chunks_iter(Axis(0), rows))
@@ -618,10 +616,16 @@ mod tests {
             for (x, y) in got.iter().zip(want.iter()) {
                 assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{m}x{k}x{n}: {x} vs {y}");
             }
-            // The epilogue sees each row once, with its index.
-            let shifted = PackedMatrix::pack(b.view()).matmul_then(a.view(), |i, row| row.iter_mut().for_each(|v| *v -= i as f32));
-            for (((i, _), y), x) in want.indexed_iter().zip(shifted.iter()) {
-                assert!((x + i as f32 - y).abs() <= 1e-4 * (1.0 + y.abs() + i as f32), "{m}x{k}x{n} epilogue");
+            // The epilogue sees each row once, with its index; also when called from
+            // inside the pool (one block on the calling thread).
+            let packed = PackedMatrix::pack(b.view());
+            let shift = |i: usize, row: &mut [f32]| row.iter_mut().for_each(|v| *v -= i as f32);
+            let outside = packed.matmul_then(a.view(), shift);
+            let (inside, _) = rayon::join(|| packed.matmul_then(a.view(), shift), || ());
+            for shifted in [outside, inside] {
+                for (((i, _), y), x) in want.indexed_iter().zip(shifted.iter()) {
+                    assert!((x + i as f32 - y).abs() <= 1e-4 * (1.0 + y.abs() + i as f32), "{m}x{k}x{n} epilogue");
+                }
             }
         }
     }
