@@ -18,7 +18,10 @@ RTOL, ATOL = 1e-4, 1e-5
 shapes = st.fixed_dictionaries({
     "seed": st.integers(0, 2**32 - 1),
     "B": st.integers(1, 300),
-    "d": st.integers(1, 20),
+    # d >= 2: in one dimension every cosine is +-1, so two clusters with the same mix of
+    # signs have equal masses in exact arithmetic, and which one top-k keeps depends on
+    # the order each side sums in (a one-ulp difference), not on the routing rule.
+    "d": st.integers(2, 20),
     "K": st.integers(1, 12),
     "per_cluster": st.integers(1, 40),
     "T": st.floats(0.02, 2.0),
