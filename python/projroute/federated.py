@@ -10,7 +10,7 @@ import numpy as np
 from projroute._estimator import Projection, check_pairs, check_temperature, resolve_top_k
 from projroute.clustering import cluster_pairs
 from projroute.procrustes import GlobalProjection
-from projroute.reference import blend_maps, route_questions, route_weights, unit_rows
+from projroute.reference import blend_maps, route_questions, route_weights, routing_entropy, unit_rows
 from projroute.validation import SHRINKAGE_GRID, RetrievalTask, choose_shrinkage
 
 
@@ -111,10 +111,8 @@ class FederatedProjection(Projection):
         if isinstance(self.prior, str) and self.prior == "sizes":
             return np.ones(len(rows), np.float32)
         if isinstance(self.prior, str):  # "entropy"
-            K = len(centroids)
-            w = route_weights(Q, centroids, self.temperature, K)
-            H = -(w * np.log(np.maximum(w, 1e-30))).sum(axis=1)
-            return np.maximum(1.0 - H / np.log(K), 1e-3).astype(np.float32) if K > 1 else np.ones(len(Q), np.float32)
+            w = route_weights(Q, centroids, self.temperature, len(centroids))
+            return np.maximum(1.0 - routing_entropy(w), 1e-3).astype(np.float32)
         return np.asarray(self.prior, np.float32)[rows]
 
     def _routing_tensors(self, Q: np.ndarray, labels: np.ndarray, centroids: np.ndarray,

@@ -16,6 +16,8 @@ at ``top_k``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -23,6 +25,15 @@ def unit_rows(X: np.ndarray) -> np.ndarray:
     """Rows of ``X`` (n, d) scaled to unit L2 norm, float32."""
     X = np.asarray(X, dtype=np.float32)
     return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def routing_entropy(W: np.ndarray) -> np.ndarray:
+    """Normalised entropy ``H(w) / ln K`` of each row of routing weights ``W`` (B, K):
+    (B,) float64 in [0, 1], 0 for a one-hot row and for K = 1, 1 for a uniform row."""
+    K = W.shape[1]
+    p = np.clip(W, 0.0, None).astype(np.float64)
+    H = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
+    return H / math.log(K) if K > 1 else np.zeros(len(W))
 
 
 def select_weights(Z: np.ndarray, top_k: int, coverage: float | None = None) -> np.ndarray:

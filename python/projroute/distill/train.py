@@ -25,7 +25,7 @@ from projroute.distill import augment as augmentation
 from projroute.distill.student import ProjectionTransformer, project_numpy
 from projroute.distill.teacher import Teacher
 from projroute.metrics import mean_cosine
-from projroute.reference import unit_rows
+from projroute.reference import routing_entropy, unit_rows
 
 IMPORTANCE = ("uniform", "entropy")
 WARMUP = 0.05  # share of the optimiser steps with a linear learning-rate warm-up
@@ -111,10 +111,7 @@ def key_groups(centroids: np.ndarray, num_keys: int, seed: int) -> tuple[np.ndar
 def importance_weights(route: np.ndarray) -> np.ndarray:
     """Un-normalised importance ``0.5 + H(w) / log K`` of routing rows ``route`` (B, K):
     (B,) float64 in [0.5, 1.5]; 0.5 (no entropy) for K = 1."""
-    K = route.shape[1]
-    p = np.clip(route, 0.0, None).astype(np.float64)
-    H = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
-    return 0.5 + (H / math.log(K) if K > 1 else 0.0 * H)
+    return 0.5 + routing_entropy(route)
 
 
 def entropy_weights(route: np.ndarray) -> np.ndarray:
