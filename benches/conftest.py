@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from projroute import FORMAT_VERSION, Projector
+from projroute import Projector
+from projroute._format import header
 
 SEED = 20240601
 
@@ -60,11 +61,7 @@ def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 
 def config_json(kind: str, dim_in: int, dim_out: int, k: int, t: float, top_k: int) -> str:
-    return json.dumps({
-        "format": "projroute", "version": FORMAT_VERSION, "kind": kind,
-        "dim_in": dim_in, "dim_out": dim_out, "n_clusters": k,
-        "temperature": t, "top_k": top_k, "coverage": None,
-    })
+    return json.dumps(header(kind, dim_in, dim_out, n_clusters=k, temperature=t, top_k=top_k, coverage=None))
 
 
 @dataclass
@@ -195,8 +192,7 @@ def record():
 def global_projector(W: np.ndarray) -> Projector:
     """A Rust global map ``x @ W``: one GEMM through the core's packed kernel on all
     threads (used as a diagnostic sub-step beside numpy's BLAS on the same shape)."""
-    cfg = {"format": "projroute", "version": FORMAT_VERSION, "kind": "global",
-           "dim_in": W.shape[0], "dim_out": W.shape[1]}
+    cfg = header("global", W.shape[0], W.shape[1])
     return Projector.from_tensors({"W": np.ascontiguousarray(W, dtype=np.float32)}, json.dumps(cfg))
 
 

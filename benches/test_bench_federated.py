@@ -36,14 +36,11 @@ def fast_project_federated(
     the k selected scores only, then one GEMM per used cluster on the gathered, weighted
     rows, written into one (B·k, D_out) buffer in cluster order and summed back per query.
     """
-    B, D = X.shape
+    B, _D = X.shape
     K, _, D_out = W.shape
     k = min(top_k, K)
     S = (X / np.linalg.norm(X, axis=1, keepdims=True)) @ C_unit.T
-    if k < K:
-        idx = np.argpartition(-S, k - 1, axis=1)[:, :k]
-    else:
-        idx = np.broadcast_to(np.arange(K), (B, K))
+    idx = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < K else np.broadcast_to(np.arange(K), (B, K))
     s = np.take_along_axis(S, idx, axis=1)
     e = np.exp((s - s.max(axis=1, keepdims=True)) / np.float32(temperature))
     e /= e.sum(axis=1, keepdims=True)

@@ -15,7 +15,8 @@ import json
 import numpy as np
 import pytest
 
-from projroute import FORMAT_VERSION, Projector, reference
+from projroute import Projector, reference
+from projroute._format import header
 
 N, D, B, TOP_K, T = 100_000, 384, 1024, 10, 0.05
 
@@ -35,9 +36,8 @@ def case(request):
     W = rng.standard_normal((K, D, D), dtype=np.float32) * np.float32(1 / np.sqrt(D))
     # Queries near training questions, so that routing is peaked as in real use.
     X = questions[rng.integers(0, N, B)] + 0.05 * rng.standard_normal((B, D), dtype=np.float32)
-    config = {"format": "projroute", "version": FORMAT_VERSION, "kind": "federated", "dim_in": D, "dim_out": D,
-              "n_clusters": K, "temperature": T, "top_k": TOP_K, "coverage": None,
-              "question_counts": counts.tolist()}
+    config = header("federated", D, D, n_clusters=K, temperature=T, top_k=TOP_K, coverage=None,
+                    question_counts=counts.tolist())
     model = Projector.from_tensors({"centroids": centroids, "W": W, "questions": questions}, json.dumps(config))
     flops = 2.0 * B * N * D + 2.0 * B * TOP_K * D * D
     return model, questions, counts, W, X, flops, K

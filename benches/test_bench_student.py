@@ -15,7 +15,8 @@ import tempfile
 import numpy as np
 import pytest
 
-from projroute import FORMAT_VERSION, Projector
+from projroute import Projector
+from projroute._format import header
 
 D, K, TOP_K, T = 384, 140, 10, 0.1
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -40,8 +41,7 @@ def models(torch):
     rng = np.random.default_rng(0)
     C = rng.standard_normal((K, D), dtype=np.float32)
     W = (rng.standard_normal((K, D, D), dtype=np.float32) / np.sqrt(D)).astype(np.float32)
-    config = {"format": "projroute", "version": FORMAT_VERSION, "kind": "federated", "dim_in": D,
-              "dim_out": D, "n_clusters": K, "temperature": T, "top_k": TOP_K, "coverage": None}
+    config = header("federated", D, D, n_clusters=K, temperature=T, top_k=TOP_K, coverage=None)
     teacher = Projector.from_tensors({"centroids": C, "W": W}, json.dumps(config))
     X = rng.standard_normal((1024, D), dtype=np.float32)
     X /= np.linalg.norm(X, axis=1, keepdims=True)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 import projroute as pr
+from projroute._format import header
 
 
 def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -17,8 +18,7 @@ def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 def config(kind: str, d_in: int, d_out: int, **routing) -> str:
     """A model config JSON string."""
-    return json.dumps({"format": "projroute", "version": pr.FORMAT_VERSION, "kind": kind,
-                       "dim_in": d_in, "dim_out": d_out, **routing})
+    return json.dumps(header(kind, d_in, d_out, **routing))
 
 
 def random_model(kind: str, rng: np.random.Generator, d: int = 16, K: int = 6, T: float = 0.1,

@@ -76,7 +76,7 @@ def test_suggestion_rejects_one_row():
 @pytest.mark.parametrize("top_k", [2, 6], ids=["top2", "all"])
 def test_granularity_uses_the_full_softmax(top_k):
     rng = np.random.default_rng(3)
-    model, tensors, routing = random_model("federated", rng, d=D, K=6, T=0.2, top_k=top_k)
+    model, tensors, _routing = random_model("federated", rng, d=D, K=6, T=0.2, top_k=top_k)
     X = rng.normal(size=(50, D)).astype(np.float32)
     g = an.granularity(model, X)
     C = tensors["centroids"] / np.linalg.norm(tensors["centroids"], axis=1, keepdims=True)

@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import pytest
 
@@ -41,7 +40,7 @@ def test_stackfaq_counts(stackfaq, data_root):
 
 
 def test_stackfaq_gold_is_thread_answers(stackfaq, data_root):
-    train, test = stackfaq
+    _train, test = stackfaq
     raw = (data_root / "stackfaq" / "stackExchange-FAQ.json").read_text()
     threads = json.loads(raw)["root"]["qapair"]
     first = threads[0]
@@ -174,10 +173,10 @@ def test_data_dir_env(tmp_path, monkeypatch):
         datasets.data_dir(tmp_path / "missing")
 
 
-def test_data_dir_nothing_found(tmp_path, monkeypatch):
+def test_data_dir_is_not_guessed(tmp_path, monkeypatch):
     monkeypatch.delenv("PROJROUTE_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(datasets, "__file__", str(tmp_path / "a" / "b" / "c" / "datasets.py"))
+    (tmp_path.parent / "shared" / "data").mkdir(parents=True, exist_ok=True)
     with pytest.raises(FileNotFoundError, match="PROJROUTE_DATA"):
         datasets.data_dir()
 

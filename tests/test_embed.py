@@ -3,7 +3,7 @@ import pytest
 
 pytest.importorskip("sentence_transformers")
 
-from projroute.embed import Encoder  # noqa: E402
+from projroute.embed import Encoder
 
 SENTENCES = [
     "How do I reset my password?",

@@ -4,16 +4,15 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import unit
+
 import projroute as pr
 from projroute import reference as ref
 from projroute.clustering import effective_rank, resolve_n_clusters
-from projroute.federated import cluster_delta
 from projroute.metrics import retrieval_metrics
-from projroute.procrustes import least_squares_scale, procrustes
-from projroute.validation import SHRINKAGE_GRID
+from projroute.procrustes import cluster_delta, least_squares_scale, procrustes
 from projroute.serving import stored_index
+from projroute.validation import SHRINKAGE_GRID
 
 
 def rotation(rng, d, det=1.0):

@@ -5,8 +5,8 @@ import struct
 
 import numpy as np
 import pytest
-
 from helpers import config, random_model, unit
+
 import projroute as pr
 
 
@@ -52,14 +52,14 @@ def test_file_written_by_safetensors_python_loads(tmp_path):
 
 
 def _saved(tmp_path, kind="federated"):
-    model, tensors, _ = random_model(kind, np.random.default_rng(3), K=4)
+    model, _tensors, _ = random_model(kind, np.random.default_rng(3), K=4)
     path = tmp_path / "m.safetensors"
     model.save(path)
     return path
 
 
 def test_missing_file_is_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"nope.safetensors"):
         pr.load(tmp_path / "nope.safetensors")
 
 
@@ -68,7 +68,7 @@ def test_truncated_file(tmp_path, cut):
     path = _saved(tmp_path)
     data = path.read_bytes()
     path.write_bytes(data[:cut] if cut >= 0 else data[:-1])
-    with pytest.raises(pr.ModelFormatError, match="safetensors|projroute"):
+    with pytest.raises(pr.ModelFormatError, match=r"safetensors|projroute"):
         pr.load(path)
 
 
@@ -77,7 +77,7 @@ def test_foreign_files(tmp_path):
 
     path = tmp_path / "other.safetensors"
     save_file({"weight": np.zeros((2, 2), np.float32)}, path)
-    with pytest.raises(pr.ModelFormatError, match="other.safetensors: .*not a projroute model"):
+    with pytest.raises(pr.ModelFormatError, match=r"other.safetensors: .*not a projroute model"):
         pr.load(path)
     text = tmp_path / "notes.txt"
     text.write_text("hello world, this is not a model at all")

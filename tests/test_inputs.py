@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from helpers import config, random_model, unit
+
 import projroute as pr
 
 

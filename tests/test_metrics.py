@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projroute.metrics import mean_cosine, normalize, query_ranks, retrieval_metrics
+from projroute.metrics import mean_cosine, query_ranks, retrieval_metrics
+from projroute.reference import unit_rows
 
 
 def reference_ranks(P, C, gold):
@@ -17,12 +18,13 @@ def reference_ranks(P, C, gold):
     return np.array(ranks)
 
 
-def test_normalize():
-    X = np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32)
-    N = normalize(X)
+def test_unit_rows():
+    X = np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float64)
+    N = unit_rows(X)
     assert N.dtype == np.float32
     np.testing.assert_allclose(N, [[0.6, 0.8], [0.0, 0.0]])
-    assert normalize(np.array([[2, 0]])).dtype == np.float64
+    assert unit_rows(X, dtype=None).dtype == np.float64
+    assert unit_rows(np.array([[2, 0]]), dtype=None).dtype == np.float64
 
 
 def test_hand_computed():

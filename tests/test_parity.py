@@ -7,10 +7,10 @@ the threshold with negligible probability.
 
 import numpy as np
 import pytest
+from helpers import config, random_model, unit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import config, random_model, unit
 import projroute as pr
 from projroute import reference as ref
 
@@ -29,7 +29,7 @@ shapes = st.fixed_dictionaries({
 
 
 def _routing(p):
-    top_k = max(1, int(round(p["top_k_frac"] * p["K"])))
+    top_k = max(1, round(p["top_k_frac"] * p["K"]))
     return {"n_clusters": p["K"], "temperature": p["T"], "top_k": top_k, "coverage": p["coverage"]}
 
 

@@ -7,10 +7,10 @@ import pytest
 
 pytest.importorskip("sentence_transformers")
 
-import projroute as pr  # noqa: E402
-from projroute import datasets  # noqa: E402
-from projroute.embed import Encoder  # noqa: E402
-from projroute.metrics import retrieval_metrics  # noqa: E402
+import projroute as pr
+from projroute import datasets
+from projroute.embed import Encoder
+from projroute.metrics import retrieval_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from helpers import config, unit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import config, unit
 import projroute as pr
 from projroute import reference as ref
 
@@ -37,7 +37,7 @@ def _case(p):
     K, d = p["K"], p["d"]
     counts = rng.integers(1, p["per_cluster"] + 1, size=K)
     routing = {"n_clusters": K, "temperature": p["T"], "coverage": p["coverage"],
-               "top_k": max(1, int(round(p["top_k_frac"] * K)))}
+               "top_k": max(1, round(p["top_k_frac"] * K))}
     X = rng.normal(size=(p["B"], d)).astype(np.float32)
     W = (rng.normal(size=(K, d, d)) / np.sqrt(d)).astype(np.float32)
     return rng, counts, routing, X, W

@@ -53,8 +53,8 @@ def test_export_round_trip_and_bad_files(tmp_path):
     with torch.no_grad():
         assert torch.equal(back(x), student(x))
     # A missing tensor and a wrong shape are format errors, not crashes.
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     with safe_open(path, "numpy") as f:
         meta = f.metadata()

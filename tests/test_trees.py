@@ -8,10 +8,10 @@ import json
 
 import numpy as np
 import pytest
+from helpers import config, unit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import config, unit
 import projroute as pr
 from projroute import reference as ref
 from projroute.metrics import retrieval_metrics
@@ -66,7 +66,7 @@ def hierarchy():
 
 @pytest.mark.parametrize("data", ["trees", "hierarchy"])
 def test_keyed_maps_beat_the_global_map(data, request):
-    (Q, A, keys), (X, Y, test_keys), model = request.getfixturevalue(data)
+    (Q, A, _keys), (X, Y, test_keys), model = request.getfixturevalue(data)
     glob = pr.GlobalProjection().fit(Q, A)
     keyed, flat = mrr(model.project(X, test_keys), Y), mrr(glob.project(X), Y)
     assert keyed > flat + 0.2, (keyed, flat)

@@ -8,10 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from projroute._core import FORMAT_VERSION, Projector
-
-INDEX_TENSOR = "index.embeddings"
-INDEX_TEXTS = "index.texts"
+from projroute import _format
+from projroute._core import Projector
 
 
 def check_pairs(Q: Any, A: Any, same_dim: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +35,7 @@ def resolve_top_k(top_k: int | float | None, n_clusters: int) -> tuple[int, floa
         return n_clusters, None
     if isinstance(top_k, float) and 0.0 < top_k < 1.0:
         return n_clusters, top_k
-    if isinstance(top_k, (int, np.integer)) and 1 <= top_k:
+    if isinstance(top_k, (int, np.integer)) and top_k >= 1:
         return min(int(top_k), n_clusters), None
     raise ValueError(f"top_k must be an int >= 1, a coverage in (0, 1), or None; got {top_k!r}")
 
@@ -49,11 +47,13 @@ def check_temperature(temperature: Any) -> None:
 
 
 class Projection:
-    """Base of the estimators: ``fit`` builds ``projector_`` (the Rust core), then
-    ``project``, ``route`` and ``save`` use it."""
+    """Base of the estimators: ``fit`` builds the model's config and tensors once and
+    ``projector_`` (the Rust core) from them; ``project`` and ``route`` use the
+    projector, ``save`` writes the same config and tensors."""
 
     kind: str
     projector_: Projector
+    config_: dict[str, Any]
 
     def _tensors(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -62,15 +62,8 @@ class Projection:
         raise NotImplementedError
 
     def _build(self, dim_in: int, dim_out: int) -> None:
-        config = {"format": "projroute", "version": FORMAT_VERSION, "kind": self.kind,
-                  "dim_in": dim_in, "dim_out": dim_out, **self._config()}
-        tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self._tensors().items()}
-        self.projector_ = Projector.from_tensors(tensors, json.dumps(config))
-
-    def _routing_config(self) -> dict[str, Any]:
-        """Config fields of a routed kind (needs centroids_, temperature, top_k_, coverage_)."""
-        return {"n_clusters": len(self.centroids_), "temperature": float(self.temperature),
-                "top_k": self.top_k_, "coverage": self.coverage_}
+        self.config_ = _format.header(self.kind, dim_in, dim_out, **self._config())
+        self.projector_ = Projector.from_tensors(self._tensors(), json.dumps(self.config_))
 
     def _fitted(self) -> Projector:
         if not hasattr(self, "projector_"):
@@ -96,20 +89,25 @@ class Projection:
         corpus ``answers`` (N, D_out) and its texts, and the maps stored as
         ``weights_dtype`` (``"float16"`` or ``"bfloat16"`` halve the file and the memory
         traffic; computation stays float32)."""
-        from projroute.serving import with_weights_dtype_config
-
-        p = self._fitted()
-        tensors = p.tensors()
-        metadata = p.metadata
-        config = with_weights_dtype_config(p.config, tensors, weights_dtype)
-        if answers is not None:
-            tensors[INDEX_TENSOR] = np.ascontiguousarray(answers, dtype=np.float32)
-            if answer_texts is not None:
-                if len(answer_texts) != len(answers):
-                    raise ValueError("answer_texts and answers differ in length")
-                metadata[INDEX_TEXTS] = json.dumps(list(answer_texts))
-        Projector.from_tensors(tensors, config, metadata).save(os.fspath(path))
+        self._fitted()
+        tensors = self._tensors()
+        config = _format.with_weights_dtype(self.config_, tensors, weights_dtype)
+        _format.save(path, tensors, config, answers=answers, answer_texts=answer_texts)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
         return f"{type(self).__name__}({params})"
+
+
+class RoutedProjection(Projection):
+    """Base of the kinds that route a query over K clusters by softmax (federated, lda)."""
+
+    temperature: float
+    centroids_: np.ndarray
+    top_k_: int
+    coverage_: float | None
+
+    def _routing_config(self) -> dict[str, Any]:
+        """The config fields every routed kind shares."""
+        return {"n_clusters": len(self.centroids_), "temperature": float(self.temperature),
+                "top_k": self.top_k_, "coverage": self.coverage_}

@@ -4,6 +4,7 @@
 * :func:`granularity` -- how concentrated a fitted model's routing is on a query set.
 * :func:`meta_cluster` -- merge a federated model's K clusters into K' and rebuild it;
   :func:`suggest_meta` picks K', :func:`merge_cost` says what merging costs.
+* :func:`analyze` -- all of the above for a model file on a data set (``projroute analyze``).
 
 Routing statistics use the full softmax over all centroids at the model's
 temperature (not the served ``top_k``), so coverage curves run up to 1.
@@ -13,16 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from projroute._core import Projector
 from projroute._estimator import Projection
 from projroute.clustering import effective_rank, kmeans_labels
-from projroute.federated import cluster_delta
 from projroute.metrics import mean_cosine, retrieval_metrics
-from projroute.procrustes import GlobalProjection
+from projroute.procrustes import GlobalProjection, cluster_delta
 from projroute.reference import route_weights, unit_rows
 
 #: Shares of the routing weight that :func:`granularity` reports the mean k for.
@@ -332,3 +333,69 @@ def merge_cost(
     P, P_merged = original.project(X), merged.project(X)
     return {"cosine": mean_cosine(P, P_merged), "raw": retrieval_metrics(X, corpus, gold),
             "original": retrieval_metrics(P, corpus, gold), "merged": retrieval_metrics(P_merged, corpus, gold)}
+
+
+def analyze(
+    model_path: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    plot: str | os.PathLike[str] | None = None,
+    meta: Sequence[int | str] | None = None,
+    method: str = "kmeans",
+    merge: str = "average",
+    output: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The analysis ``projroute analyze`` prints, as a JSON-able dict: the cluster-count
+    :func:`suggest_n_clusters` on the training pairs of ``data`` (any data spec
+    :func:`projroute.datasets.load_pairs` takes), the routing :func:`granularity` on its
+    held-out queries (``plot``: save the coverage curve), the cost of float16/bfloat16
+    maps and, with ``meta`` (``["auto"]`` or a list of K'), the meta-clustering sweep,
+    writing the suggested merged model to ``output``."""
+    from projroute import datasets
+    from projroute.embed import Encoder, embed_pairs
+    from projroute.serving import load, with_weights_dtype
+
+    if meta and "auto" in meta and len(meta) > 1:
+        raise ValueError("--meta takes 'auto' or a list of integers, not both")
+    if output and not meta:
+        raise ValueError("-o writes a merged model: give --meta too")
+    model = load(model_path)
+    config = json.loads(model.config)
+    pairs, ev = datasets.load_pairs(data), datasets.load_eval(data)
+    encoder = Encoder()
+    Q, A, _, _ = embed_pairs(pairs, encoder)
+    E = encoder.encode(ev.queries + ev.corpus)
+    X, C = E[: len(ev)], E[len(ev) :]
+    cluster_on = config.get("fit", {}).get("cluster_on", "answers")
+    result: dict[str, Any] = {
+        "model": model_path, "kind": model.kind, "data": data, "pairs": len(pairs),
+        "queries": len(ev), "corpus": len(ev.corpus), "cluster_on": cluster_on,
+        "suggestion": suggest_n_clusters(A if cluster_on == "answers" else Q),
+        "granularity": granularity(model, X), "plot": plot, "meta": None,
+    }
+    if plot:
+        plot_coverage(result["granularity"]["curve"], plot, result["granularity"]["top_k"])
+    W = model.tensors().get("W")
+    w_size = 0 if W is None else W.size
+    result["precision"] = {}
+    for dtype in ("float16", "bfloat16") if w_size else ():
+        cost = merge_cost(model, with_weights_dtype(model, dtype), X, C, ev.gold)
+        result["precision"][dtype] = {"cosine": cost["cosine"], "w_bytes": w_size * 2,
+                                      **{k: cost["merged"][k] for k in ("hit@1", "mrr")}}
+    if meta:
+        K = result["granularity"]["n_clusters"]
+        candidates = meta_candidates(K) if list(meta) == ["auto"] else [int(k) for k in meta]
+        sweep = suggest_meta(model, X, candidates, method, random_state=seed)
+        for row in sweep["rows"]:
+            merged = meta_cluster(model, row["n_meta"], method, merge, Q, A, random_state=seed)
+            cost = merge_cost(model, merged, X, C, ev.gold)
+            row.update(cosine=cost["cosine"], **{k: cost["merged"][k] for k in ("hit@1", "mrr")})
+            if row["n_meta"] == sweep["suggested"] and output:
+                merged.save(output)
+        # Model files store no pair labels: a refit assigns pairs to the nearest centroid.
+        sweep.update(method=method, merge=merge, output=output,
+                     pair_labels="nearest centroid" if merge == "refit" else None,
+                     **{k: {m: cost[k][m] for m in ("hit@1", "mrr")} for k in ("raw", "original")})
+        result["meta"] = sweep
+    return result

@@ -13,39 +13,30 @@ import inspect
 import json
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 import projroute
 from projroute import datasets, serving
-from projroute._estimator import Projection
-from projroute.embed import Encoder
-from projroute.report import evaluate, format_table
+from projroute.embed import Encoder, embed_pairs
+from projroute.evaluation import evaluate, format_table
+from projroute.federated import FederatedProjection
+from projroute.lda import LdaProjection
+from projroute.procrustes import GlobalProjection
 
-ESTIMATORS = {
-    "global": projroute.GlobalProjection,
-    "federated": projroute.FederatedProjection,
-    "lda": projroute.LdaProjection,
+ESTIMATORS: dict[str, type[GlobalProjection | FederatedProjection | LdaProjection]] = {
+    "global": GlobalProjection,
+    "federated": FederatedProjection,
+    "lda": LdaProjection,
 }
 SHOWN_ROUTES = 5
 USER_ERRORS = (OSError, ValueError, ImportError, projroute.ProjrouteError)
 
 
 # --- helpers ------------------------------------------------------------------------
-
-
-def embed_pairs(
-    pairs: datasets.Pairs, encoder: Encoder
-) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-    """Embed pairs in one encoder call: Q (n, D) and A (n, D) float32 for the n pairs,
-    the distinct answer texts (first-seen order, length m) and their embeddings (m, D)."""
-    texts = list(dict.fromkeys(pairs.answers))
-    X = encoder.encode(pairs.questions + texts)
-    Q, C = X[: len(pairs)], X[len(pairs) :]
-    row = {t: i for i, t in enumerate(texts)}
-    return Q, C[[row[a] for a in pairs.answers]], texts, C
 
 
 def read_questions(path: Path) -> list[str]:
@@ -80,7 +71,7 @@ def read_queries(path: Path) -> np.ndarray:
     raise ValueError(f"{path}: expected a .npy, .jsonl or .txt file")
 
 
-def human_size(n: int) -> str:
+def human_size(n: float) -> str:
     """A byte count as e.g. "1.4 MiB"."""
     for unit in ("B", "KiB", "MiB"):
         if n < 1024:
@@ -98,7 +89,7 @@ def one_line(text: str, width: int = 100) -> str:
 # --- fit ------------------------------------------------------------------------------
 
 
-def make_estimator(args: argparse.Namespace) -> Projection:
+def make_estimator(args: argparse.Namespace) -> GlobalProjection | FederatedProjection | LdaProjection:
     """The estimator of ``--kind`` with the options given; an option the kind does not take is an error."""
     cls = ESTIMATORS[args.kind]
     given = {
@@ -131,7 +122,7 @@ def cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
         est.save(args.output, weights_dtype=args.weights_dtype)
     else:
         est.save(args.output, answers=C, answer_texts=texts, weights_dtype=args.weights_dtype)
-    config = json.loads(projroute.load(args.output).config)
+    config = est.config_
     return {
         "kind": args.kind,
         "data": args.data,
@@ -178,6 +169,7 @@ def show_project(r: dict[str, Any]) -> str:
 def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     model = projroute.load(args.model)
     encoder = Encoder()
+    texts: list[str] | None
     if args.data:
         texts = list(dict.fromkeys(datasets.load_pairs(args.data).answers))
         index = projroute.FlatIndex(encoder.encode(texts))
@@ -281,49 +273,8 @@ def show_distill(r: dict[str, Any]) -> str:
 def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
     from projroute import analysis
 
-    if args.meta and "auto" in args.meta and len(args.meta) > 1:
-        raise ValueError("--meta takes 'auto' or a list of integers, not both")
-    if args.output and not args.meta:
-        raise ValueError("-o writes a merged model: give --meta too")
-    model = projroute.load(args.model)
-    config = json.loads(model.config)
-    pairs, ev = datasets.load_pairs(args.data), datasets.load_eval(args.data)
-    encoder = Encoder()
-    Q, A, _, _ = embed_pairs(pairs, encoder)
-    E = encoder.encode(ev.queries + ev.corpus)
-    X, C = E[: len(ev)], E[len(ev) :]
-    cluster_on = config.get("fit", {}).get("cluster_on", "answers")
-    result: dict[str, Any] = {
-        "model": args.model, "kind": model.kind, "data": args.data, "pairs": len(pairs),
-        "queries": len(ev), "corpus": len(ev.corpus), "cluster_on": cluster_on,
-        "suggestion": analysis.suggest_n_clusters(A if cluster_on == "answers" else Q),
-        "granularity": analysis.granularity(model, X), "plot": args.plot, "meta": None,
-    }
-    if args.plot:
-        analysis.plot_coverage(result["granularity"]["curve"], args.plot, result["granularity"]["top_k"])
-    W = model.tensors().get("W")
-    result["precision"] = {}
-    for dtype in ("float16", "bfloat16") if W is not None else ():
-        cost = analysis.merge_cost(model, projroute.with_weights_dtype(model, dtype), X, C, ev.gold)
-        result["precision"][dtype] = {"cosine": cost["cosine"], "w_bytes": W.size * 2,
-                                      **{k: cost["merged"][k] for k in ("hit@1", "mrr")}}
-    if args.meta:
-        K = result["granularity"]["n_clusters"]
-        candidates = analysis.meta_candidates(K) if args.meta == ["auto"] else args.meta
-        meta = analysis.suggest_meta(model, X, candidates, args.method, random_state=args.seed)
-        for row in meta["rows"]:
-            merged = analysis.meta_cluster(model, row["n_meta"], args.method, args.merge, Q, A,
-                                           random_state=args.seed)
-            cost = analysis.merge_cost(model, merged, X, C, ev.gold)
-            row.update(cosine=cost["cosine"], **{k: cost["merged"][k] for k in ("hit@1", "mrr")})
-            if row["n_meta"] == meta["suggested"] and args.output:
-                merged.save(args.output)
-        # Model files store no pair labels: a refit assigns pairs to the nearest centroid.
-        meta.update(method=args.method, merge=args.merge, output=args.output,
-                    pair_labels="nearest centroid" if args.merge == "refit" else None,
-                    **{k: {m: cost[k][m] for m in ("hit@1", "mrr")} for k in ("raw", "original")})
-        result["meta"] = meta
-    return result
+    return analysis.analyze(args.model, args.data, plot=args.plot, meta=args.meta, method=args.method,
+                            merge=args.merge, output=args.output, seed=args.seed)
 
 
 def show_analyze(r: dict[str, Any]) -> str:
@@ -489,10 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def error_message(e: BaseException) -> str:
     """One line describing a user error."""
-    if isinstance(e, OSError) and e.filename:
-        text = f"{e.strerror or e}: {e.filename}"
-    else:
-        text = str(e) or type(e).__name__
+    text = f"{e.strerror or e}: {e.filename}" if isinstance(e, OSError) and e.filename else str(e) or type(e).__name__
     return " ".join(text.split())
 
 

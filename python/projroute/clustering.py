@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from projroute.reference import unit_rows
+
 
 def effective_rank(X: np.ndarray) -> float:
     """``(sum s)^2 / sum s^2`` of the singular values ``s`` of ``X`` (n, d)."""
@@ -29,8 +31,7 @@ def cluster_pairs(
     answers or questions; ``n_clusters="auto"`` is the effective rank of those."""
     if cluster_on not in ("answers", "questions"):
         raise ValueError(f"cluster_on must be 'answers' or 'questions', got {cluster_on!r}")
-    X = np.asarray(A if cluster_on == "answers" else Q, dtype=np.float32)
-    X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    X = unit_rows(A if cluster_on == "answers" else Q)
     return kmeans_labels(X, resolve_n_clusters(n_clusters, X), random_state)
 
 

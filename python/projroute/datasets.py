@@ -15,26 +15,26 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 __all__ = [
-    "Pairs",
     "EvalSet",
+    "Pairs",
     "data_dir",
+    "demo",
+    "load_eval",
     "load_jsonl",
-    "save_jsonl",
+    "load_pairs",
     "pairs_to_eval",
+    "save_jsonl",
     "split_by_question",
     "stackfaq",
     "trecqa",
-    "demo",
-    "load_pairs",
-    "load_eval",
 ]
 
 ENV_DATA = "PROJROUTE_DATA"
@@ -96,17 +96,13 @@ class EvalSet:
 
 
 def data_dir(path: PathLike | None = None) -> Path:
-    """Locate the shared data directory.
-
-    Tried in order: ``path``; the environment variable ``PROJROUTE_DATA``;
-    ``../shared/data`` from the working directory; ``shared/data`` beside the
-    repository checkout that holds this file. An explicit ``path`` or
-    ``PROJROUTE_DATA`` that does not exist is an error, not a fall-through.
+    """The data directory holding ``stackfaq/`` and ``trecqa/``: ``path``, or else the
+    environment variable ``PROJROUTE_DATA``. The library guesses no location.
 
     Raises
     ------
     FileNotFoundError
-        If no candidate directory exists.
+        If neither is given, or the one given is not a directory.
     """
     if path is not None:
         p = Path(path)
@@ -116,21 +112,13 @@ def data_dir(path: PathLike | None = None) -> Path:
             )
         return p
     env = os.environ.get(ENV_DATA)
-    if env:
-        p = Path(env)
-        if not p.is_dir():
-            raise FileNotFoundError(f"{ENV_DATA}={env} is not a directory")
-        return p
-    repo = Path(__file__).resolve().parents[2]  # <repo>/python/projroute/datasets.py
-    candidates = [Path.cwd().parent / "shared" / "data", repo.parent / "shared" / "data"]
-    for p in candidates:
-        if p.is_dir():
-            return p
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"no data directory found (tried {tried}); set {ENV_DATA} to the folder "
-        "holding stackfaq/ and trecqa/"
-    )
+    if not env:
+        raise FileNotFoundError(f"no data directory: set {ENV_DATA} to the folder holding stackfaq/ and trecqa/, "
+                                "or pass its path")
+    p = Path(env)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{ENV_DATA}={env} is not a directory")
+    return p
 
 
 def load_jsonl(path: PathLike) -> Pairs:
@@ -231,7 +219,7 @@ def split_by_question(pairs: Pairs, frac: float = 0.1, seed: int = 0) -> tuple[P
     unique = list(dict.fromkeys(pairs.questions))
     if len(unique) < 2:
         raise ValueError("need at least two distinct questions to split")
-    n_out = min(max(int(round(frac * len(unique))), 1), len(unique) - 1)
+    n_out = min(max(round(frac * len(unique)), 1), len(unique) - 1)
     rng = np.random.default_rng(seed)
     held = {unique[i] for i in rng.choice(len(unique), size=n_out, replace=False)}
     mask = [q in held for q in pairs.questions]
@@ -419,7 +407,7 @@ def load_pairs(spec: PathLike) -> Pairs:
     TREC QA ``train.csv``, or a ``.jsonl`` file.
     """
     kind, path = _resolve(spec)
-    if kind == "jsonl":
+    if kind == "jsonl" and path is not None:
         return load_jsonl(path)
     return {"demo": demo, "stackfaq": stackfaq, "trecqa": trecqa}[kind](path)[0]
 
@@ -430,6 +418,6 @@ def load_eval(spec: PathLike) -> EvalSet:
     TREC QA gives its test split; a ``.jsonl`` file goes through :func:`pairs_to_eval`.
     """
     kind, path = _resolve(spec)
-    if kind == "jsonl":
+    if kind == "jsonl" and path is not None:
         return pairs_to_eval(load_jsonl(path))
     return {"demo": demo, "stackfaq": stackfaq, "trecqa": trecqa}[kind](path)[1]

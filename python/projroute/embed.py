@@ -12,14 +12,18 @@ import re
 import uuid
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .metrics import normalize
+from projroute.reference import unit_rows
 
-__all__ = ["Encoder", "DEFAULT_MODEL"]
+if TYPE_CHECKING:
+    from projroute.datasets import Pairs
+
+__all__ = ["DEFAULT_MODEL", "Encoder"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 ENV_CACHE = "PROJROUTE_CACHE"
@@ -77,7 +81,7 @@ class Encoder:
             tag = f"{re.sub(r'[^A-Za-z0-9._-]+', '_', self.model_path.name)}-{digest}"
         root = cache_dir or os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "projroute"
         self.cache_dir = Path(root) / tag
-        self._model = None
+        self._model: Any = None
         self._index: dict[str, np.ndarray] = {}
         self._loaded: set[str] = set()
 
@@ -113,7 +117,7 @@ class Encoder:
         return np.stack([self._index[k] for k in keys])
 
     def _key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.model_name}\0{text}".encode("utf-8")).hexdigest()
+        return hashlib.sha256(f"{self.model_name}\0{text}".encode()).hexdigest()
 
     def _shards(self) -> list[Path]:
         if not self.cache_dir.is_dir():
@@ -131,7 +135,7 @@ class Encoder:
             except FileNotFoundError:
                 continue  # removed by a concurrent compaction
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-                warnings.warn(f"ignoring unreadable embedding cache shard {path}: {e}")
+                warnings.warn(f"ignoring unreadable embedding cache shard {path}: {e}", stacklevel=2)
                 continue
             self._add(keys, vecs)
             self._loaded.add(path.name)
@@ -206,4 +210,16 @@ class Encoder:
         vecs = np.empty((len(texts), chunks[0].shape[1]), dtype=np.float32)
         vecs[order] = np.concatenate(chunks)
         self.dim = vecs.shape[1]
-        return normalize(vecs)
+        return unit_rows(vecs)
+
+
+def embed_pairs(
+    pairs: Pairs, encoder: Encoder
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Embed pairs in one encoder call: Q (n, D) and A (n, D) float32 for the n pairs,
+    the distinct answer texts (first-seen order, length m) and their embeddings (m, D)."""
+    texts = list(dict.fromkeys(pairs.answers))
+    X = encoder.encode(pairs.questions + texts)
+    Q, C = X[: len(pairs)], X[len(pairs) :]
+    row = {t: i for i, t in enumerate(texts)}
+    return Q, C[[row[a] for a in pairs.answers]], texts, C

@@ -7,28 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from projroute._estimator import Projection, check_pairs, check_temperature, resolve_top_k
+from projroute._estimator import RoutedProjection, check_pairs, check_temperature, resolve_top_k
 from projroute.clustering import cluster_pairs
-from projroute.procrustes import GlobalProjection
+from projroute.procrustes import GlobalProjection, cluster_delta
 from projroute.reference import blend_maps, route_questions, route_weights, routing_entropy, unit_rows
 from projroute.validation import SHRINKAGE_GRID, RetrievalTask, choose_shrinkage
 
 
-def cluster_delta(Qc: np.ndarray, Ac: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """The minimal correction ``P (R - base)`` of one cluster, shape (d, d).
-
-    ``R`` is the Procrustes rotation of the cluster's pairs Qc, Ac (n_c, d) and ``P``
-    projects onto the span of its questions, so ``base + delta`` equals ``base``
-    outside that span: only the directions the cluster's data determine are changed.
-    Computed in the span (rank r <= n_c): ``U_q (u v^T - U_q^T base)``.
-    """
-    U, s, _ = np.linalg.svd(np.asarray(Qc, np.float64).T, full_matrices=False)
-    Uq = U[:, : int((s > s[0] * 1e-6).sum())]
-    u, _, vt = np.linalg.svd((np.asarray(Qc, np.float64) @ Uq).T @ Ac, full_matrices=False)
-    return Uq @ (u @ vt - Uq.T @ base)
-
-
-class FederatedProjection(Projection):
+class FederatedProjection(RoutedProjection):
     """Per-cluster Procrustes maps blended by softmax routing.
 
     Fitting: k-means on the answers (or questions) into ``n_clusters`` clusters

@@ -6,12 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from projroute._estimator import Projection, check_pairs, check_temperature, resolve_top_k
+from projroute._estimator import RoutedProjection, check_pairs, check_temperature, resolve_top_k
 from projroute.clustering import cluster_pairs
 from projroute.reference import unit_rows
 
 
-class LdaProjection(Projection):
+class LdaProjection(RoutedProjection):
     """One head per k-means cluster, each with a centroid and an answer embedding.
 
     ``p = sum_k softmax(cos(q, c_k) / T)_k a_k`` over all heads (``top_k=None``, the

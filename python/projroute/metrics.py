@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["normalize", "query_ranks", "retrieval_metrics", "mean_cosine"]
+from projroute.reference import unit_rows
+
+__all__ = ["mean_cosine", "query_ranks", "retrieval_metrics"]
 
 # Upper bound on score-matrix entries computed at once (~32 MB of float64).
 _CHUNK_ENTRIES = 1 << 22
-
-
-def normalize(X: np.ndarray) -> np.ndarray:
-    """L2-normalise rows; all-zero rows stay zero.
-
-    Parameters
-    ----------
-    X : array_like of shape (n, d)
-
-    Returns
-    -------
-    np.ndarray of shape (n, d)
-        Floating dtype of ``X`` (float32 stays float32; integers become float64).
-    """
-    X = np.asarray(X)
-    if not np.issubdtype(X.dtype, np.floating):
-        X = X.astype(np.float64)
-    norms = np.linalg.norm(X, axis=-1, keepdims=True)
-    return X / np.where(norms > 0, norms, 1).astype(X.dtype)
 
 
 def _gold_matrix(gold: Sequence[Sequence[int]], m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +49,7 @@ def query_ranks(P: np.ndarray, corpus: np.ndarray, gold: Sequence[Sequence[int]]
         query's best-scoring gold item (ties count in the query's favour; an
         all-zero query ties with everything and gets rank 1).
     """
-    Q, C = normalize(P), normalize(corpus)
+    Q, C = unit_rows(P, dtype=None), unit_rows(corpus, dtype=None)
     if Q.ndim != 2 or C.ndim != 2 or Q.shape[1] != C.shape[1]:
         raise ValueError(f"P {Q.shape} and corpus {C.shape} must be 2-D with equal widths")
     if len(gold) != len(Q):
@@ -79,7 +62,7 @@ def query_ranks(P: np.ndarray, corpus: np.ndarray, gold: Sequence[Sequence[int]]
     for s in range(0, len(Q), step):
         S = Q[s : s + step] @ C.T
         best = np.where(mask[s : s + step], np.take_along_axis(S, idx[s : s + step], 1), -np.inf)
-        ranks[s : s + step] = 1 + (S > best.max(axis=1, keepdims=True)).sum(axis=1)
+        ranks[s : s + step] = 1 + (best.max(axis=1, keepdims=True) < S).sum(axis=1)
     return ranks
 
 
@@ -134,4 +117,4 @@ def mean_cosine(P: np.ndarray, T: np.ndarray) -> float:
         raise ValueError(f"shapes {P.shape} and {T.shape} must be equal and 2-D")
     if len(P) == 0:
         raise ValueError("mean_cosine of empty arrays")
-    return float(np.mean(np.sum(normalize(P) * normalize(T), axis=1, dtype=np.float64)))
+    return float(np.mean(np.sum(unit_rows(P, dtype=None) * unit_rows(T, dtype=None), axis=1, dtype=np.float64)))

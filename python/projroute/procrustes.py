@@ -29,6 +29,20 @@ def least_squares_scale(Q: np.ndarray, A: np.ndarray, R: np.ndarray) -> float:
     return float(np.sum((Q @ R) * A) / np.sum(Q * Q))
 
 
+def cluster_delta(Qc: np.ndarray, Ac: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """The minimal correction ``P (R - base)`` of one cluster, shape (d, d).
+
+    ``R`` is the Procrustes rotation of the cluster's pairs Qc, Ac (n_c, d) and ``P``
+    projects onto the span of its questions, so ``base + delta`` equals ``base``
+    outside that span: only the directions the cluster's data determine are changed.
+    Computed in the span (rank r <= n_c): ``U_q (u v^T - U_q^T base)``.
+    """
+    U, s, _ = np.linalg.svd(np.asarray(Qc, np.float64).T, full_matrices=False)
+    Uq = U[:, : int((s > s[0] * 1e-6).sum())]
+    u, _, vt = np.linalg.svd((np.asarray(Qc, np.float64) @ Uq).T @ Ac, full_matrices=False)
+    return Uq @ (u @ vt - Uq.T @ base)
+
+
 class GlobalProjection(Projection):
     """One orthogonal Procrustes map for every query, shrunk toward the identity.
 

@@ -21,10 +21,15 @@ import math
 import numpy as np
 
 
-def unit_rows(X: np.ndarray) -> np.ndarray:
-    """Rows of ``X`` (n, d) scaled to unit L2 norm, float32."""
-    X = np.asarray(X, dtype=np.float32)
-    return X / np.linalg.norm(X, axis=1, keepdims=True)
+def unit_rows(X: np.ndarray, dtype: type | None = np.float32) -> np.ndarray:
+    """Rows of ``X`` (n, d) scaled to unit L2 norm; all-zero rows stay zero. The
+    result is ``dtype``, or with ``dtype=None`` the floating dtype of ``X`` (float64
+    for integers). The one row normaliser of the package."""
+    X = np.asarray(X, dtype=dtype)
+    if not np.issubdtype(X.dtype, np.floating):
+        X = X.astype(np.float64)
+    norms = np.linalg.norm(X, axis=-1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1).astype(X.dtype)
 
 
 def routing_entropy(W: np.ndarray) -> np.ndarray:

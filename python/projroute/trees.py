@@ -5,7 +5,7 @@ Fitting, shared by both kinds: node ``""`` (the root, and the fallback of every 
 that finds no node) holds the validated :class:`~projroute.GlobalProjection` fitted
 on all pairs. Every other node with at least ``min_pairs`` pairs gets
 ``W_node = W_parent + lambda * P_node (R_node - W_parent)``
-(:func:`projroute.federated.cluster_delta`): the node's Procrustes rotation
+(:func:`projroute.procrustes.cluster_delta`): the node's Procrustes rotation
 ``R_node`` inside the span of its questions (``P_node`` projects onto it), its
 parent's map outside that span, shrunk toward the parent by ``lambda``
 (``shrinkage_``). Plain Procrustes on a node's pairs (fewer than the dimension, as
@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 
 from projroute._estimator import Projection, check_pairs
-from projroute.federated import cluster_delta
-from projroute.procrustes import GlobalProjection
+from projroute.procrustes import GlobalProjection, cluster_delta
 from projroute.reference import project_keyed, resolve_keys
 from projroute.validation import SHRINKAGE_GRID, RetrievalTask, choose_shrinkage, question_groups
 

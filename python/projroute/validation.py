@@ -62,7 +62,7 @@ def cross_validate(
     return np.mean([fold_scores(train, RetrievalTask(Q, A, val)) for train, val in folds], axis=0)
 
 
-def choose(grid: Sequence[float], scores: Sequence[float]) -> float:
+def choose(grid: Sequence[float], scores: Sequence[float] | np.ndarray) -> float:
     """The grid value with the best score; ties go to the earliest (most shrunk)."""
     return float(grid[int(np.argmax(scores))])
 

@@ -10,12 +10,13 @@ from torch import nn
 
 from projroute.distill.student import project_numpy
 from projroute.distill.teacher import Teacher
-from projroute.metrics import mean_cosine, normalize, retrieval_metrics
+from projroute.metrics import mean_cosine, retrieval_metrics
+from projroute.reference import unit_rows
 
 
 def top_k_ids(P: np.ndarray, corpus: np.ndarray, k: int) -> np.ndarray:
     """Indices (n, k) of the k corpus rows (m, D) most cosine-similar to each row of P (n, D)."""
-    S = normalize(np.asarray(P, np.float32)) @ normalize(np.asarray(corpus, np.float32)).T
+    S = unit_rows(P) @ unit_rows(corpus).T
     return np.argpartition(-S, k - 1, axis=1)[:, :k]
 
 

@@ -1,0 +1,88 @@
+"""The projroute model file, Python side: the config header, the names of the optional
+answer index, and the storage types of the maps. Rust serialises and checks
+(``projroute._core.save_file``, ``read_config``); the layout is in ``docs/format.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from projroute import _core
+from projroute._core import FORMAT_VERSION, ModelFormatError
+
+FORMAT = "projroute"
+INDEX_TENSOR = "index.embeddings"
+INDEX_TEXTS = "index.texts"
+WEIGHTS_TENSOR = "W"
+WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
+
+PathLike = str | os.PathLike[str]
+
+
+def header(kind: str, dim_in: int, dim_out: int, **fields: Any) -> dict[str, Any]:
+    """The config of a model of ``kind`` mapping ``dim_in`` to ``dim_out`` dimensions,
+    with the kind's own ``fields`` (routing parameters, ``fit`` record, ...)."""
+    return {"format": FORMAT, "version": FORMAT_VERSION, "kind": kind, "dim_in": int(dim_in),
+            "dim_out": int(dim_out), **fields}
+
+
+def with_weights_dtype(config: Mapping[str, Any], tensors: Mapping[str, Any], weights_dtype: str) -> dict[str, Any]:
+    """``config`` with its maps ``W`` stored as ``weights_dtype`` (unchanged for kinds
+    without ``W``); ValueError for a dtype other than float32, float16 or bfloat16."""
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
+    if WEIGHTS_TENSOR not in tensors:
+        return dict(config)
+    return {**config, "weights_dtype": weights_dtype}
+
+
+def save(
+    path: PathLike,
+    tensors: Mapping[str, np.ndarray],
+    config: Mapping[str, Any],
+    *,
+    answers: np.ndarray | None = None,
+    answer_texts: list[str] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write one model file: ``tensors`` (name -> float array) under ``config`` (a
+    :func:`header`), optionally with a searchable answer corpus ``answers`` (N, dim_out)
+    and its texts. One call into the Rust serialiser, which checks everything."""
+    tensors = dict(tensors)
+    metadata = dict(metadata or {})
+    if answers is not None:
+        tensors[INDEX_TENSOR] = np.asarray(answers, dtype=np.float32)
+        if answer_texts is not None:
+            if len(answer_texts) != len(answers):
+                raise ValueError("answer_texts and answers differ in length")
+            metadata[INDEX_TEXTS] = json.dumps(list(answer_texts))
+    _core.save_file(tensors, json.dumps(config), os.fspath(path), metadata)
+
+
+def read_config(path: PathLike, kind: str | None = None) -> dict[str, Any]:
+    """The config of a model file (its header only), checked by Rust; with ``kind``,
+    ModelFormatError unless the file is of that kind."""
+    config: dict[str, Any] = json.loads(_core.read_config(os.fspath(path)))
+    if kind is not None and config["kind"] != kind:
+        raise ModelFormatError(f"{path}: a {config['kind']!r} model, not a {kind!r} one")
+    return config
+
+
+# TEMPORARY (removed when the Rust save_file/read_config land): the same behaviour
+# through the existing Projector API, so that Python callers can move to this module now.
+if not hasattr(_core, "save_file"):
+
+    def _save_file(tensors: dict, config: str, path: str, metadata: dict) -> None:
+        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+        _core.Projector.from_tensors(arrays, config, metadata).save(path)
+
+    def _read_config(path: str) -> str:
+        return _core.Projector.load(path).config
+
+    _core.save_file = _save_file  # type: ignore[attr-defined]
+    _core.read_config = _read_config  # type: ignore[attr-defined]
