@@ -5,7 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: demo test test-rust test-python build bench bench-python bench-rust clean
+# The real data sets (slow tests, benchmarks, scripts): read in place, never copied.
+export PROJROUTE_DATA ?= $(abspath ../shared/data)
+
+.PHONY: demo test test-rust test-python lint build bench bench-python bench-rust clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +33,16 @@ test-rust:
 
 test-python: build
 	$(PY) -m pytest -q
+
+# Every habit CI checks: ruff lint and format, the type check of the public Python
+# API (py.typed, _core.pyi), rustfmt and clippy (with and without candle).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p projroute --all-targets --features candle -- -D warnings
 
 bench: bench-python bench-rust
 
