@@ -14,6 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
+from helpers import random_model, unit  # noqa: E402
+
 import projroute as pr  # noqa: E402
 from projroute.distill import (  # noqa: E402
     MLPBaseline,
@@ -33,8 +35,6 @@ from projroute.distill.train import (  # noqa: E402
     split_queries,
 )
 from projroute.metrics import mean_cosine  # noqa: E402
-
-from helpers import random_model, unit  # noqa: E402
 
 D = 32
 SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 2, "num_keys": 8, "ffn_dim": 64}
@@ -174,7 +174,8 @@ def test_export_round_trip(tmp_path):
 
     with safe_open(str(path), framework="np") as f:
         config = json.loads(f.metadata()["projroute"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        names = f.keys()
+        tensors = {k: f.get_tensor(k) for k in names}
     assert set(tensors) == set(m.state_dict())
     assert all(t.dtype == np.float32 and t.flags.c_contiguous for t in tensors.values())
     assert config["format"] == "projroute" and config["version"] == pr.FORMAT_VERSION
@@ -198,9 +199,9 @@ def test_distill_result_saves_its_record(tmp_path, synthetic):
     teacher, Q, _, _ = synthetic
     r = distill(teacher, Q, **FAST)
     r.save(tmp_path / "s.safetensors")
-    from projroute.distill.export import read_config
+    from projroute._format import read_config
 
-    fit = read_config(tmp_path / "s.safetensors")["fit"]
+    fit = read_config(tmp_path / "s.safetensors", "transformer")["fit"]
     assert fit["teacher"] == {"kind": "federated", "parameters": 8 * D * D + 8 * D}
     assert fit["compression"] == pytest.approx(r.compression)
     assert fit["settings"]["epochs"] == 3
@@ -215,7 +216,7 @@ def test_distill_result_saves_its_record(tmp_path, synthetic):
 @pytest.mark.parametrize("kind", ["global", "federated", "lda"])
 def test_teacher_parameter_counts(kind, tmp_path):
     rng = np.random.default_rng(0)
-    model, tensors, _ = random_model(kind, rng, d=16, K=6)
+    model, _, _ = random_model(kind, rng, d=16, K=6)
     want = {"global": 16 * 16 + 16, "federated": 6 * 16 * 16 + 6 * 16, "lda": 2 * 6 * 16}[kind]
     assert Teacher(model).n_parameters == want
     model.save(str(tmp_path / "m.safetensors"))
@@ -393,7 +394,7 @@ def test_bad_arguments(synthetic):
 
 
 def test_fidelity_of_the_teacher_itself(synthetic):
-    teacher, Q, A, X = synthetic
+    teacher, _, A, X = synthetic
     gold = [[i] for i in range(len(X))]
     fid = fidelity(teacher, teacher, X, A[: len(X)], gold)
     assert fid["cosine"] == pytest.approx(1.0) and fid["mse"] == 0.0 and fid["overlap@10"] == 1.0

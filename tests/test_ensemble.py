@@ -12,22 +12,22 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from helpers import random_model, unit  # noqa: E402
+
 import projroute as pr  # noqa: E402
-from projroute.distill import ProjectionTransformer, save_student  # noqa: E402
-from projroute.distill.ensemble import (  # noqa: E402
-    DomainTeacher,
+from projroute.distill import (  # noqa: E402
+    ProjectionTransformer,
     TransformerEnsemble,
     distill_ensemble,
-    domain_mass,
     load_ensemble,
+    project_numpy,
     save_ensemble,
-    top_k_softmax,
+    save_student,
 )
-from projroute.distill.student import project_numpy  # noqa: E402
+from projroute.distill.student import top_k_softmax  # noqa: E402
+from projroute.distill.teacher import DomainTeacher, domain_mass  # noqa: E402
 from projroute.metrics import mean_cosine  # noqa: E402
 from projroute.reference import route_weights  # noqa: E402
-
-from helpers import random_model, unit  # noqa: E402
 
 ARCH = dict(d_model=32, n_heads=4, n_layers=2, num_keys=8, ffn_dim=48)
 D_IN, D_OUT = 24, 20
@@ -118,7 +118,8 @@ def test_save_load_round_trip(tmp_path):
     with safe_open(path, "pt") as f:
         config = json.loads(f.metadata()["projroute"])
         assert set(f.keys()) == set(ens.state_dict())
-        assert all(f.get_tensor(k).dtype == torch.float32 for k in f.keys())
+        names = f.keys()
+        assert all(f.get_tensor(k).dtype == torch.float32 for k in names)
     assert set(config) == {"format", "version", "kind", "dim_in", "dim_out", "transformer", "ensemble", "fit"}
     assert config["kind"] == "transformer_ensemble" and config["version"] == pr.FORMAT_VERSION
     assert config["ensemble"] == {"n_domains": 3, "top_k": 2, "router_hidden": 16}

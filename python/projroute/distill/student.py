@@ -1,13 +1,18 @@
-"""Student networks: a cross-attention transformer over learned keys (exported to Rust)
-and an MLP baseline (for comparison only).
+"""Student networks: a cross-attention transformer over learned keys, an ensemble of
+them mixed by a router (both exported to Rust), and an MLP baseline (for comparison only).
 
-Both map one query embedding (B, D_in) to (B, D_out) as ``skip(x) + residual(x)``: a
-bias-free linear path, since the teachers are close to linear, plus a non-linear
-correction.
+A student maps one query embedding (B, D_in) to (B, D_out) as ``skip(x) + residual(x)``:
+a bias-free linear path, since the teachers are close to linear, plus a non-linear
+correction. The ensemble mixes M such students::
+
+    logits = router(x)                      router = Linear -> GELU -> Linear
+    w      = softmax(top_k(logits))         others 0; top_k = M mixes all
+    y      = sum_d w_d * students[d](x)
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -149,7 +154,7 @@ class MLPBaseline(nn.Module):
         super().__init__()
         self.dim_in, self.dim_out, self.hidden, self.n_layers = dim_in, dim_out, hidden, n_layers
         widths = [dim_in] + [hidden] * n_layers
-        self.layers = nn.ModuleList([nn.Linear(a, b) for a, b in zip(widths, widths[1:])])
+        self.layers = nn.ModuleList([nn.Linear(a, b) for a, b in itertools.pairwise(widths)])
         self.output = nn.Linear(hidden, dim_out)
         self.skip = nn.Linear(dim_in, dim_out, bias=False)
         zero_init_(self.output)
@@ -164,6 +169,98 @@ class MLPBaseline(nn.Module):
     def config(self) -> dict[str, int]:
         """The architecture: hidden, n_layers."""
         return {"hidden": self.hidden, "n_layers": self.n_layers}
+
+    def n_parameters(self) -> int:
+        """Number of scalar parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask (B, M) of the ``k`` largest logits of each row, ties to the lower index."""
+    M = logits.shape[1]
+    if k >= M:
+        return torch.ones_like(logits, dtype=torch.bool)
+    order = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :k]
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    return mask.scatter_(1, order, True)
+
+
+def top_k_softmax(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Weights (B, M): softmax over each row's ``k`` largest logits, 0 elsewhere."""
+    if k >= logits.shape[1]:
+        return torch.softmax(logits, dim=1)
+    kept = logits.masked_fill(~top_k_mask(logits, k), -math.inf)
+    return torch.softmax(kept, dim=1)
+
+
+class TransformerEnsemble(nn.Module):
+    """``y = sum_d w_d(x) * students[d](x)``, ``w = softmax(top_k(router(x)))``.
+
+    Parameters
+    ----------
+    dim_in, dim_out : int
+        Query and output embedding dimensions.
+    n_domains : int
+        Number of domain students M.
+    top_k : int
+        Domains mixed per query, 1..M (M: dense mixing).
+    router_hidden : int
+        Hidden width of the router MLP ``Linear(dim_in, H) -> GELU -> Linear(H, M)``.
+    **student_arch
+        Keyword arguments of every :class:`ProjectionTransformer` student.
+    """
+
+    def __init__(
+        self, dim_in: int, dim_out: int, n_domains: int, top_k: int, router_hidden: int = 128, **student_arch: int
+    ) -> None:
+        super().__init__()
+        if n_domains < 1:
+            raise ValueError(f"n_domains must be >= 1, got {n_domains}")
+        if not 1 <= top_k <= n_domains:
+            raise ValueError(f"top_k must lie in 1..n_domains={n_domains}, got {top_k}")
+        if router_hidden < 1:
+            raise ValueError(f"router_hidden must be >= 1, got {router_hidden}")
+        self.dim_in, self.dim_out = dim_in, dim_out
+        self.n_domains, self.top_k, self.router_hidden = n_domains, top_k, router_hidden
+        self.router = nn.Sequential(nn.Linear(dim_in, router_hidden), nn.GELU(), nn.Linear(router_hidden, n_domains))
+        self.students = nn.ModuleList(
+            [ProjectionTransformer(dim_in, dim_out, **student_arch) for _ in range(n_domains)]
+        )
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Mixing weights (B, M) of queries x (B, dim_in): ``top_k`` nonzero per row, summing to 1."""
+        return top_k_softmax(self.router(x), self.top_k)
+
+    def student_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Every student's output (B, M, dim_out)."""
+        return torch.stack([s(x) for s in self.students], dim=1)
+
+    def forward(
+        self, x: torch.Tensor, return_logits: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x (B, dim_in) -> y (B, dim_out), and with ``return_logits`` the router logits (B, M).
+
+        Only the rows a student is selected for are run through it (as the Rust core does).
+        """
+        logits = self.router(x)
+        w = top_k_softmax(logits, self.top_k)
+        if self.top_k >= self.n_domains:
+            y = (w.unsqueeze(-1) * self.student_outputs(x)).sum(dim=1)
+        else:
+            y = x.new_zeros(len(x), self.dim_out)
+            for d, student in enumerate(self.students):
+                rows = torch.nonzero(w[:, d] > 0).squeeze(1)
+                if len(rows):
+                    y = y.index_add(0, rows, w[rows, d, None] * student(x[rows]))
+        return (y, logits) if return_logits else y
+
+    def student_config(self) -> dict[str, int]:
+        """The students' architecture (``ProjectionTransformer.config()``)."""
+        return self.students[0].config()
+
+    def config(self) -> dict[str, int]:
+        """The ensemble section: n_domains, top_k, router_hidden."""
+        return {"n_domains": self.n_domains, "top_k": self.top_k, "router_hidden": self.router_hidden}
 
     def n_parameters(self) -> int:
         """Number of scalar parameters."""

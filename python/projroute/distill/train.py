@@ -2,13 +2,12 @@
 
 Each epoch trains on the training queries plus freshly augmented queries, all
 labelled by the teacher (projection, and routing where used); a held-out part of
-the queries drives early stopping on the mean student-teacher cosine.
+the queries drives early stopping on the mean student-teacher cosine. The epochs run
+in :func:`projroute.distill.loop.train`.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -17,19 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from projroute.clustering import kmeans_labels
 from projroute.distill import augment as augmentation
-from projroute.distill.student import ProjectionTransformer, project_numpy
+from projroute.distill.loop import as_queries, kl_divergence, output_losses, plot_history, split_queries, train
+from projroute.distill.student import ProjectionTransformer
 from projroute.distill.teacher import Teacher
-from projroute.metrics import mean_cosine
 from projroute.reference import routing_entropy, unit_rows
 
 IMPORTANCE = ("uniform", "entropy")
-WARMUP = 0.05  # share of the optimiser steps with a linear learning-rate warm-up
-AUTO_EPOCH_SIZE = 8192  # queries per epoch that augment_ratio="auto" aims at
 
 
 @dataclass
@@ -72,8 +68,9 @@ class DistillResult:
         val = self.history["val_cosine"]
         return val[self.best_epoch] if val else None
 
-    def fit_info(self) -> dict[str, Any]:
-        """JSON-able record of the run, stored as the ``fit`` field of an exported file."""
+    def fit_info(self, **context: Any) -> dict[str, Any]:
+        """The student's ``fit`` record, stored in its model file: teacher, sizes, training
+        summary and settings, plus ``context`` (JSON-able, e.g. the data set) as given."""
         return {
             "teacher": {"kind": self.teacher_kind, "parameters": self.teacher_parameters},
             "student_parameters": self.n_parameters,
@@ -84,13 +81,15 @@ class DistillResult:
             "final_train_loss": self.history["train_loss"][self.best_epoch],
             "seconds": round(self.seconds, 2),
             "settings": self.settings,
+            **context,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Export the student with :func:`projroute.distill.save_student`."""
+    def save(self, path: str | os.PathLike[str], **context: Any) -> None:
+        """Export the student with :func:`projroute.distill.save_student` and its
+        :meth:`fit_info` record (with ``context``)."""
         from projroute.distill.export import save_student
 
-        save_student(self.student, path, self.fit_info())
+        save_student(self.student, path, self.fit_info(**context))
 
 
 def key_groups(centroids: np.ndarray, num_keys: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,35 +147,6 @@ def fit_skip(student: nn.Module, X: np.ndarray, T: np.ndarray) -> None:
     student.skip.weight.copy_(torch.from_numpy(W.T.astype(np.float32)))
 
 
-def plot_history(history: Mapping[str, Sequence[float]], best_epoch: int, path: str | os.PathLike[str]) -> None:
-    """Save a PNG of the train loss (log scale) and the validation cosine per epoch."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.add_subplot()
-    epochs = np.arange(1, len(history["train_loss"]) + 1)
-    ax.plot(epochs, history["train_loss"], color="tab:blue", label="train loss")
-    ax.set(xlabel="epoch", ylabel="train loss", yscale="log")
-    if history["val_cosine"]:
-        ax2 = ax.twinx()
-        ax2.plot(epochs, history["val_cosine"], color="tab:orange", label="val cosine")
-        ax2.axvline(best_epoch + 1, color="gray", linestyle=":", label="best epoch")
-        ax2.set_ylabel("validation cosine to teacher")
-        fig.legend(loc="outside upper center", ncols=3)
-    fig.savefig(os.fspath(path), dpi=120)
-
-
-def split_queries(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (train, validation) row indices of n queries; no validation for fraction 0."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
-    n_val = 0 if val_fraction == 0 else max(1, int(round(val_fraction * n)))
-    if n - n_val < 1:
-        raise ValueError(f"{n} queries leave nothing to train on with val_fraction={val_fraction}")
-    order = rng.permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
 def build_student(student: nn.Module | Mapping[str, Any] | None, dim_in: int, dim_out: int) -> nn.Module:
     """The given module, or a ProjectionTransformer from keyword arguments (or defaults)."""
     if isinstance(student, nn.Module):
@@ -191,34 +161,19 @@ def sample_losses(
     group_route: torch.Tensor | None,
     weights: Mapping[str, float],
 ) -> torch.Tensor:
-    """Per-sample loss (B,): ``mse * |s - t|^2 + cos * (1 - cos(s, t)) + routing * KL``.
+    """Per-sample loss (B,) of queries x (B, D_in) against teacher outputs t (B, D_out):
+    :func:`~projroute.distill.loop.output_losses` ``+ routing * KL``.
 
-    The squared error is summed over the output dimensions (the MSE times D_out), on
-    the scale of ``1 - cos`` for unit outputs. ``group_route`` (B, num_keys) is the
-    teacher's routing summed per key group; the KL is against the first block's
-    attention averaged over heads.
+    ``group_route`` (B, num_keys) is the teacher's routing summed per key group; the KL
+    is against the first block's attention averaged over heads.
     """
     if group_route is None:
         s = student(x)
         kl = 0.0
     else:
         s, att = student(x, return_attention=True)
-        q = att.mean(dim=1).clamp_min(1e-12)
-        kl = (torch.xlogy(group_route, group_route) - group_route * q.log()).sum(dim=1)
-    loss = weights["mse"] * (s - t).pow(2).sum(dim=1) + weights["cos"] * (1 - F.cosine_similarity(s, t, dim=1))
-    return loss + weights["routing"] * kl
-
-
-def check_augment(augment: Sequence[str], extra_queries: np.ndarray | None) -> tuple[str, ...]:
-    """The augmentation kinds to use: ``augment``, plus "extra" when ``extra_queries`` is given."""
-    kinds = tuple(augment)
-    if extra_queries is not None and "extra" not in kinds:
-        kinds += ("extra",)
-    if unknown := set(kinds) - set(augmentation.KINDS):
-        raise ValueError(f"unknown augmentation {sorted(unknown)}; expected {augmentation.KINDS}")
-    if "extra" in kinds and extra_queries is None:
-        raise ValueError('augmentation "extra" needs extra_queries')
-    return kinds
+        kl = kl_divergence(group_route, att.mean(dim=1).clamp_min(1e-12).log())
+    return output_losses(s, t, weights["mse"], weights["cos"]) + weights["routing"] * kl
 
 
 class Labeller:
@@ -251,41 +206,6 @@ class Labeller:
             out["route"] = g
         out["w"] = importance_weights(route).astype(np.float32) if self.entropy else np.ones(len(X), np.float32)
         return out
-
-
-def warmup_cosine(optim: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over the first ``WARMUP`` share of ``total`` steps, then cosine decay to 0."""
-    warmup = max(1, int(WARMUP * total))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    )
-
-
-def train_epoch(
-    net: nn.Module,
-    optim: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
-    batch: Mapping[str, np.ndarray],
-    batch_size: int,
-    loss_weights: Mapping[str, float],
-    rng: np.random.Generator,
-) -> float:
-    """One shuffled pass over labelled ``batch`` (see :class:`Labeller`); returns the
-    mean weighted loss."""
-    data = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
-    order = torch.from_numpy(rng.permutation(len(data["x"])))
-    net.train()
-    total = 0.0
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        route = data["route"][idx] if "route" in data else None
-        loss = (data["w"][idx] * sample_losses(net, data["x"][idx], data["t"][idx], route, loss_weights)).mean()
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        sched.step()
-        total += loss.item() * len(idx)
-    return total / len(order)
 
 
 def distill(
@@ -338,7 +258,7 @@ def distill(
         Noise norm of "sphere", relative to the unit query.
     augment_ratio : float or "auto"
         Augmented queries per training query per epoch (fresh each epoch); "auto":
-        enough for about ``AUTO_EPOCH_SIZE`` queries per epoch, at least 1 per query.
+        enough for about ``augment.AUTO_EPOCH_SIZE`` queries per epoch, at least 1 per query.
     importance : "uniform" or "entropy"
         Per-sample weights; "entropy" weighs by normalised routing entropy (mean 1).
     init_keys : bool
@@ -360,15 +280,11 @@ def distill(
         every query, augmented ones included, is labelled with the key of its nearest
         training query (see :class:`~projroute.distill.teacher.Teacher`).
     """
-    from tqdm.auto import tqdm
-
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if importance not in IMPORTANCE:
         raise ValueError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
-    kinds = check_augment(augment, extra_queries)
-    if augment_ratio != "auto" and not (isinstance(augment_ratio, (int, float)) and augment_ratio >= 0):
-        raise ValueError(f'augment_ratio must be "auto" or >= 0, got {augment_ratio!r}')
+    kinds = augmentation.check_kinds(augment, extra_queries)
     settings = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "mse_weight": mse_weight, "cos_weight": cos_weight, "routing_weight": routing_weight,
@@ -379,15 +295,14 @@ def distill(
     }
 
     started = time.perf_counter()
-    teach = Teacher(teacher, keys, queries if keys is not None else None)
     rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    Q = np.ascontiguousarray(queries, dtype=np.float32)
-    if Q.ndim != 2 or not len(Q):
-        raise ValueError(f"queries must be a non-empty 2-D array, got shape {Q.shape}")
-    extra = None if extra_queries is None else np.ascontiguousarray(extra_queries, dtype=np.float32)
+    Q = as_queries(queries)
     train_rows, val_rows = split_queries(len(Q), val_fraction, rng)
     Q_train, Q_val = Q[train_rows], Q[val_rows]
+    settings["augment_ratio"] = ratio = augmentation.check_ratio(augment_ratio, len(Q_train))
+    teach = Teacher(teacher, keys, queries if keys is not None else None)
+    torch.manual_seed(seed)
+    extra = None if extra_queries is None else np.ascontiguousarray(extra_queries, dtype=np.float32)
     T_train = teach.project(Q_train)
     T_val = teach.project(Q_val) if len(Q_val) else None
     settings["n_train"], settings["n_val"] = len(Q_train), len(Q_val)
@@ -404,46 +319,22 @@ def distill(
         group, group_centroids = key_groups(teach.centroids, net.num_keys, seed)
         if init_keys:
             initialise_keys(net, group_centroids)
-    if augment_ratio == "auto":
-        augment_ratio = float(max(1, round(AUTO_EPOCH_SIZE / len(Q_train))))
-    n_aug = int(round(augment_ratio * len(Q_train))) if kinds else 0
-    settings["augment_ratio"] = augment_ratio
+    label = Labeller(teach, group if use_routing else None, getattr(net, "num_keys", 0), importance == "entropy")
+    data = augmentation.Epochs(label, label(Q_train, T_train), kinds, ratio, sphere_sigma, extra, rng)
     if init_skip and isinstance(getattr(net, "skip", None), nn.Linear):
-        X_fit = np.concatenate([Q_train, augmentation.sample(kinds, Q_train, n_aug, rng, sphere_sigma, extra)])
+        X_fit = np.concatenate([Q_train, data.augmented()])
         fit_skip(net, X_fit, teach.project(X_fit))
 
-    label = Labeller(teach, group if use_routing else None, getattr(net, "num_keys", 0), importance == "entropy")
-    real = label(Q_train, T_train)
-    optim = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = warmup_cosine(optim, epochs * math.ceil((len(Q_train) + n_aug) / batch_size))
     loss_weights = {"mse": mse_weight, "cos": cos_weight, "routing": routing_weight}
-    history: dict[str, list[float]] = {"train_loss": [], "val_cosine": []}
-    best_epoch, best_val, best_state = 0, -math.inf, copy.deepcopy(net.state_dict())
-    bar = tqdm(range(epochs), desc="distilling", unit="epoch", disable=not progress)
-    for epoch in bar:
-        batch = dict(real)
-        if n_aug:
-            aug = label(augmentation.sample(kinds, Q_train, n_aug, rng, sphere_sigma, extra))
-            batch = {k: np.concatenate([real[k], aug[k]]) for k in real}
-        batch["w"] = batch["w"] / batch["w"].mean()  # importance: mean 1 over the epoch
-        history["train_loss"].append(train_epoch(net, optim, sched, batch, batch_size, loss_weights, rng))
-        postfix = {"loss": f"{history['train_loss'][-1]:.4f}"}
-        if T_val is None:
-            best_epoch = epoch
-        else:
-            val = mean_cosine(project_numpy(net, Q_val), T_val)
-            history["val_cosine"].append(val)
-            postfix["val_cos"] = f"{val:.4f}"
-            if val > best_val:
-                best_epoch, best_val, best_state = epoch, val, copy.deepcopy(net.state_dict())
-        bar.set_postfix(postfix)
-        if epoch - best_epoch >= patience:
-            break
-    bar.close()
-    if T_val is not None:
-        net.load_state_dict(best_state)
-    net.eval()
 
+    def loss(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return b["w"] * sample_losses(net, b["x"], b["t"], b.get("route"), loss_weights)
+
+    history, best_epoch = train(
+        net, net.parameters(), data, data.size, loss, epochs=epochs, lr=lr, weight_decay=weight_decay,
+        batch_size=batch_size, rng=rng, val=None if T_val is None else (Q_val, T_val), patience=patience,
+        progress=progress,
+    )
     n_params = sum(p.numel() for p in net.parameters())
     if plot is not None:
         plot_history(history, best_epoch, plot)
