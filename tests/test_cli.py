@@ -288,3 +288,16 @@ def test_distill_reports_fidelity_and_serves_the_student(capsys, tmp_path, data,
     assert -1.0 <= r["cosine"] <= 1.0 and 0.0 <= r["overlap@10"] <= 1.0
     assert set(r["retrieval"]) == {"raw", "teacher", "student"}
     assert all(r["latency_ms"][m][b] > 0 for m in ("teacher", "student") for b in ("b1", "b1024"))
+
+
+def test_distill_domains_writes_an_ensemble(capsys, tmp_path, data, models):
+    pytest.importorskip("torch")
+    out = tmp_path / "ensemble.safetensors"
+    r = run_json(capsys, "distill", str(models["federated"]), str(data), "-o", str(out),
+                 "--domains", "2", "--epochs", "1", "--no-augment")
+    served = projroute.load(out)
+    assert served.kind == r["student"]["kind"] == "transformer_ensemble"
+    assert json.loads(served.config)["ensemble"]["n_domains"] == r["training"]["domains"] == 2
+    assert r["student"]["parameters"] > 0 and -1.0 <= r["cosine"] <= 1.0
+    assert "federated" in run_error(capsys, "distill", str(models["global"]), str(data), "-o", str(out),
+                                    "--domains", "2")

@@ -258,7 +258,8 @@ def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
     from projroute.distill.report import distill_report
 
     return distill_report(args.teacher, args.data, args.output, epochs=args.epochs, augment=not args.no_augment,
-                          importance=args.importance, plot=args.plot, seed=args.seed, progress=True)
+                          importance=args.importance, domains=args.domains, plot=args.plot, seed=args.seed,
+                          progress=True)
 
 
 def show_distill(r: dict[str, Any]) -> str:
@@ -415,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="train on the training questions only")
     p.add_argument("--importance", choices=["uniform", "entropy"], default="uniform",
                    help="per-sample loss weights (entropy: the teacher's normalised routing entropy)")
-    p.add_argument("--plot", metavar="PNG", help="save the loss curve here")
+    p.add_argument("--domains", type=positive_int, metavar="N",
+                   help="N domain students mixed by a router (a federated or lda teacher; default: one student)")
+    p.add_argument("--plot", metavar="PNG", help="save the loss curve here (with --domains: one per domain)")
     p.add_argument("--seed", type=int, default=0)
 
     p = command("analyze", cmd_analyze, show_analyze,

@@ -1,5 +1,6 @@
-"""``projroute distill``: distil a teacher file on a data set and report, on held-out
-queries, how close the student is and what it costs (both served by the Rust core)."""
+"""``projroute distill``: distil a teacher file on a data set (into one student, or into
+domain students mixed by a router) and report, on held-out queries, how close the
+student is and what it costs (both served by the Rust core)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 
 import projroute
 from projroute import datasets
+from projroute.distill.ensemble import distill_ensemble, domain_plot
 from projroute.distill.evaluate import fidelity
-from projroute.distill.export import save_student
 from projroute.distill.train import distill
 from projroute.embed import Encoder
 from projroute.metrics import retrieval_metrics
@@ -38,12 +39,15 @@ def distill_report(
     epochs: int | None = None,
     augment: bool = True,
     importance: str = "uniform",
+    domains: int | None = None,
     plot: str | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Distil the model file ``teacher_path`` on the questions of ``data`` into
-    ``output``; evaluate on the held-out queries of ``data`` (never trained on)."""
+    ``output``: one student, or with ``domains`` that many domain students mixed by a
+    router (:func:`~projroute.distill.distill_ensemble`); evaluate on the held-out
+    queries of ``data`` (never trained on)."""
     teacher = projroute.load(teacher_path)
     folder = Path(output).absolute().parent
     if not folder.is_dir():
@@ -58,9 +62,16 @@ def distill_report(
         options["epochs"] = epochs
     if not augment:
         options["augment"] = ()
-    result = distill(teacher, Q, **options)
-    save_student(result.student, output, {"teacher": Path(teacher_path).name, "data": data,
-                                          "teacher_kind": teacher.kind, **result.settings})
+    if domains is None:
+        result = distill(teacher, Q, **options)
+        training = {"epochs": len(result.history["train_loss"]), "best_epoch": result.best_epoch}
+    else:
+        result = distill_ensemble(teacher, Q, n_domains=domains, **options)
+        training = {"domains": result.ensemble.n_domains, "domain_queries": result.domain_queries,
+                    "val_cosine": result.val_cosine}
+        if plot is not None:
+            training["domain_plots"] = [str(domain_plot(plot, d)) for d in range(result.ensemble.n_domains)]
+    result.save(output, teacher_file=Path(teacher_path).name, data=data)
     student = projroute.load(output)
     fid = fidelity(teacher, student, X, C, held.gold, k=10)
     return {
@@ -80,8 +91,7 @@ def distill_report(
             name: {"b1": latency_ms(m, X, 1, 200), "b1024": latency_ms(m, X, 1024, 10)}
             for name, m in (("teacher", teacher), ("student", student))
         },
-        "training": {"epochs": len(result.history["train_loss"]), "best_epoch": result.best_epoch,
-                     "seconds": result.seconds, "plot": plot},
+        "training": {**training, "seconds": result.seconds, "plot": plot},
     }
 
 
@@ -98,11 +108,12 @@ def show(r: dict[str, Any]) -> str:
         f"student vs teacher: mean cosine {r['cosine']:.4f}, MSE {r['mse']:.2e}, "
         f"top-10 overlap {r['overlap@10']:.3f}",
         "",
-        f"{'model':22s} {'hit@1':>6s} {'mrr':>6s} {'ms @B=1':>9s} {'ms @B=1024':>11s}",
+        f"{'model':30s} {'hit@1':>6s} {'mrr':>6s} {'ms @B=1':>9s} {'ms @B=1024':>11s}",
     ]
     for name, m, t in rows:
         timing = f"{t['b1']:9.3f} {t['b1024']:11.2f}" if t else f"{'-':>9s} {'-':>11s}"
-        lines.append(f"{name:22s} {m['hit@1']:6.3f} {m['mrr']:6.3f} {timing}")
-    lines += ["", f"student saved to {r['student']['path']}"
-              + (f"; loss curve in {r['training']['plot']}" if r["training"]["plot"] else "")]
+        lines.append(f"{name:30s} {m['hit@1']:6.3f} {m['mrr']:6.3f} {timing}")
+    curves = r["training"].get("domain_plots", [r["training"]["plot"]] if r["training"]["plot"] else [])
+    saved = f"student saved to {r['student']['path']}"
+    lines += ["", saved + (f"; loss curves in {', '.join(curves)}" if curves else "")]
     return "\n".join(lines)
