@@ -30,8 +30,17 @@ from projroute.distill import distill, fidelity
 from projroute.embed import Encoder
 
 ARCH = ("d_model", "n_heads", "n_layers", "num_keys", "ffn_dim")
-TRAIN = ("epochs", "lr", "batch_size", "augment_ratio", "sphere_sigma", "routing_weight",
-         "val_fraction", "patience", "seed")
+TRAIN = (
+    "epochs",
+    "lr",
+    "batch_size",
+    "augment_ratio",
+    "sphere_sigma",
+    "routing_weight",
+    "val_fraction",
+    "patience",
+    "seed",
+)
 
 
 def teacher_model(Q: np.ndarray, A: np.ndarray, cache: Path | None) -> Any:
@@ -45,14 +54,31 @@ def teacher_model(Q: np.ndarray, A: np.ndarray, cache: Path | None) -> Any:
     return est
 
 
-def run(args: argparse.Namespace, teacher: Any, Q: np.ndarray, X: np.ndarray, C: np.ndarray,
-        gold: list[list[int]], augment: tuple[str, ...], importance: str, tag: str) -> dict[str, Any]:
+def run(
+    args: argparse.Namespace,
+    teacher: Any,
+    Q: np.ndarray,
+    X: np.ndarray,
+    C: np.ndarray,
+    gold: list[list[int]],
+    augment: tuple[str, ...],
+    importance: str,
+    tag: str,
+) -> dict[str, Any]:
     """One distillation and its fidelity on the held-out paraphrases."""
     options = {k: getattr(args, k) for k in TRAIN if getattr(args, k) is not None}
     student = {k: getattr(args, k) for k in ARCH if getattr(args, k) is not None}
     plot = None if args.plot_dir is None else Path(args.plot_dir) / f"{tag}.png"
-    result = distill(teacher, Q, student=student, augment=augment, importance=importance,
-                     progress=not args.quiet, plot=plot, **options)
+    result = distill(
+        teacher,
+        Q,
+        student=student,
+        augment=augment,
+        importance=importance,
+        progress=not args.quiet,
+        plot=plot,
+        **options,
+    )
     if args.out is not None:
         result.save(Path(args.out).with_suffix(f".{tag}.safetensors") if args.grid else args.out)
     fid = fidelity(teacher, result.student, X, C, gold, k=10)
@@ -85,14 +111,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher-cache", type=Path, help="save the fitted teacher here, or load it if the file exists")
     for name in ARCH:
         p.add_argument("--" + name.replace("_", "-"), type=int, help="student architecture")
-    for name, kind in [("epochs", int), ("lr", float), ("batch_size", int), ("sphere_sigma", float),
-                       ("routing_weight", float), ("val_fraction", float), ("patience", int), ("seed", int)]:
+    for name, kind in [
+        ("epochs", int),
+        ("lr", float),
+        ("batch_size", int),
+        ("sphere_sigma", float),
+        ("routing_weight", float),
+        ("val_fraction", float),
+        ("patience", int),
+        ("seed", int),
+    ]:
         p.add_argument("--" + name.replace("_", "-"), type=kind)
     p.add_argument("--augment-ratio", type=lambda s: s if s == "auto" else float(s))
     p.add_argument("--augment", default="sphere,mix", help='comma list of sphere, mix; "none" for none')
     p.add_argument("--importance", choices=["uniform", "entropy"], default="uniform")
-    p.add_argument("--grid", action="store_true",
-                   help="run augmentation on/off x uniform/entropy importance instead of one run")
+    p.add_argument(
+        "--grid", action="store_true", help="run augmentation on/off x uniform/entropy importance instead of one run"
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", help="save the student as this .safetensors file (--grid: one per run)")
     p.add_argument("--plot-dir", help="save a loss curve per run in this folder")
@@ -117,19 +152,24 @@ def main(argv: list[str] | None = None) -> int:
 
     augment = () if args.augment == "none" else tuple(a for a in args.augment.split(",") if a)
     augments = [augment, ()] if augment else [()]
-    variants = [(a, i) for a in augments for i in ("uniform", "entropy")] if args.grid \
-        else [(augment, args.importance)]
+    variants = [(a, i) for a in augments for i in ("uniform", "entropy")] if args.grid else [(augment, args.importance)]
     runs = [run(args, teacher, Q, X, C, test.gold, a, i, f"{'aug' if a else 'noaug'}-{i}") for a, i in variants]
-    print(json.dumps({
-        "data": "stackfaq",
-        "train_pairs": len(train),
-        "train_questions": len(Q),
-        "heldout_queries": len(X),
-        "corpus": len(C),
-        "teacher": {"kind": "federated", "loaded_from_cache": loaded, "seconds": round(fit_seconds, 1)},
-        "threads": torch.get_num_threads(),
-        "runs": runs,
-    }, indent=2, default=str))
+    print(
+        json.dumps(
+            {
+                "data": "stackfaq",
+                "train_pairs": len(train),
+                "train_questions": len(Q),
+                "heldout_queries": len(X),
+                "corpus": len(C),
+                "teacher": {"kind": "federated", "loaded_from_cache": loaded, "seconds": round(fit_seconds, 1)},
+                "threads": torch.get_num_threads(),
+                "runs": runs,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return 0
 
 

@@ -67,17 +67,33 @@ def synthetic():
 
 
 def expected_shapes(dim_in: int, dim_out: int, d: int, n_layers: int, nk: int, ffn: int) -> dict[str, tuple]:
-    shapes = {"input.weight": (d, dim_in), "input.bias": (d,), "norm.weight": (d,), "norm.bias": (d,),
-              "output.weight": (dim_out, d), "output.bias": (dim_out,), "skip.weight": (dim_out, dim_in)}
+    shapes = {
+        "input.weight": (d, dim_in),
+        "input.bias": (d,),
+        "norm.weight": (d,),
+        "norm.bias": (d,),
+        "output.weight": (dim_out, d),
+        "output.bias": (dim_out,),
+        "skip.weight": (dim_out, dim_in),
+    }
     for i in range(n_layers):
         p = f"layers.{i}."
-        shapes |= {p + "keys": (nk, d), p + "values": (nk, d),
-                   p + "norm1.weight": (d,), p + "norm1.bias": (d,),
-                   p + "query.weight": (d, d), p + "query.bias": (d,),
-                   p + "out.weight": (d, d), p + "out.bias": (d,),
-                   p + "norm2.weight": (d,), p + "norm2.bias": (d,),
-                   p + "ffn1.weight": (ffn, d), p + "ffn1.bias": (ffn,),
-                   p + "ffn2.weight": (d, ffn), p + "ffn2.bias": (d,)}
+        shapes |= {
+            p + "keys": (nk, d),
+            p + "values": (nk, d),
+            p + "norm1.weight": (d,),
+            p + "norm1.bias": (d,),
+            p + "query.weight": (d, d),
+            p + "query.bias": (d,),
+            p + "out.weight": (d, d),
+            p + "out.bias": (d,),
+            p + "norm2.weight": (d,),
+            p + "norm2.bias": (d,),
+            p + "ffn1.weight": (ffn, d),
+            p + "ffn1.bias": (ffn,),
+            p + "ffn2.weight": (d, ffn),
+            p + "ffn2.bias": (d,),
+        }
     return shapes
 
 
@@ -88,7 +104,12 @@ def test_state_dict_names_and_shapes_are_exact():
     assert m.config() == {"d_model": 16, "n_heads": 4, "n_layers": 3, "num_keys": 5, "ffn_dim": 40}
     assert m.n_parameters() == sum(math.prod(s) for s in got.values())
     assert ProjectionTransformer(384, 384).config() == {
-        "d_model": 256, "n_heads": 4, "n_layers": 2, "num_keys": 64, "ffn_dim": 512}
+        "d_model": 256,
+        "n_heads": 4,
+        "n_layers": 2,
+        "num_keys": 64,
+        "ffn_dim": 512,
+    }
 
 
 def test_forward_shapes_and_attention():
@@ -122,9 +143,9 @@ def reference_forward(state: dict[str, np.ndarray], x: np.ndarray, n_heads: int,
         dh = h.shape[1] // n_heads
         heads = []
         for j in range(n_heads):
-            s = q[:, j * dh:(j + 1) * dh] @ K[:, j * dh:(j + 1) * dh].T / np.sqrt(dh)
+            s = q[:, j * dh : (j + 1) * dh] @ K[:, j * dh : (j + 1) * dh].T / np.sqrt(dh)
             a = np.exp(s - s.max(1, keepdims=True))
-            heads.append((a / a.sum(1, keepdims=True)) @ V[:, j * dh:(j + 1) * dh])
+            heads.append((a / a.sum(1, keepdims=True)) @ V[:, j * dh : (j + 1) * dh])
         h = h + linear(p + ".out", np.concatenate(heads, 1))
         f = linear(p + ".ffn1", layer_norm(p + ".norm2", h))
         h = h + linear(p + ".ffn2", 0.5 * f * (1 + erf(f / np.sqrt(2))))
@@ -206,8 +227,9 @@ def test_distill_result_saves_its_record(tmp_path, synthetic):
     assert fit["compression"] == pytest.approx(r.compression)
     assert fit["settings"]["epochs"] == 3
     x = Q[:5]
-    np.testing.assert_array_equal(project_numpy(load_student(tmp_path / "s.safetensors"), x),
-                                  project_numpy(r.student, x))
+    np.testing.assert_array_equal(
+        project_numpy(load_student(tmp_path / "s.safetensors"), x), project_numpy(r.student, x)
+    )
 
 
 # --- teachers -----------------------------------------------------------------------------
@@ -242,8 +264,7 @@ def test_any_object_with_project_is_a_teacher():
 def test_distilled_student_matches_the_teacher_on_held_out_queries(synthetic):
     """Trained from scratch (no least-squares start), a few epochs reach cosine > 0.9."""
     teacher, Q, A, X = synthetic
-    r = distill(teacher, Q, epochs=8, lr=5e-3, augment_ratio=4.0, init_skip=False,
-                progress=False, student=SMALL)
+    r = distill(teacher, Q, epochs=8, lr=5e-3, augment_ratio=4.0, init_skip=False, progress=False, student=SMALL)
     fid = fidelity(teacher, r.student, X, A)
     assert fid["cosine"] > 0.9, fid
     assert r.best_val_cosine > 0.9
@@ -260,8 +281,9 @@ def test_per_question_routed_teacher_distils(synthetic):
     """The routing modes plug into the same teacher interface: a per-question routed,
     entropy-prior federated teacher, with the routing loss on its cluster weights."""
     _, Q, A, X = synthetic
-    teacher = pr.FederatedProjection(n_clusters=8, shrinkage=1.0, routing="questions", prior="entropy",
-                                     cluster_temperature=0.1, progress=False).fit(Q, A)
+    teacher = pr.FederatedProjection(
+        n_clusters=8, shrinkage=1.0, routing="questions", prior="entropy", cluster_temperature=0.1, progress=False
+    ).fit(Q, A)
     r = distill(teacher, Q, routing_weight=0.2, **FAST)
     assert Teacher(teacher).n_parameters == 8 * D * D + 8 * D + 400 * D + 400  # maps, centroids, questions, prior
     assert fidelity(teacher, r.student, X, A)["cosine"] > 0.95
@@ -283,8 +305,9 @@ def test_keyed_teacher_distils_with_its_training_keys():
     with pytest.raises(ValueError, match="keys"):
         distill(teacher, Q[:500], **FAST)
     nearest = np.argmax(Q[500:] @ Q[:500].T, axis=1)
-    np.testing.assert_array_equal(Teacher(teacher, keys[:500], Q[:500]).project(Q[500:]),
-                                  teacher.project(Q[500:], [keys[i] for i in nearest]))
+    np.testing.assert_array_equal(
+        Teacher(teacher, keys[:500], Q[:500]).project(Q[500:]), teacher.project(Q[500:], [keys[i] for i in nearest])
+    )
     r = distill(teacher, Q[:500], keys=keys[:500], **{**FAST, "epochs": 15, "lr": 3e-3})
     T = teacher.project(Q[500:], keys[500:])
     linear = np.linalg.lstsq(Q[:500], teacher.project(Q[:500], keys[:500]), rcond=None)[0]
@@ -355,8 +378,18 @@ def test_key_groups_and_key_initialisation(synthetic):
 
 def test_early_stopping_restores_the_best_epoch(synthetic):
     teacher, Q, _, _ = synthetic
-    r = distill(teacher, Q[:200], epochs=40, lr=0.05, patience=2, init_skip=False,
-                progress=False, student=SMALL, augment_ratio=1.0, seed=3)
+    r = distill(
+        teacher,
+        Q[:200],
+        epochs=40,
+        lr=0.05,
+        patience=2,
+        init_skip=False,
+        progress=False,
+        student=SMALL,
+        augment_ratio=1.0,
+        seed=3,
+    )
     val = r.history["val_cosine"]
     assert r.best_epoch == int(np.argmax(val))
     assert len(val) < 40 and len(val) == r.best_epoch + 3  # stopped after `patience` bad epochs
@@ -414,9 +447,11 @@ def test_fidelity_accepts_a_torch_student(synthetic):
 
 
 def test_import_without_torch_names_the_extra():
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "try:\n    import projroute.distill\nexcept ImportError as e:\n    print(e)\n"
-            "else:\n    print('imported')\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "try:\n    import projroute.distill\nexcept ImportError as e:\n    print(e)\n"
+        "else:\n    print('imported')\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'projroute[train]'" in out
 

@@ -184,9 +184,18 @@ def test_distill_small_federated_teacher(one_thread):
     A /= np.linalg.norm(A, axis=1, keepdims=True)
     teacher = pr.FederatedProjection(n_clusters=8, shrinkage=1.0, progress=False).fit(Q, A)
     res = distill_ensemble(
-        teacher, Q, n_domains=2, top_k=2, router_hidden=32,
+        teacher,
+        Q,
+        n_domains=2,
+        top_k=2,
+        router_hidden=32,
         student=dict(d_model=32, n_heads=4, n_layers=1, num_keys=8, ffn_dim=64),
-        epochs=5, router_epochs=2, finetune_epochs=1, augment_ratio=4, seed=0, progress=False,
+        epochs=5,
+        router_epochs=2,
+        finetune_epochs=1,
+        augment_ratio=4,
+        seed=0,
+        progress=False,
     )
     ens = res.ensemble
     assert ens.n_domains == 2 and len(res.domains) == 2 and sorted(set(res.domain_of_cluster)) == [0, 1]
@@ -208,9 +217,18 @@ def test_distill_lda_projector_sparse_smoke(tmp_path, one_thread):
     teacher.save(tmp_path / "lda.safetensors")
     teacher = pr.load(tmp_path / "lda.safetensors")
     res = distill_ensemble(
-        teacher, unit(rng, 120, 16), n_domains=3, top_k=1, router_hidden=8,
+        teacher,
+        unit(rng, 120, 16),
+        n_domains=3,
+        top_k=1,
+        router_hidden=8,
         student=dict(d_model=16, n_heads=2, n_layers=1, num_keys=4, ffn_dim=16),
-        epochs=2, router_epochs=1, finetune_epochs=1, augment_ratio=1, min_domain_queries=8, progress=False,
+        epochs=2,
+        router_epochs=1,
+        finetune_epochs=1,
+        augment_ratio=1,
+        min_domain_queries=8,
+        progress=False,
     )
     assert res.teacher_kind == "lda" and len(res.history["finetune"]["train_loss"]) == 1
     assert res.teacher_parameters == 6 * 32

@@ -90,8 +90,16 @@ class Epochs:
     rng : numpy Generator
     """
 
-    def __init__(self, label: Callable[[np.ndarray], Batch], real: Batch, kinds: Sequence[str], ratio: float,
-                 sigma: float, extra: np.ndarray | None, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        label: Callable[[np.ndarray], Batch],
+        real: Batch,
+        kinds: Sequence[str],
+        ratio: float,
+        sigma: float,
+        extra: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> None:
         self.label, self.real, self.kinds, self.sigma, self.extra, self.rng = label, real, kinds, sigma, extra, rng
         self.queries = real["x"]
         self.n_aug = round(ratio * len(self.queries)) if kinds else 0

@@ -169,9 +169,22 @@ def train_stage(
         return out
 
     epoch: Callable[[], Mapping[str, np.ndarray]] = (lambda: with_student_outputs(ens, data())) if router_only else data
-    history, _ = train(ens, params, epoch, data.size, loss, epochs=epochs, lr=lr,
-                       weight_decay=opts["weight_decay"], batch_size=opts["batch_size"], rng=rng, val=val,
-                       keep_start=True, desc=f"ensemble {stage}", progress=progress)
+    history, _ = train(
+        ens,
+        params,
+        epoch,
+        data.size,
+        loss,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=opts["weight_decay"],
+        batch_size=opts["batch_size"],
+        rng=rng,
+        val=val,
+        keep_start=True,
+        desc=f"ensemble {stage}",
+        progress=progress,
+    )
     for p in ens.parameters():
         p.requires_grad_(True)
     return history
@@ -270,8 +283,11 @@ def distill_ensemble(
     Q_train, Q_val = Q[train_rows], Q[val_rows]
 
     # Domains: k-means on the normalised centroids.
-    domain_of_cluster = (np.zeros(K, np.int64) if n_domains == 1
-                         else kmeans_labels(unit_rows(centroids), n_domains, seed).astype(np.int64))
+    domain_of_cluster = (
+        np.zeros(K, np.int64)
+        if n_domains == 1
+        else kmeans_labels(unit_rows(centroids), n_domains, seed).astype(np.int64)
+    )
     M = int(domain_of_cluster.max()) + 1
     top_k = min(top_k, M)
 
@@ -299,8 +315,16 @@ def distill_ensemble(
             kwargs["extra_queries"] = extra[erows] if len(erows) >= min_domain_queries else extra
         if progress:
             print(f"domain {d + 1}/{M}: {len(dt.clusters)} clusters, {len(Q_d)} queries", file=sys.stderr)
-        res = distill(dt, Q_d, student=arch, epochs=epochs, val_fraction=val_fraction if len(Q_d) > 1 else 0.0,
-                      seed=seed + 1 + d, progress=progress, **kwargs)
+        res = distill(
+            dt,
+            Q_d,
+            student=arch,
+            epochs=epochs,
+            val_fraction=val_fraction if len(Q_d) > 1 else 0.0,
+            seed=seed + 1 + d,
+            progress=progress,
+            **kwargs,
+        )
         domain_results.append(res)
         domain_counts.append(len(Q_d))
 
@@ -314,22 +338,29 @@ def distill_ensemble(
     kinds = augmentation.check_kinds(opts["augment"], extra)
 
     def label(X: np.ndarray) -> dict[str, np.ndarray]:
-        return {"x": np.ascontiguousarray(X, np.float32), "t": teach.project(X),
-                "mass": domain_mass(full_route(X), domain_of_cluster, M)}
+        return {
+            "x": np.ascontiguousarray(X, np.float32),
+            "t": teach.project(X),
+            "mass": domain_mass(full_route(X), domain_of_cluster, M),
+        }
 
     ratio = opts["augment_ratio"] if router_augment_ratio is None else router_augment_ratio
-    data = augmentation.Epochs(label, label(Q_train), kinds, augmentation.check_ratio(ratio, len(Q_train)),
-                               opts["sphere_sigma"], extra, rng)
+    data = augmentation.Epochs(
+        label, label(Q_train), kinds, augmentation.check_ratio(ratio, len(Q_train)), opts["sphere_sigma"], extra, rng
+    )
     T_val = teach.project(Q_val) if len(Q_val) else None
     val = None if T_val is None else (Q_val, T_val)
-    stage_opts = {"batch_size": opts["batch_size"], "weight_decay": opts["weight_decay"],
-                  "mse_weight": opts["mse_weight"], "cos_weight": opts["cos_weight"],
-                  "router_kl_weight": router_kl_weight}
+    stage_opts = {
+        "batch_size": opts["batch_size"],
+        "weight_decay": opts["weight_decay"],
+        "mse_weight": opts["mse_weight"],
+        "cos_weight": opts["cos_weight"],
+        "router_kl_weight": router_kl_weight,
+    }
     history = {"router": train_stage(ens, "router", router_epochs, router_lr, data, val, stage_opts, rng, progress)}
     if finetune_epochs:
         ft_lr = opts["lr"] / 10 if finetune_lr is None else finetune_lr
-        history["finetune"] = train_stage(ens, "finetune", finetune_epochs, ft_lr, data, val, stage_opts, rng,
-                                          progress)
+        history["finetune"] = train_stage(ens, "finetune", finetune_epochs, ft_lr, data, val, stage_opts, rng, progress)
     else:
         history["finetune"] = {"train_loss": [], "val_cosine": []}
     val_cosine = None if T_val is None else mean_cosine(project_numpy(ens, Q_val), T_val)
@@ -337,14 +368,28 @@ def distill_ensemble(
     n_params = ens.n_parameters()
     teacher_params = teach.n_parameters
     settings = {
-        "n_domains": M, "top_k": top_k, "router_hidden": router_hidden, "student": arch,
-        "epochs": epochs, "router_epochs": router_epochs, "finetune_epochs": finetune_epochs,
-        "router_lr": router_lr, "finetune_lr": finetune_lr, "router_kl_weight": router_kl_weight,
-        "router_augment_ratio": router_augment_ratio, "min_domain_queries": min_domain_queries,
-        "domain_mass_threshold": domain_mass_threshold, "val_fraction": val_fraction, "seed": seed,
-        "n_train": len(Q_train), "n_val": len(Q_val),
-        "distill": {k: os.fspath(v) if isinstance(v, os.PathLike) else list(v) if isinstance(v, tuple) else v
-                    for k, v in distill_kwargs.items() if k != "extra_queries"},
+        "n_domains": M,
+        "top_k": top_k,
+        "router_hidden": router_hidden,
+        "student": arch,
+        "epochs": epochs,
+        "router_epochs": router_epochs,
+        "finetune_epochs": finetune_epochs,
+        "router_lr": router_lr,
+        "finetune_lr": finetune_lr,
+        "router_kl_weight": router_kl_weight,
+        "router_augment_ratio": router_augment_ratio,
+        "min_domain_queries": min_domain_queries,
+        "domain_mass_threshold": domain_mass_threshold,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "n_train": len(Q_train),
+        "n_val": len(Q_val),
+        "distill": {
+            k: os.fspath(v) if isinstance(v, os.PathLike) else list(v) if isinstance(v, tuple) else v
+            for k, v in distill_kwargs.items()
+            if k != "extra_queries"
+        },
         "n_extra_queries": None if extra is None else len(extra),
     }
     return EnsembleResult(

@@ -54,8 +54,13 @@ def save_student(student: ProjectionTransformer, path: PathLike, fit: Mapping[st
     JSON-able record stored as the config's ``fit`` field (see ``DistillResult.fit_info``)."""
     if not isinstance(student, ProjectionTransformer):
         raise TypeError(f"only a ProjectionTransformer can be exported, got {type(student).__name__}")
-    write(student, path, STUDENT, transformer={**student.config(), "layer_norm_eps": LAYER_NORM_EPS},
-          fit={"student_parameters": student.n_parameters(), **fit})
+    write(
+        student,
+        path,
+        STUDENT,
+        transformer={**student.config(), "layer_norm_eps": LAYER_NORM_EPS},
+        fit={"student_parameters": student.n_parameters(), **fit},
+    )
 
 
 def load_student(path: PathLike) -> ProjectionTransformer:
@@ -69,14 +74,21 @@ def save_ensemble(ens: TransformerEnsemble, path: PathLike, fit: Mapping[str, An
     JSON-able record stored as the config's ``fit`` field (see ``EnsembleResult.fit_info``)."""
     if not isinstance(ens, TransformerEnsemble):
         raise TypeError(f"only a TransformerEnsemble can be exported, got {type(ens).__name__}")
-    write(ens, path, ENSEMBLE, transformer={**ens.student_config(), "layer_norm_eps": LAYER_NORM_EPS},
-          ensemble=ens.config(), fit={"ensemble_parameters": ens.n_parameters(), **fit})
+    write(
+        ens,
+        path,
+        ENSEMBLE,
+        transformer={**ens.student_config(), "layer_norm_eps": LAYER_NORM_EPS},
+        ensemble=ens.config(),
+        fit={"ensemble_parameters": ens.n_parameters(), **fit},
+    )
 
 
 def load_ensemble(path: PathLike) -> TransformerEnsemble:
     """Read a file written by :func:`save_ensemble` back as a torch module (eval mode)."""
     config = _format.read_config(path, ENSEMBLE)
     e = config["ensemble"]
-    ens = TransformerEnsemble(config["dim_in"], config["dim_out"], e["n_domains"], e["top_k"], e["router_hidden"],
-                              **architecture(config))
+    ens = TransformerEnsemble(
+        config["dim_in"], config["dim_out"], e["n_domains"], e["top_k"], e["router_hidden"], **architecture(config)
+    )
     return load_state(ens, path)

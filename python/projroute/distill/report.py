@@ -67,8 +67,11 @@ def distill_report(
         training = {"epochs": len(result.history["train_loss"]), "best_epoch": result.best_epoch}
     else:
         result = distill_ensemble(teacher, Q, n_domains=domains, **options)
-        training = {"domains": result.ensemble.n_domains, "domain_queries": result.domain_queries,
-                    "val_cosine": result.val_cosine}
+        training = {
+            "domains": result.ensemble.n_domains,
+            "domain_queries": result.domain_queries,
+            "val_cosine": result.val_cosine,
+        }
         if plot is not None:
             training["domain_plots"] = [str(domain_plot(plot, d)) for d in range(result.ensemble.n_domains)]
     result.save(output, teacher_file=Path(teacher_path).name, data=data)
@@ -85,8 +88,7 @@ def distill_report(
         "cosine": fid["cosine"],
         "mse": fid["mse"],
         "overlap@10": fid["overlap@10"],
-        "retrieval": {"raw": retrieval_metrics(X, C, held.gold), "teacher": fid["teacher"],
-                      "student": fid["student"]},
+        "retrieval": {"raw": retrieval_metrics(X, C, held.gold), "teacher": fid["teacher"], "student": fid["student"]},
         "latency_ms": {
             name: {"b1": latency_ms(m, X, 1, 200), "b1024": latency_ms(m, X, 1024, 10)}
             for name, m in (("teacher", teacher), ("student", student))
@@ -98,15 +100,17 @@ def distill_report(
 def show(r: dict[str, Any]) -> str:
     """The report as text."""
     ret, lat = r["retrieval"], r["latency_ms"]
-    rows = [("raw cosine", ret["raw"], None), (f"teacher ({r['teacher']['kind']})", ret["teacher"], lat["teacher"]),
-            (f"student ({r['student']['kind']})", ret["student"], lat["student"])]
+    rows = [
+        ("raw cosine", ret["raw"], None),
+        (f"teacher ({r['teacher']['kind']})", ret["teacher"], lat["teacher"]),
+        (f"student ({r['student']['kind']})", ret["student"], lat["student"]),
+    ]
     lines = [
         f"{r['data']}: trained on {r['train_queries']} questions; evaluated on {r['held_out_queries']} "
         f"held-out queries against {r['corpus']} answers",
         f"parameters: teacher {r['teacher']['parameters']:,}, student {r['student']['parameters']:,} "
         f"(compression {r['compression']:.1f}x)",
-        f"student vs teacher: mean cosine {r['cosine']:.4f}, MSE {r['mse']:.2e}, "
-        f"top-10 overlap {r['overlap@10']:.3f}",
+        f"student vs teacher: mean cosine {r['cosine']:.4f}, MSE {r['mse']:.2e}, top-10 overlap {r['overlap@10']:.3f}",
         "",
         f"{'model':30s} {'hit@1':>6s} {'mrr':>6s} {'ms @B=1':>9s} {'ms @B=1024':>11s}",
     ]

@@ -108,9 +108,7 @@ class ProjectionTransformer(nn.Module):
         self.d_model, self.n_heads, self.n_layers = d_model, n_heads, n_layers
         self.num_keys, self.ffn_dim = num_keys, ffn_dim
         self.input = nn.Linear(dim_in, d_model)
-        self.layers = nn.ModuleList(
-            [CrossAttentionBlock(d_model, n_heads, num_keys, ffn_dim) for _ in range(n_layers)]
-        )
+        self.layers = nn.ModuleList([CrossAttentionBlock(d_model, n_heads, num_keys, ffn_dim) for _ in range(n_layers)])
         self.norm = nn.LayerNorm(d_model, eps=LAYER_NORM_EPS)
         self.output = nn.Linear(d_model, dim_out)
         self.skip = nn.Linear(dim_in, dim_out, bias=False)
@@ -131,8 +129,13 @@ class ProjectionTransformer(nn.Module):
 
     def config(self) -> dict[str, int]:
         """The architecture: d_model, n_heads, n_layers, num_keys, ffn_dim."""
-        return {"d_model": self.d_model, "n_heads": self.n_heads, "n_layers": self.n_layers,
-                "num_keys": self.num_keys, "ffn_dim": self.ffn_dim}
+        return {
+            "d_model": self.d_model,
+            "n_heads": self.n_heads,
+            "n_layers": self.n_layers,
+            "num_keys": self.num_keys,
+            "ffn_dim": self.ffn_dim,
+        }
 
     def n_parameters(self) -> int:
         """Number of scalar parameters."""
@@ -235,9 +238,7 @@ class TransformerEnsemble(nn.Module):
         """Every student's output (B, M, dim_out)."""
         return torch.stack([s(x) for s in self.students], dim=1)
 
-    def forward(
-        self, x: torch.Tensor, return_logits: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, return_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, dim_in) -> y (B, dim_out), and with ``return_logits`` the router logits (B, M).
 
         Only the rows a student is selected for are run through it (as the Rust core does).

@@ -43,8 +43,10 @@ class Teacher:
         self.keys: list[str] | None = None
         if self.kind in KEYED_KINDS:
             if keys is None or key_queries is None:
-                raise ValueError(f"a `{self.kind}` teacher picks its map by a key per query: give the keys "
-                                 "of the training queries (distill(..., keys=...))")
+                raise ValueError(
+                    f"a `{self.kind}` teacher picks its map by a key per query: give the keys "
+                    "of the training queries (distill(..., keys=...))"
+                )
             if len(keys) != len(key_queries):
                 raise ValueError(f"{len(keys)} keys for {len(key_queries)} queries")
             self.keys, self._key_index = list(keys), FlatIndex(np.asarray(key_queries, np.float32))
@@ -87,10 +89,16 @@ def teacher_parts(teacher: Any) -> tuple[str, dict[str, np.ndarray], dict[str, A
             f"got {type(teacher).__name__} of kind {kind!r}"
         )
     config = json.loads(core.config)
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in core.tensors().items()
-               if k in ("centroids", "W", "answers")}
-    routing = {"temperature": float(config["temperature"]), "top_k": int(config["top_k"]),
-               "coverage": config.get("coverage")}
+    tensors = {
+        k: np.ascontiguousarray(v, dtype=np.float32)
+        for k, v in core.tensors().items()
+        if k in ("centroids", "W", "answers")
+    }
+    routing = {
+        "temperature": float(config["temperature"]),
+        "top_k": int(config["top_k"]),
+        "coverage": config.get("coverage"),
+    }
     return kind, tensors, routing
 
 
@@ -110,8 +118,9 @@ class DomainTeacher:
         The domain's cluster indices.
     """
 
-    def __init__(self, kind: str, tensors: Mapping[str, np.ndarray], routing: Mapping[str, Any],
-                 clusters: Sequence[int]) -> None:
+    def __init__(
+        self, kind: str, tensors: Mapping[str, np.ndarray], routing: Mapping[str, Any], clusters: Sequence[int]
+    ) -> None:
         idx = np.asarray(clusters, dtype=np.int64)
         if not len(idx):
             raise ValueError("a domain needs at least one cluster")

@@ -286,11 +286,22 @@ def distill(
         raise ValueError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
     kinds = augmentation.check_kinds(augment, extra_queries)
     settings = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-        "mse_weight": mse_weight, "cos_weight": cos_weight, "routing_weight": routing_weight,
-        "augment": list(kinds), "sphere_sigma": sphere_sigma, "augment_ratio": augment_ratio,
-        "importance": importance, "init_keys": init_keys, "init_skip": init_skip,
-        "val_fraction": val_fraction, "patience": patience, "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "mse_weight": mse_weight,
+        "cos_weight": cos_weight,
+        "routing_weight": routing_weight,
+        "augment": list(kinds),
+        "sphere_sigma": sphere_sigma,
+        "augment_ratio": augment_ratio,
+        "importance": importance,
+        "init_keys": init_keys,
+        "init_skip": init_skip,
+        "val_fraction": val_fraction,
+        "patience": patience,
+        "seed": seed,
         "n_extra_queries": None if extra_queries is None else len(extra_queries),
     }
 
@@ -331,8 +342,18 @@ def distill(
         return b["w"] * sample_losses(net, b["x"], b["t"], b.get("route"), loss_weights)
 
     history, best_epoch = train(
-        net, net.parameters(), data, data.size, loss, epochs=epochs, lr=lr, weight_decay=weight_decay,
-        batch_size=batch_size, rng=rng, val=None if T_val is None else (Q_val, T_val), patience=patience,
+        net,
+        net.parameters(),
+        data,
+        data.size,
+        loss,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        rng=rng,
+        val=None if T_val is None else (Q_val, T_val),
+        patience=patience,
         progress=progress,
     )
     n_params = sum(p.numel() for p in net.parameters())
