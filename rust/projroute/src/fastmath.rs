@@ -59,7 +59,7 @@ macro_rules! dispatch {
             {
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn wide($($arg: $ty),*) $(-> $ret)? { inner($($arg),*) }
-                if crate::packed::has_avx2_fma() {
+                if crate::cpu::has_avx2_fma() {
                     // SAFETY: the CPU supports the features `wide` is compiled for.
                     return unsafe { wide($($arg),*) };
                 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{format_err, invalid, Error, Result};
-use crate::packed::Precision;
+use crate::precision::Precision;
 
 /// The tensor stored at the config's `weights_dtype`; every other tensor is f32.
 const WEIGHTS_TENSOR: &str = "W";

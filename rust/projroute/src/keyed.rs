@@ -14,7 +14,8 @@ use crate::blend;
 use crate::error::{format_err, invalid, Result};
 use crate::format::ModelFile;
 use crate::linalg;
-use crate::packed::{PackedMatrix, Precision};
+use crate::packed::PackedMatrix;
+use crate::precision::Precision;
 use crate::routing::Routing;
 
 /// How a query's key finds its node.

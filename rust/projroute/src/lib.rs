@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod blend;
+mod cpu;
 #[cfg(feature = "candle")]
 mod dense;
 #[cfg(feature = "candle")]
@@ -16,6 +17,7 @@ mod keyed;
 mod lda;
 mod linalg;
 mod packed;
+mod precision;
 mod projector;
 mod routing;
 #[cfg(feature = "candle")]
@@ -31,7 +33,8 @@ pub use global::Global;
 pub use index::FlatIndex;
 pub use keyed::{KeyRule, Keyed};
 pub use lda::Lda;
-pub use packed::{PackedMatrix, Precision};
+pub use packed::PackedMatrix;
+pub use precision::Precision;
 pub use projector::{Projector, INDEX_TENSOR};
 #[cfg(feature = "candle")]
 pub use transformer::Transformer;

@@ -18,6 +18,9 @@ use std::ops::Range;
 use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
+use crate::cpu::has_avx2_fma;
+use crate::precision::Precision;
+
 /// Columns per packed panel.
 pub const NR: usize = 16;
 /// Rows of `a` per microkernel call.
@@ -39,49 +42,6 @@ struct Line([f32; NR]);
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(32))]
 struct HalfLine([u16; NR]);
-
-/// How a packed matrix stores its values; products are computed in f32 either way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// 32-bit floats.
-    F32,
-    /// IEEE half precision (10-bit mantissa): half the memory traffic.
-    F16,
-    /// bfloat16 (8-bit mantissa, the f32 exponent range): half the memory traffic.
-    BF16,
-}
-
-impl Precision {
-    /// `float32`, `float16` or `bfloat16`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "float32",
-            Precision::F16 => "float16",
-            Precision::BF16 => "bfloat16",
-        }
-    }
-
-    /// From a [`name`](Self::name); `None` on anything else.
-    pub fn from_name(name: &str) -> Option<Self> {
-        [Precision::F32, Precision::F16, Precision::BF16].into_iter().find(|p| p.name() == name)
-    }
-
-    /// `v` as stored at this precision (round to nearest even), back in f32.
-    pub fn round(self, v: f32) -> f32 {
-        match self {
-            Precision::F32 => v,
-            Precision::F16 => half::f16::from_f32(v).to_f32(),
-            Precision::BF16 => half::bf16::from_f32(v).to_f32(),
-        }
-    }
-
-    fn to_bits(self, v: f32) -> u16 {
-        match self {
-            Precision::F16 => half::f16::from_f32(v).to_bits(),
-            _ => half::bf16::from_f32(v).to_bits(),
-        }
-    }
-}
 
 /// A packed matrix's lines at its precision.
 #[derive(Clone, Debug)]
@@ -309,19 +269,6 @@ impl PackedMatrix {
                 }
             }
         }
-    }
-}
-
-pub(crate) fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
