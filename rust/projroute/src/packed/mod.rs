@@ -12,6 +12,9 @@
 //! widened to f32 as they are loaded. On x86-64 with AVX2, FMA and F16C an explicit
 //! 6x16 register-blocked kernel runs; elsewhere a portable kernel with the same
 //! layout does.
+//!
+//! This file holds the layout and the driver (blocking, threads, the right edge, and
+//! the choice of kernel); `portable` and `avx2` hold one microkernel each.
 
 use std::ops::Range;
 
@@ -20,6 +23,10 @@ use rayon::prelude::*;
 
 use crate::cpu::has_avx2_fma;
 use crate::precision::Precision;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod portable;
 
 /// Columns per packed panel.
 pub const NR: usize = 16;
@@ -344,149 +351,7 @@ fn micro(
         return;
     }
     let _ = avx;
-    let mut acc = [[0.0f32; NR]; MR];
-    for p in 0..kc {
-        let bp = b.row(p);
-        for (r, acc_r) in acc.iter_mut().enumerate().take(mr) {
-            let av = a[r * lda + p];
-            for (x, &bv) in acc_r.iter_mut().zip(&bp) {
-                *x += av * bv;
-            }
-        }
-    }
-    for (r, acc_r) in acc.iter().enumerate().take(mr) {
-        let row = &mut c[r * ldc..r * ldc + NR];
-        for (x, &v) in row.iter_mut().zip(acc_r) {
-            *x = if accumulate { *x + v } else { v };
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::NR;
-    use std::arch::x86_64::*;
-
-    /// Panel row `p` as two vectors of 8: `KIND` 0 = f32 lines (64 bytes), 1 = f16 and
-    /// 2 = bf16 lines (32 bytes), widened to f32.
-    #[inline(always)]
-    unsafe fn load<const KIND: u8>(b: *const u8, p: usize) -> (__m256, __m256) {
-        if KIND == 0 {
-            let f = b.cast::<f32>().add(p * NR);
-            return (_mm256_load_ps(f), _mm256_load_ps(f.add(8)));
-        }
-        let h = b.add(p * 2 * NR).cast::<__m128i>();
-        let (x0, x1) = (_mm_load_si128(h), _mm_load_si128(h.add(1)));
-        if KIND == 1 {
-            (_mm256_cvtph_ps(x0), _mm256_cvtph_ps(x1))
-        } else {
-            let widen = |x| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(x)));
-            (widen(x0), widen(x1))
-        }
-    }
-
-    /// `micro` over the strips of `a` (mc rows of depth kc, row stride `lda`) into `c` (mc, 16).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn strips<const KIND: u8>(
-        mc: usize,
-        kc: usize,
-        a: &[f32],
-        lda: usize,
-        b: *const u8,
-        c: &mut [f32],
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        let (a, c) = (a.as_ptr(), c.as_mut_ptr());
-        let full = mc - mc % 6;
-        for s in (0..full).step_by(6) {
-            micro::<6, KIND>(kc, a.add(s * lda), lda, b, c.add(s * ldc), ldc, accumulate, s == 0);
-        }
-        let (a, c, first) = (a.add(full * lda), c.add(full * ldc), full == 0);
-        match mc - full {
-            0 => {}
-            1 => micro::<1, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
-            2 => micro::<2, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
-            3 => micro::<3, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
-            4 => micro::<4, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
-            _ => micro::<5, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
-        }
-    }
-
-    /// `Σ_p a[r * lda + p] · b[p]` for each row `r < M`, as (lanes 0..8, lanes 8..16); with
-    /// `PREFETCH`, the panel that follows `b` in memory is fetched meanwhile.
-    #[inline(always)]
-    unsafe fn accumulate_panel<const M: usize, const KIND: u8, const PREFETCH: bool>(
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const u8,
-    ) -> ([__m256; M], [__m256; M]) {
-        let line = if KIND == 0 { 4 * NR } else { 2 * NR };
-        let mut lo = [_mm256_setzero_ps(); M];
-        let mut hi = [_mm256_setzero_ps(); M];
-        // A macro, not a closure: closures do not inherit the target features.
-        macro_rules! step {
-            ($p:expr) => {{
-                let p = $p;
-                if PREFETCH && (KIND == 0 || p % 2 == 0) {
-                    // A prefetch never faults, so running past the end is harmless.
-                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kc + p) * line).cast::<i8>());
-                }
-                let (b0, b1) = load::<KIND>(b, p);
-                for r in 0..M {
-                    let av = _mm256_broadcast_ss(&*a.add(r * lda + p));
-                    lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
-                    hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
-                }
-            }};
-        }
-        // Unrolled by four: the loop bookkeeping would otherwise compete with the FMAs
-        // for issue slots.
-        let mut p = 0;
-        while p + 4 <= kc {
-            step!(p);
-            step!(p + 1);
-            step!(p + 2);
-            step!(p + 3);
-            p += 4;
-        }
-        while p < kc {
-            step!(p);
-            p += 1;
-        }
-        (lo, hi)
-    }
-
-    /// The `M`x16 register-blocked kernel: `2 * M` accumulators of 8 lanes.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const u8,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-        prefetch: bool,
-    ) {
-        let (mut lo, mut hi) = if prefetch {
-            accumulate_panel::<M, KIND, true>(kc, a, lda, b)
-        } else {
-            accumulate_panel::<M, KIND, false>(kc, a, lda, b)
-        };
-        for r in 0..M {
-            let row = c.add(r * ldc);
-            if accumulate {
-                lo[r] = _mm256_add_ps(lo[r], _mm256_loadu_ps(row));
-                hi[r] = _mm256_add_ps(hi[r], _mm256_loadu_ps(row.add(8)));
-            }
-            _mm256_storeu_ps(row, lo[r]);
-            _mm256_storeu_ps(row.add(8), hi[r]);
-        }
-    }
+    portable::micro(mr, kc, a, lda, b, c, ldc, accumulate);
 }
 
 #[cfg(test)]
@@ -495,7 +360,14 @@ mod tests {
     use ndarray::Array2;
     use proptest::prelude::*;
 
-    fn filled(m: usize, n: usize, seed: u64) -> Array2<f32> {
+    /// Shapes (m, k, n) with partial strips, partial panels and several row blocks.
+    pub(super) const SHAPES: [(usize, usize, usize); 6] =
+        [(1, 1, 1), (7, 300, 17), (13, 513, 32), (130, 260, 50), (6, 16, 16), (1, 768, 768)];
+
+    pub(super) const PRECISIONS: [Precision; 3] = [Precision::F32, Precision::F16, Precision::BF16];
+
+    /// A deterministic (m, n) matrix of values in [-0.5, 0.5).
+    pub(super) fn filled(m: usize, n: usize, seed: u64) -> Array2<f32> {
         let mut s = seed;
         Array2::from_shape_simple_fn((m, n), || {
             s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -503,53 +375,36 @@ mod tests {
         })
     }
 
-    fn check(m: usize, k: usize, n: usize, seed: u64, portable: bool) {
-        for precision in [Precision::F32, Precision::F16, Precision::BF16] {
-            check_at(m, k, n, seed, portable, precision);
+    /// `got` (row-major) against `want` to f32 accuracy.
+    pub(super) fn assert_close(got: &[f32], want: &Array2<f32>, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (x, y) in got.iter().zip(want.iter()) {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}: {x} vs {y}");
         }
     }
 
-    /// The kernel against ndarray on the matrix rounded to `precision`.
-    fn check_at(m: usize, k: usize, n: usize, seed: u64, portable: bool, precision: Precision) {
+    fn check(m: usize, k: usize, n: usize, seed: u64) {
+        for precision in PRECISIONS {
+            check_at(m, k, n, seed, precision);
+        }
+    }
+
+    /// The driver (and whichever kernel it picks) against ndarray on the matrix rounded
+    /// to `precision`.
+    fn check_at(m: usize, k: usize, n: usize, seed: u64, precision: Precision) {
         let a = filled(m, k, seed);
         let b = filled(k, n, seed + 1).mapv(|v| precision.round(v));
         let packed = PackedMatrix::pack_as(b.view(), precision);
         assert_eq!(packed.precision(), precision);
         let mut c = vec![f32::NAN; m * n];
-        if portable {
-            // Drive the portable kernel directly on the first row block.
-            let kc = KC.min(k);
-            let a = a.slice(ndarray::s![.., ..kc]).to_owned();
-            let b = b.slice(ndarray::s![..kc, ..]).to_owned();
-            let packed = PackedMatrix::pack_as(b.view(), precision);
-            let a = a.as_slice().expect("owned array is contiguous");
-            for j in 0..n.div_ceil(NR) {
-                let mut tile = vec![0.0f32; m * NR];
-                for s in (0..m).step_by(MR) {
-                    let mr = MR.min(m - s);
-                    micro(false, mr, kc, &a[s * kc..], kc, packed.panel(0, j), &mut tile[s * NR..], NR, false, false);
-                }
-                for i in 0..m {
-                    for col in 0..NR.min(n - j * NR) {
-                        c[i * n + j * NR + col] = tile[i * NR + col];
-                    }
-                }
-            }
-        } else {
-            packed.matmul_into(a.view(), &mut c, n, &mut Vec::new());
-        }
-        let kc = if portable { KC.min(k) } else { k };
-        let want = a.slice(ndarray::s![.., ..kc]).dot(&b.slice(ndarray::s![..kc, ..]));
-        for (x, y) in c.iter().zip(want.iter()) {
-            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{m}x{k}x{n}: {x} vs {y}");
-        }
+        packed.matmul_into(a.view(), &mut c, n, &mut Vec::new());
+        assert_close(&c, &a.dot(&b), &format!("{m}x{k}x{n} {}", precision.name()));
     }
 
     #[test]
     fn edges_and_blocks() {
-        for &(m, k, n) in &[(1, 1, 1), (7, 300, 17), (13, 513, 32), (130, 260, 50), (6, 16, 16), (1, 768, 768)] {
-            check(m, k, n, 3, false);
-            check(m, k, n, 4, true);
+        for (m, k, n) in SHAPES {
+            check(m, k, n, 3);
         }
         assert_eq!(PackedMatrix::pack(filled(3, 20, 5).view()).get(2, 19), filled(3, 20, 5)[[2, 19]]);
     }
@@ -606,7 +461,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(40))]
         #[test]
         fn matches_ndarray(m in 1usize..40, k in 1usize..300, n in 1usize..40, seed in 0u64..1000) {
-            check(m, k, n, seed, false);
+            check(m, k, n, seed);
         }
     }
 }
