@@ -57,10 +57,16 @@ macro_rules! dispatch {
             fn inner($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                /// `inner` compiled for AVX2 and FMA.
+                ///
+                /// # Safety
+                ///
+                /// The CPU must have AVX2 and FMA; nothing else (the body is safe code).
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn wide($($arg: $ty),*) $(-> $ret)? { inner($($arg),*) }
                 if crate::cpu::has_avx2_fma() {
-                    // SAFETY: the CPU supports the features `wide` is compiled for.
+                    // SAFETY: `has_avx2_fma` has just detected AVX2 and FMA (and F16C) on
+                    // this CPU, the only precondition of `wide`.
                     return unsafe { wide($($arg),*) };
                 }
             }

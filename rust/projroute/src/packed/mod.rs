@@ -14,14 +14,14 @@
 //! layout does.
 //!
 //! This file holds the layout and the driver (blocking, threads, the right edge, and
-//! the choice of kernel); `portable` and `avx2` hold one microkernel each.
+//! the choice of kernel, with the bounds every kernel call relies on checked once per
+//! call); `portable` and `avx2` hold one microkernel each.
 
 use std::ops::Range;
 
 use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use crate::cpu::has_avx2_fma;
 use crate::precision::Precision;
 
 #[cfg(target_arch = "x86_64")]
@@ -49,6 +49,12 @@ struct Line([f32; NR]);
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(32))]
 struct HalfLine([u16; NR]);
+
+// The AVX2 kernel steps through a panel `4 * NR` (f32) or `2 * NR` (f16, bf16) bytes a
+// row with aligned 32- and 16-byte loads: lines are exactly that long and at least that
+// aligned.
+const _: () = assert!(std::mem::size_of::<Line>() == 4 * NR && std::mem::align_of::<Line>() >= 32);
+const _: () = assert!(std::mem::size_of::<HalfLine>() == 2 * NR && std::mem::align_of::<HalfLine>() >= 16);
 
 /// A packed matrix's lines at its precision.
 #[derive(Clone, Debug)]
@@ -244,7 +250,7 @@ impl PackedMatrix {
             }
         };
         let lda = k;
-        let avx = has_avx2_fma();
+        let kernel = Kernel::detect();
         let mut tile = [0.0f32; MR * NR];
         // Rows per block: all of their depth stays in L2 while every panel passes.
         let mc_max = (A_BLOCK / k).clamp(MR, MC) / MR * MR;
@@ -258,7 +264,7 @@ impl PackedMatrix {
                     let a_block = &a[i0 * lda + kb..];
                     if nr == NR {
                         let c_off = i0 * ldc + (j - panels.start) * NR;
-                        strips(avx, mc, kc, a_block, lda, b, &mut c[c_off..], ldc, accumulate);
+                        strips(kernel, mc, kc, a_block, lda, b, &mut c[c_off..], ldc, accumulate);
                         continue;
                     }
                     // Right edge: compute full tiles aside, copy the valid columns.
@@ -268,7 +274,7 @@ impl PackedMatrix {
                         for r in 0..mr {
                             tile[r * NR..r * NR + nr].copy_from_slice(&c[c_off + r * ldc..c_off + r * ldc + nr]);
                         }
-                        micro(avx, mr, kc, &a_block[s * lda..], lda, b, &mut tile, NR, accumulate, s == 0);
+                        micro(kernel, mr, kc, &a_block[s * lda..], lda, b, &mut tile, NR, accumulate, s == 0);
                         for r in 0..mr {
                             c[c_off + r * ldc..c_off + r * ldc + nr].copy_from_slice(&tile[r * NR..r * NR + nr]);
                         }
@@ -279,35 +285,84 @@ impl PackedMatrix {
     }
 }
 
+
+/// The microkernel a product runs on.
+#[derive(Clone, Copy, Debug)]
+enum Kernel {
+    /// [`portable::micro`], on any CPU.
+    Portable,
+    /// The AVX2/FMA/F16C kernel: only constructed from the detection's proof.
+    #[cfg(target_arch = "x86_64")]
+    Avx2(avx2::Features),
+}
+
+impl Kernel {
+    /// The AVX2 kernel where the CPU has its features, else the portable one.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(features) = avx2::Features::detect() {
+            return Kernel::Avx2(features);
+        }
+        Kernel::Portable
+    }
+}
+
+/// Whether a slice of `len` elements holds `rows` rows of `cols` elements spaced `stride`
+/// apart: the last one ends at `(rows - 1) * stride + cols`.
+fn holds(len: usize, rows: usize, cols: usize, stride: usize) -> bool {
+    rows == 0 || (rows - 1).checked_mul(stride).and_then(|r| r.checked_add(cols)).is_some_and(|end| end <= len)
+}
+
 /// [`micro`] over every strip of `MR` rows of `a` (mc rows of depth kc, row stride
 /// `lda`) against one full panel, into `c` (mc, NR) with row stride `ldc`; one
 /// dispatch per panel.
+///
+/// Panics unless `a`, `b` and `c` hold all of that (checked once per panel: the AVX2
+/// kernel's reads and writes are unchecked).
 #[allow(clippy::too_many_arguments)]
-fn strips(avx: bool, mc: usize, kc: usize, a: &[f32], lda: usize, b: Panel<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
-    debug_assert!(a.len() >= (mc - 1) * lda + kc && b.len() >= kc && c.len() >= (mc - 1) * ldc + NR);
-    #[cfg(target_arch = "x86_64")]
-    if avx {
-        // SAFETY: as in `micro`.
-        unsafe {
-            match b {
-                Panel::F32(l) => avx2::strips::<0>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
-                Panel::Half(Precision::F16, l) => avx2::strips::<1>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
-                Panel::Half(_, l) => avx2::strips::<2>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
+fn strips(kernel: Kernel, mc: usize, kc: usize, a: &[f32], lda: usize, b: Panel<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
+    assert!(
+        holds(a.len(), mc, kc, lda) && b.len() >= kc && holds(c.len(), mc, NR, ldc),
+        "packed kernel: {mc}x{kc} strip block out of bounds"
+    );
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2(_) => {
+            // SAFETY: `Kernel::Avx2` is only built from `Features::detect`, so the CPU
+            // has AVX2, FMA and F16C. The assert above bounds every access: rows
+            // `r < mc` of `a` are read at `r * lda + p` (`p < kc`) and of `c` written at
+            // `r * ldc + 0..NR`, and `b` has at least `kc` lines. The pointer given for
+            // `b` is that of its `Line`s (`KIND` 0) or `HalfLine`s (1 = f16, 2 = bf16),
+            // whose size and alignment are what the kernel's loads expect (the const
+            // asserts beside their definitions). `c` is borrowed exclusively, so
+            // nothing else reads or writes it meanwhile.
+            unsafe {
+                match b {
+                    Panel::F32(l) => avx2::strips::<0>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
+                    Panel::Half(Precision::F16, l) => {
+                        avx2::strips::<1>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate)
+                    }
+                    Panel::Half(_, l) => avx2::strips::<2>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
+                }
             }
         }
-        return;
-    }
-    for s in (0..mc).step_by(MR) {
-        let mr = MR.min(mc - s);
-        micro(avx, mr, kc, &a[s * lda..], lda, b, &mut c[s * ldc..], ldc, accumulate, s == 0);
+        Kernel::Portable => {
+            for s in (0..mc).step_by(MR) {
+                let mr = MR.min(mc - s);
+                micro(kernel, mr, kc, &a[s * lda..], lda, b, &mut c[s * ldc..], ldc, accumulate, s == 0);
+            }
+        }
     }
 }
 
 /// `c[r, 0..NR] (+)= sum_p a[r * lda + p] * b[p][0..NR]` for `r < mr`, `p < kc`.
 /// With `prefetch`, the panel after `b` is fetched into cache meanwhile (AVX2 kernel).
+///
+/// Panics unless `1 <= mr <= MR` and `a`, `b` and `c` hold all of that (checked once
+/// per call: the AVX2 kernel's reads and writes are unchecked).
 #[allow(clippy::too_many_arguments)]
 fn micro(
-    avx: bool,
+    kernel: Kernel,
     mr: usize,
     kc: usize,
     a: &[f32],
@@ -318,40 +373,54 @@ fn micro(
     accumulate: bool,
     prefetch: bool,
 ) {
-    debug_assert!(a.len() >= (mr - 1) * lda + kc && b.len() >= kc && c.len() >= (mr - 1) * ldc + NR);
-    #[cfg(target_arch = "x86_64")]
-    if avx {
-        // SAFETY: AVX2, FMA and F16C were detected at run time; the slices are long
-        // enough for every access (checked above in debug builds, by construction in callers).
-        unsafe {
-            let (ptr, kind) = match b {
-                Panel::F32(l) => (l.as_ptr().cast::<u8>(), 0),
-                Panel::Half(Precision::F16, l) => (l.as_ptr().cast::<u8>(), 1),
-                Panel::Half(_, l) => (l.as_ptr().cast::<u8>(), 2),
-            };
-            let (a, c) = (a.as_ptr(), c.as_mut_ptr());
-            macro_rules! go {
-                ($k:literal) => {
-                    match mr {
-                        1 => avx2::micro::<1, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                        2 => avx2::micro::<2, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                        3 => avx2::micro::<3, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                        4 => avx2::micro::<4, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                        5 => avx2::micro::<5, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                        _ => avx2::micro::<6, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                    }
+    assert!(
+        (1..=MR).contains(&mr) && holds(a.len(), mr, kc, lda) && b.len() >= kc && holds(c.len(), mr, NR, ldc),
+        "packed kernel: {mr}x{kc} tile out of bounds"
+    );
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2(_) => {
+            // SAFETY: `Kernel::Avx2` is only built from `Features::detect`, so the CPU
+            // has AVX2, FMA and F16C. The assert above makes `mr` one of the `M` below
+            // (1..=6) and bounds every access of that `M`x16 kernel: rows `r < mr` of
+            // `a` are read at `r * lda + p` (`p < kc`) and of `c` written at
+            // `r * ldc + 0..NR`, and `b` has at least `kc` lines. The pointer given for
+            // `b` is that of its `Line`s (`kind` 0) or `HalfLine`s (1 = f16, 2 = bf16),
+            // whose size and alignment are what the kernel's loads expect (the const
+            // asserts beside their definitions); the prefetch of the next panel may
+            // point past `b` but never faults. `c` is borrowed exclusively, so nothing
+            // else reads or writes it meanwhile.
+            unsafe {
+                let (ptr, kind) = match b {
+                    Panel::F32(l) => (l.as_ptr().cast::<u8>(), 0),
+                    Panel::Half(Precision::F16, l) => (l.as_ptr().cast::<u8>(), 1),
+                    Panel::Half(_, l) => (l.as_ptr().cast::<u8>(), 2),
                 };
-            }
-            match kind {
-                0 => go!(0),
-                1 => go!(1),
-                _ => go!(2),
+                let (a, c) = (a.as_ptr(), c.as_mut_ptr());
+                macro_rules! go {
+                    ($k:literal) => {
+                        match mr {
+                            1 => avx2::micro::<1, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                            2 => avx2::micro::<2, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                            3 => avx2::micro::<3, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                            4 => avx2::micro::<4, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                            5 => avx2::micro::<5, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                            _ => avx2::micro::<6, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                        }
+                    };
+                }
+                match kind {
+                    0 => go!(0),
+                    1 => go!(1),
+                    _ => go!(2),
+                }
             }
         }
-        return;
+        Kernel::Portable => {
+            let _ = prefetch; // the portable kernel leaves caching to the hardware prefetcher
+            portable::micro(mr, kc, a, lda, b, c, ldc, accumulate)
+        }
     }
-    let _ = avx;
-    portable::micro(mr, kc, a, lda, b, c, ldc, accumulate);
 }
 
 #[cfg(test)]
@@ -455,6 +524,32 @@ mod tests {
         let mut c = vec![1.0f32; 10];
         packed.matmul_into(Array2::<f32>::zeros((2, 0)).view(), &mut c, 5, &mut Vec::new());
         assert!(c.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn kernel_bounds_are_checked_in_release_builds() {
+        let b = PackedMatrix::pack(filled(8, 16, 1).view());
+        let a = filled(6, 8, 2).into_raw_vec_and_offset().0;
+        let call = |mr: usize, a: &[f32], c_len: usize| {
+            let a = a.to_vec();
+            let panel = b.panel(0, 0);
+            std::panic::catch_unwind(move || {
+                let mut c = vec![0.0f32; c_len];
+                micro(Kernel::detect(), mr, 8, &a, 8, panel, &mut c, NR, false, false);
+                strips(Kernel::detect(), mr.max(1), 8, &a, 8, panel, &mut c, NR, false);
+            })
+            .is_ok()
+        };
+        assert!(call(6, &a, 6 * NR));
+        assert!(!call(6, &a, 6 * NR - 1), "output one float short");
+        assert!(!call(6, &a[..47], 6 * NR), "input one float short");
+        assert!(!call(0, &a, 6 * NR), "no rows");
+        assert!(!call(7, &filled(7, 8, 2).into_raw_vec_and_offset().0, 7 * NR), "more rows than a tile");
+        let short = PackedMatrix::pack(filled(7, 16, 1).view());
+        let mut c = vec![0.0f32; NR];
+        let panel = short.panel(0, 0);
+        let result = std::panic::catch_unwind(move || micro(Kernel::detect(), 1, 8, &a, 8, panel, &mut c, NR, false, false));
+        assert!(result.is_err(), "panel one line short");
     }
 
     proptest! {
