@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array2, Array3};
-use projroute::{route, FlatIndex, Federated, Lda, PackedMatrix, Router, RoutingParams};
+use projroute::{route, Federated, FlatIndex, Lda, PackedMatrix, Router, RoutingParams};
 
 fn random(shape: (usize, usize), seed: u64) -> Array2<f32> {
     let mut s = seed;
@@ -54,9 +54,7 @@ fn routing(c: &mut Criterion) {
     let scores = router.scores(x.view()).unwrap();
     let mut group = c.benchmark_group("routing_f32_b1024_k1000");
     group.throughput(Throughput::Elements(b as u64));
-    group.bench_function("cosine_scores_d384", |bench| {
-        bench.iter(|| router.scores(x.view()).unwrap())
-    });
+    group.bench_function("cosine_scores_d384", |bench| bench.iter(|| router.scores(x.view()).unwrap()));
     for (name, top_k, coverage) in [("top10", 10, None), ("coverage0.9", k, Some(0.9))] {
         let params = RoutingParams { temperature: 0.1, top_k, coverage };
         group.bench_function(name, |bench| bench.iter(|| route(scores.view(), &params).unwrap()));

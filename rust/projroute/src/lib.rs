@@ -29,7 +29,9 @@ pub use blend::{blend_maps, blend_vectors};
 pub use ensemble::Ensemble;
 pub use error::{Error, Result};
 pub use federated::Federated;
-pub use format::{Config, EnsembleConfig, ModelFile, Tensor, TransformerConfig, CONFIG_KEY, FORMAT_NAME, FORMAT_VERSION};
+pub use format::{
+    Config, EnsembleConfig, ModelFile, Tensor, TransformerConfig, CONFIG_KEY, FORMAT_NAME, FORMAT_VERSION,
+};
 pub use global::Global;
 pub use index::FlatIndex;
 pub use keyed::{KeyRule, Keyed};
@@ -37,6 +39,6 @@ pub use lda::Lda;
 pub use packed::PackedMatrix;
 pub use precision::Precision;
 pub use projector::{Projector, INDEX_TENSOR};
+pub use routing::{route, softmax_rows, Router, Routing, RoutingParams};
 #[cfg(feature = "candle")]
 pub use transformer::Transformer;
-pub use routing::{route, softmax_rows, Router, Routing, RoutingParams};

@@ -227,7 +227,14 @@ impl PackedMatrix {
 
     /// Columns of `panels` of `a @ self` into `c` (m, width) with row stride `ldc`,
     /// column 0 of `c` being the first column of `panels.start`.
-    pub(crate) fn panels_into(&self, a: ArrayView2<f32>, panels: Range<usize>, c: &mut [f32], ldc: usize, scratch: &mut Vec<f32>) {
+    pub(crate) fn panels_into(
+        &self,
+        a: ArrayView2<f32>,
+        panels: Range<usize>,
+        c: &mut [f32],
+        ldc: usize,
+        scratch: &mut Vec<f32>,
+    ) {
         let (m, k) = a.dim();
         let width = (panels.end * NR).min(self.n) - panels.start * NR;
         assert_eq!(k, self.k, "inner dimensions differ");
@@ -285,7 +292,6 @@ impl PackedMatrix {
     }
 }
 
-
 /// The microkernel a product runs on.
 #[derive(Clone, Copy, Debug)]
 enum Kernel {
@@ -320,7 +326,17 @@ fn holds(len: usize, rows: usize, cols: usize, stride: usize) -> bool {
 /// Panics unless `a`, `b` and `c` hold all of that (checked once per panel: the AVX2
 /// kernel's reads and writes are unchecked).
 #[allow(clippy::too_many_arguments)]
-fn strips(kernel: Kernel, mc: usize, kc: usize, a: &[f32], lda: usize, b: Panel<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
+fn strips(
+    kernel: Kernel,
+    mc: usize,
+    kc: usize,
+    a: &[f32],
+    lda: usize,
+    b: Panel<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     assert!(
         holds(a.len(), mc, kc, lda) && b.len() >= kc && holds(c.len(), mc, NR, ldc),
         "packed kernel: {mc}x{kc} strip block out of bounds"
@@ -548,7 +564,8 @@ mod tests {
         let short = PackedMatrix::pack(filled(7, 16, 1).view());
         let mut c = vec![0.0f32; NR];
         let panel = short.panel(0, 0);
-        let result = std::panic::catch_unwind(move || micro(Kernel::detect(), 1, 8, &a, 8, panel, &mut c, NR, false, false));
+        let result =
+            std::panic::catch_unwind(move || micro(Kernel::detect(), 1, 8, &a, 8, panel, &mut c, NR, false, false));
         assert!(result.is_err(), "panel one line short");
     }
 

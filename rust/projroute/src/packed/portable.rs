@@ -8,7 +8,16 @@ use super::{Panel, MR, NR};
 /// (`mr <= MR`): the tile is accumulated in registers over the whole depth, then
 /// stored (or added, with `accumulate`) once.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn micro(mr: usize, kc: usize, a: &[f32], lda: usize, b: Panel<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
+pub(super) fn micro(
+    mr: usize,
+    kc: usize,
+    a: &[f32],
+    lda: usize,
+    b: Panel<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     let mut acc = [[0.0f32; NR]; MR];
     for p in 0..kc {
         let bp = b.row(p);
