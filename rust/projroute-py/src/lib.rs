@@ -245,6 +245,9 @@ impl Projector {
     }
 }
 
+/// Ids (B, k) and scores (B, k) of a search.
+type Hits<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
+
 /// Exact cosine search over the rows of an embedding matrix.
 #[pyclass(module = "projroute._core", frozen)]
 struct FlatIndex {
@@ -263,12 +266,7 @@ impl FlatIndex {
     }
 
     /// The `k` best items per query `x` (B, D): (ids int64 (B, k), scores float32 (B, k)).
-    fn search<'py>(
-        &self,
-        py: Python<'py>,
-        x: &Bound<'py, PyAny>,
-        k: usize,
-    ) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
+    fn search<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>, k: usize) -> PyResult<Hits<'py>> {
         let x = as_f32_matrix(x, "queries")?;
         let view = x.as_array();
         let (ids, scores) = py.detach(|| self.inner.search(view, k)).map_err(to_py_err)?;
