@@ -14,12 +14,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-create_exception!(
-    projroute._core,
-    ProjrouteError,
-    PyException,
-    "Base class of projroute's own errors."
-);
+create_exception!(projroute._core, ProjrouteError, PyException, "Base class of projroute's own errors.");
 create_exception!(
     projroute._core,
     ModelFormatError,
@@ -31,9 +26,7 @@ create_exception!(
 fn to_py_err(err: core::Error) -> PyErr {
     match err {
         core::Error::InvalidInput(msg) => PyValueError::new_err(msg),
-        core::Error::Format(_) | core::Error::UnsupportedVersion { .. } => {
-            ModelFormatError::new_err(err.to_string())
-        }
+        core::Error::Format(_) | core::Error::UnsupportedVersion { .. } => ModelFormatError::new_err(err.to_string()),
         core::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
             PyFileNotFoundError::new_err(io.to_string())
         }
@@ -52,10 +45,7 @@ fn as_f32_array<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py,
         ))
     })?;
     if array.dtype().kind() != b'f' {
-        return Err(PyTypeError::new_err(format!(
-            "{what} must have a floating dtype, got {}",
-            array.dtype()
-        )));
+        return Err(PyTypeError::new_err(format!("{what} must have a floating dtype, got {}", array.dtype())));
     }
     let converted = if array.dtype().is_equiv_to(&numpy::dtype::<f32>(obj.py())) {
         obj.clone()
@@ -113,8 +103,7 @@ fn model_from_parts(
         let array = as_f32_array(&array, &format!("tensor `{name}`"))?;
         let array = array.readonly();
         let view = array.as_array();
-        let tensor = core::Tensor::new(view.shape().to_vec(), view.iter().copied().collect())
-            .map_err(to_py_err)?;
+        let tensor = core::Tensor::new(view.shape().to_vec(), view.iter().copied().collect()).map_err(to_py_err)?;
         out.insert(name, tensor);
     }
     // Through the file encoding, so that a model built here is the one its file holds
@@ -190,11 +179,7 @@ impl Projector {
         let view: ArrayView2<f32> = x.as_array();
         let k = self.inner.n_clusters();
         let dense: Option<Array2<f32>> = py
-            .detach(|| {
-                self.inner
-                    .route(view)
-                    .map(|r| r.map(|r| r.to_dense(k.expect("routed kinds have K"))))
-            })
+            .detach(|| self.inner.route(view).map(|r| r.map(|r| r.to_dense(k.expect("routed kinds have K")))))
             .map_err(to_py_err)?;
         Ok(dense.map(|d| d.into_pyarray(py)))
     }
@@ -260,6 +245,9 @@ impl Projector {
     }
 }
 
+/// Ids (B, k) and scores (B, k) of a search.
+type Hits<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
+
 /// Exact cosine search over the rows of an embedding matrix.
 #[pyclass(module = "projroute._core", frozen)]
 struct FlatIndex {
@@ -278,12 +266,7 @@ impl FlatIndex {
     }
 
     /// The `k` best items per query `x` (B, D): (ids int64 (B, k), scores float32 (B, k)).
-    fn search<'py>(
-        &self,
-        py: Python<'py>,
-        x: &Bound<'py, PyAny>,
-        k: usize,
-    ) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
+    fn search<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>, k: usize) -> PyResult<Hits<'py>> {
         let x = as_f32_matrix(x, "queries")?;
         let view = x.as_array();
         let (ids, scores) = py.detach(|| self.inner.search(view, k)).map_err(to_py_err)?;

@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array2, Array3};
-use projroute::{route, FlatIndex, Federated, Lda, PackedMatrix, Router, RoutingParams};
+use projroute::{route, Federated, FlatIndex, Lda, PackedMatrix, Router, RoutingParams};
 
 fn random(shape: (usize, usize), seed: u64) -> Array2<f32> {
     let mut s = seed;
@@ -54,9 +54,7 @@ fn routing(c: &mut Criterion) {
     let scores = router.scores(x.view()).unwrap();
     let mut group = c.benchmark_group("routing_f32_b1024_k1000");
     group.throughput(Throughput::Elements(b as u64));
-    group.bench_function("cosine_scores_d384", |bench| {
-        bench.iter(|| router.scores(x.view()).unwrap())
-    });
+    group.bench_function("cosine_scores_d384", |bench| bench.iter(|| router.scores(x.view()).unwrap()));
     for (name, top_k, coverage) in [("top10", 10, None), ("coverage0.9", k, Some(0.9))] {
         let params = RoutingParams { temperature: 0.1, top_k, coverage };
         group.bench_function(name, |bench| bench.iter(|| route(scores.view(), &params).unwrap()));
@@ -81,11 +79,13 @@ fn index(c: &mut Criterion) {
 fn packed_gemm(c: &mut Criterion) {
     let mut group = c.benchmark_group("packed_gemm_1thread");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("fma") {
+    if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("fma") {
         const STEPS: usize = 100_000;
         group.throughput(Throughput::Elements((STEPS * 12 * 16) as u64));
-        // SAFETY: FMA was detected above.
-        group.bench_function("fma_peak", |bench| bench.iter(|| unsafe { fma_chains(STEPS) }));
+        group.bench_function("fma_peak", |bench| {
+            // SAFETY: AVX and FMA were detected above.
+            bench.iter(|| unsafe { fma_chains(STEPS) })
+        });
     }
     for (m, k, n) in [(1024, 384, 256), (1024, 256, 256), (1024, 256, 512), (1024, 512, 256)] {
         let (a, b) = (random((m, k), 11), PackedMatrix::pack(random((k, n), 12).view()));
@@ -99,6 +99,10 @@ fn packed_gemm(c: &mut Criterion) {
 }
 
 /// `steps` rounds of 12 independent FMAs on 8 lanes (192 FLOP per round).
+///
+/// # Safety
+///
+/// The CPU must have AVX and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,fma")]
 unsafe fn fma_chains(steps: usize) -> f32 {

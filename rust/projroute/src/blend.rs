@@ -93,9 +93,7 @@ fn sum_partials(mut partials: Vec<Array2<f32>>, dim: (usize, usize)) -> Array2<f
         return Array2::zeros(dim);
     };
     for p in &partials {
-        Zip::from(out.axis_iter_mut(Axis(0)))
-            .and(p.axis_iter(Axis(0)))
-            .par_for_each(|mut o, p| o += &p);
+        Zip::from(out.axis_iter_mut(Axis(0))).and(p.axis_iter(Axis(0))).par_for_each(|mut o, p| o += &p);
     }
     out
 }

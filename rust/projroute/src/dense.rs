@@ -88,9 +88,8 @@ impl Dense {
 
 /// A contiguous f32 (B, cols) matrix in candle storage, viewed without copying.
 fn view<'a>(s: &'a CpuStorage, l: &Layout, cols: usize) -> candle_core::Result<ArrayView2<'a, f32>> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("dense layer input must be contiguous".into()))?;
+    let (start, end) =
+        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("dense layer input must be contiguous".into()))?;
     match l.dims() {
         &[_, c] if c == cols => {}
         dims => candle_core::bail!("dense layer expects (B, {cols}), got {dims:?}"),
@@ -114,7 +113,13 @@ impl CustomOp2 for Dense {
         "projroute-dense-residual"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = view(s1, l1, self.w.rows())?;
         let r = view(s2, l2, self.w.cols())?;
         if r.nrows() != x.nrows() {

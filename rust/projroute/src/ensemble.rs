@@ -49,9 +49,10 @@ impl Ensemble {
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
         let c = &m.config;
-        let e: &EnsembleConfig = c.ensemble.as_ref().ok_or_else(|| {
-            Error::Format("a `transformer_ensemble` config needs an `ensemble` section".into())
-        })?;
+        let e: &EnsembleConfig = c
+            .ensemble
+            .as_ref()
+            .ok_or_else(|| Error::Format("a `transformer_ensemble` config needs an `ensemble` section".into()))?;
         if e.n_domains == 0 || e.top_k == 0 || e.top_k > e.n_domains || e.router_hidden == 0 {
             return format_err(format!("bad ensemble configuration {e:?}"));
         }
@@ -88,8 +89,8 @@ impl Ensemble {
             };
             run().map_err(|err| Error::Backend(err.to_string()))?
         };
-        let logits = Array2::from_shape_vec((b, self.students.len()), logits)
-            .map_err(|err| Error::Backend(err.to_string()))?;
+        let logits =
+            Array2::from_shape_vec((b, self.students.len()), logits).map_err(|err| Error::Backend(err.to_string()))?;
         // Top-k softmax over the logits: the routing core with temperature 1.
         let params = RoutingParams { temperature: 1.0, top_k: self.top_k, coverage: None };
         let weights = route(logits.view(), &params)?.to_dense(self.students.len());

@@ -31,7 +31,13 @@ pub(crate) fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub(crate) fn erf(x: f32) -> f32 {
     const ALPHA: [f32; 7] = [
-        -2.726_142_3e-10, 2.770_681_4e-8, -2.101_024e-6, -5.692_506_4e-5, -7.349_906_3e-4, -2.9546e-3, -1.609_603_3e-2,
+        -2.726_142_3e-10,
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.9546e-3,
+        -1.609_603_3e-2,
     ];
     const BETA: [f32; 5] = [-1.456_607_2e-5, -2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2];
     let x = x.clamp(-4.0, 4.0);
@@ -57,10 +63,16 @@ macro_rules! dispatch {
             fn inner($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                /// `inner` compiled for AVX2 and FMA.
+                ///
+                /// # Safety
+                ///
+                /// The CPU must have AVX2 and FMA; nothing else (the body is safe code).
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn wide($($arg: $ty),*) $(-> $ret)? { inner($($arg),*) }
-                if crate::packed::has_avx2_fma() {
-                    // SAFETY: the CPU supports the features `wide` is compiled for.
+                if crate::cpu::has_avx2_fma() {
+                    // SAFETY: `has_avx2_fma` has just detected AVX2 and FMA (and F16C) on
+                    // this CPU, the only precondition of `wide`.
                     return unsafe { wide($($arg),*) };
                 }
             }

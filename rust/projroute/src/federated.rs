@@ -6,7 +6,8 @@ use ndarray::{Array2, ArrayView2, ArrayView3};
 use crate::blend;
 use crate::error::{format_err, Result};
 use crate::format::ModelFile;
-use crate::packed::{PackedMatrix, Precision};
+use crate::packed::PackedMatrix;
+use crate::precision::Precision;
 use crate::routing::{Router, Routing, RoutingParams};
 
 /// A federated projection.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{format_err, invalid, Error, Result};
-use crate::packed::Precision;
+use crate::precision::Precision;
 
 /// The tensor stored at the config's `weights_dtype`; every other tensor is f32.
 const WEIGHTS_TENSOR: &str = "W";
@@ -113,8 +113,8 @@ impl Config {
     /// Parse and check a config JSON string (format name and version first, so that a
     /// newer file is reported as such rather than as a schema mismatch).
     pub fn from_json(text: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(text)
-            .or_else(|e| format_err(format!("config is not valid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(text).or_else(|e| format_err(format!("config is not valid JSON: {e}")))?;
         if value.get("format").and_then(Value::as_str) != Some(FORMAT_NAME) {
             return format_err(format!("config `format` is not \"{FORMAT_NAME}\""));
         }
@@ -175,8 +175,7 @@ impl Tensor {
                 dim.ndim()
             ));
         }
-        ndarray::ArrayView::from_shape(dim, &self.data)
-            .or_else(|e| format_err(format!("tensor `{name}`: {e}")))
+        ndarray::ArrayView::from_shape(dim, &self.data).or_else(|e| format_err(format!("tensor `{name}`: {e}")))
     }
 
     /// As a 1-D view; `name` is used in the error.
@@ -237,8 +236,8 @@ impl ModelFile {
             Error::Format(format!("safetensors file has no `{CONFIG_KEY}` config: not a projroute model"))
         })?;
         let config = Config::from_json(&config_json)?;
-        let st = SafeTensors::deserialize(bytes)
-            .or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
+        let st =
+            SafeTensors::deserialize(bytes).or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let precision = if name == WEIGHTS_TENSOR { config.weights_precision() } else { Precision::F32 };
@@ -249,9 +248,9 @@ impl ModelFile {
 
     /// The tensor called `name`, or a format error naming it.
     pub fn tensor(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).ok_or_else(|| {
-            Error::Format(format!("a `{}` model needs a tensor `{name}`", self.config.kind))
-        })
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::Format(format!("a `{}` model needs a tensor `{name}`", self.config.kind)))
     }
 
     /// Serialise to safetensors bytes.
@@ -375,11 +374,9 @@ mod tests {
         for cut in [0, 7, 20, bytes.len() - 1] {
             assert!(matches!(ModelFile::from_bytes(&bytes[..cut]), Err(Error::Format(_))), "cut {cut}");
         }
-        let foreign = safetensors::serialize(
-            vec![("x", TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap())],
-            None,
-        )
-        .unwrap();
+        let foreign =
+            safetensors::serialize(vec![("x", TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap())], None)
+                .unwrap();
         let err = ModelFile::from_bytes(&foreign).unwrap_err().to_string();
         assert!(err.contains("not a projroute model"), "{err}");
     }
@@ -393,11 +390,9 @@ mod tests {
 
         let mut meta = HashMap::new();
         meta.insert(CONFIG_KEY.to_string(), config("global").to_json());
-        let f64s = safetensors::serialize(
-            vec![("W", TensorView::new(Dtype::F64, vec![1], &[0u8; 8]).unwrap())],
-            Some(meta),
-        )
-        .unwrap();
+        let f64s =
+            safetensors::serialize(vec![("W", TensorView::new(Dtype::F64, vec![1], &[0u8; 8]).unwrap())], Some(meta))
+                .unwrap();
         let err = ModelFile::from_bytes(&f64s).unwrap_err().to_string();
         assert!(err.contains("expected F32"), "{err}");
     }

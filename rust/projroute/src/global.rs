@@ -5,7 +5,8 @@ use ndarray::{Array1, Array2, ArrayView2};
 use crate::error::{format_err, Result};
 use crate::format::ModelFile;
 use crate::linalg;
-use crate::packed::{PackedMatrix, Precision};
+use crate::packed::PackedMatrix;
+use crate::precision::Precision;
 
 /// A global projection.
 #[derive(Clone, Debug)]

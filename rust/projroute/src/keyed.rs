@@ -14,7 +14,8 @@ use crate::blend;
 use crate::error::{format_err, invalid, Result};
 use crate::format::ModelFile;
 use crate::linalg;
-use crate::packed::{PackedMatrix, Precision};
+use crate::packed::PackedMatrix;
+use crate::precision::Precision;
 use crate::routing::Routing;
 
 /// How a query's key finds its node.
@@ -166,11 +167,8 @@ mod tests {
     #[test]
     fn bad_models_and_inputs_are_errors() {
         let maps = Array3::<f32>::zeros((2, 2, 2));
-        let cases: [(&[&str], &str); 3] = [
-            (&["a", "b"], "root"),
-            (&["", ""], "twice"),
-            (&["", "a", "b"], "3 node keys for 2 maps"),
-        ];
+        let cases: [(&[&str], &str); 3] =
+            [(&["a", "b"], "root"), (&["", ""], "twice"), (&["", "a", "b"], "3 node keys for 2 maps")];
         for (nodes, msg) in cases {
             let err = Keyed::new(KeyRule::Tree, keys(nodes), maps.view(), Precision::F32).unwrap_err().to_string();
             assert!(err.contains(msg), "{err}");

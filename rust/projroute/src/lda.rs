@@ -23,11 +23,7 @@ impl Lda {
     /// parameters.
     pub fn new(centroids: ArrayView2<f32>, answers: Array2<f32>, params: RoutingParams) -> Result<Self> {
         if answers.nrows() != centroids.nrows() {
-            return format_err(format!(
-                "{} answer rows for {} centroids",
-                answers.nrows(),
-                centroids.nrows()
-            ));
+            return format_err(format!("{} answer rows for {} centroids", answers.nrows(), centroids.nrows()));
         }
         let packed = PackedMatrix::pack(answers.view());
         Ok(Lda { router: Router::new(centroids, params)?, answers, packed })

@@ -37,10 +37,7 @@ pub(crate) fn check_batch(x: ArrayView2<f32>, dim: usize, what: &str) -> Result<
     if d != dim {
         return invalid(format!("{what} has {d} columns, expected {dim}"));
     }
-    let finite = x
-        .axis_iter(Axis(0))
-        .into_par_iter()
-        .all(|row| row.iter().all(|v| v.is_finite()));
+    let finite = x.axis_iter(Axis(0)).into_par_iter().all(|row| row.iter().all(|v| v.is_finite()));
     if !finite {
         return invalid(format!("{what} contains NaN or infinite values"));
     }

@@ -43,7 +43,9 @@ impl Projector {
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let (projector, expected): (Projector, Vec<String>) = match c.kind.as_str() {
             "global" => (Projector::Global(Global::from_model(m)?), names(&["W", "bias"])),
-            "federated" => (Projector::Federated(Federated::from_model(m)?), names(&["centroids", "W", "questions", "prior"])),
+            "federated" => {
+                (Projector::Federated(Federated::from_model(m)?), names(&["centroids", "W", "questions", "prior"]))
+            }
             "lda" => (Projector::Lda(Lda::from_model(m)?), names(&["centroids", "answers"])),
             "tree" => (Projector::Keyed(Keyed::from_model(m, KeyRule::Tree)?), names(&["W"])),
             "hierarchical" => (Projector::Keyed(Keyed::from_model(m, KeyRule::Hierarchical)?), names(&["W"])),
@@ -54,7 +56,9 @@ impl Projector {
                 (Projector::Transformer(t), expected)
             }
             #[cfg(feature = "candle")]
-            "transformer_ensemble" => (Projector::Ensemble(crate::Ensemble::from_model(m)?), crate::Ensemble::tensor_names(m)),
+            "transformer_ensemble" => {
+                (Projector::Ensemble(crate::Ensemble::from_model(m)?), crate::Ensemble::tensor_names(m))
+            }
             #[cfg(not(feature = "candle"))]
             "transformer" | "transformer_ensemble" => {
                 return format_err(format!("`{}` models need projroute built with the `candle` feature", c.kind))

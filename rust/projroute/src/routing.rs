@@ -179,7 +179,11 @@ impl Router {
     /// `w_i ∝ p_i · exp(s_i / T)`.
     pub fn with_prior(mut self, prior: ArrayView1<f32>) -> Result<Self> {
         if prior.len() != self.points_t.cols() {
-            return format_err(format!("prior has {} entries for {} routing points", prior.len(), self.points_t.cols()));
+            return format_err(format!(
+                "prior has {} entries for {} routing points",
+                prior.len(),
+                self.points_t.cols()
+            ));
         }
         if !prior.iter().all(|p| p.is_finite() && *p > 0.0) {
             return format_err("prior weights must be finite and > 0");
@@ -293,7 +297,16 @@ impl Router {
     /// running maximum logit `max` and per-cluster sums `sums[k] = Σ exp(z_i - max)`;
     /// the block overlaps clusters `k0..` with boundaries `local` (relative to c0).
     #[allow(clippy::too_many_arguments)]
-    fn add_block(&self, row: &mut [f32], c0: usize, k0: usize, local: &[usize], max: &mut f32, sums: &mut [f32], tmp: &mut [f32]) {
+    fn add_block(
+        &self,
+        row: &mut [f32],
+        c0: usize,
+        k0: usize,
+        local: &[usize],
+        max: &mut f32,
+        sums: &mut [f32],
+        tmp: &mut [f32],
+    ) {
         let prior = self.log_prior.as_deref().map(|p| &p[c0..c0 + row.len()]);
         let block_max = fastmath::scale_shift_max(row, 1.0 / self.params.temperature, prior);
         if block_max > *max {
@@ -360,11 +373,8 @@ pub fn route(scores: ArrayView2<f32>, params: &RoutingParams) -> Result<Routing>
             None => route_one(&row.to_vec(), params),
         })
         .collect();
-    let mut routing = Routing {
-        offsets: Vec::with_capacity(rows.len() + 1),
-        clusters: Vec::new(),
-        weights: Vec::new(),
-    };
+    let mut routing =
+        Routing { offsets: Vec::with_capacity(rows.len() + 1), clusters: Vec::new(), weights: Vec::new() };
     routing.offsets.push(0);
     for (c, w) in rows {
         routing.clusters.extend(c);
@@ -379,9 +389,7 @@ fn route_one(s: &[f32], p: &RoutingParams) -> (Vec<u32>, Vec<f32>) {
     let k_all = s.len();
     let inv_t = 1.0 / p.temperature;
     // Descending score, ties to the lower index (a total order, as numpy's stable argsort of -s).
-    let by_score = |a: &u32, b: &u32| {
-        s[*b as usize].total_cmp(&s[*a as usize]).then(a.cmp(b))
-    };
+    let by_score = |a: &u32, b: &u32| s[*b as usize].total_cmp(&s[*a as usize]).then(a.cmp(b));
     let mut order: Vec<u32> = (0..k_all as u32).collect();
     let keep = match p.coverage {
         None => {

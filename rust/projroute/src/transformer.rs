@@ -122,8 +122,20 @@ impl Transformer {
                 .to_vec();
         for i in 0..c.n_layers {
             for t in [
-                "norm1.weight", "norm1.bias", "query.weight", "query.bias", "keys", "values", "out.weight",
-                "out.bias", "norm2.weight", "norm2.bias", "ffn1.weight", "ffn1.bias", "ffn2.weight", "ffn2.bias",
+                "norm1.weight",
+                "norm1.bias",
+                "query.weight",
+                "query.bias",
+                "keys",
+                "values",
+                "out.weight",
+                "out.bias",
+                "norm2.weight",
+                "norm2.bias",
+                "ffn1.weight",
+                "ffn1.bias",
+                "ffn2.weight",
+                "ffn2.bias",
             ] {
                 names.push(format!("layers.{i}.{t}"));
             }
@@ -137,9 +149,10 @@ impl Transformer {
 
     /// Build from the tensors under `vb` with the architecture in `m`'s config.
     pub(crate) fn from_builder(vb: VarBuilder, m: &ModelFile) -> Result<Self> {
-        let c = m.config.transformer.as_ref().ok_or_else(|| {
-            Error::Format(format!("a `{}` config needs a `transformer` architecture", m.config.kind))
-        })?;
+        let c =
+            m.config.transformer.as_ref().ok_or_else(|| {
+                Error::Format(format!("a `{}` config needs a `transformer` architecture", m.config.kind))
+            })?;
         if c.n_heads == 0 || c.d_model % c.n_heads != 0 || c.n_layers == 0 || c.num_keys == 0 {
             return format_err(format!("bad transformer architecture {c:?}"));
         }
@@ -147,7 +160,9 @@ impl Transformer {
         let build = || -> candle_core::Result<Self> {
             Ok(Transformer {
                 input: Dense::linear(d_in, d, true, vb.pp("input"))?,
-                blocks: (0..c.n_layers).map(|i| Block::load(vb.pp("layers").pp(i), c)).collect::<candle_core::Result<_>>()?,
+                blocks: (0..c.n_layers)
+                    .map(|i| Block::load(vb.pp("layers").pp(i), c))
+                    .collect::<candle_core::Result<_>>()?,
                 norm: layer_norm(d, c.layer_norm_eps, vb.pp("norm"))?,
                 output: Dense::linear(d, d_out, true, vb.pp("output"))?,
                 skip: Dense::linear(d_in, d_out, false, vb.pp("skip"))?,

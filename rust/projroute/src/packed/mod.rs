@@ -12,11 +12,21 @@
 //! widened to f32 as they are loaded. On x86-64 with AVX2, FMA and F16C an explicit
 //! 6x16 register-blocked kernel runs; elsewhere a portable kernel with the same
 //! layout does.
+//!
+//! This file holds the layout and the driver (blocking, threads, the right edge, and
+//! the choice of kernel, with the bounds every kernel call relies on checked once per
+//! call); `portable` and `avx2` hold one microkernel each.
 
 use std::ops::Range;
 
 use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
+
+use crate::precision::Precision;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod portable;
 
 /// Columns per packed panel.
 pub const NR: usize = 16;
@@ -40,48 +50,11 @@ struct Line([f32; NR]);
 #[repr(C, align(32))]
 struct HalfLine([u16; NR]);
 
-/// How a packed matrix stores its values; products are computed in f32 either way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// 32-bit floats.
-    F32,
-    /// IEEE half precision (10-bit mantissa): half the memory traffic.
-    F16,
-    /// bfloat16 (8-bit mantissa, the f32 exponent range): half the memory traffic.
-    BF16,
-}
-
-impl Precision {
-    /// `float32`, `float16` or `bfloat16`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "float32",
-            Precision::F16 => "float16",
-            Precision::BF16 => "bfloat16",
-        }
-    }
-
-    /// From a [`name`](Self::name); `None` on anything else.
-    pub fn from_name(name: &str) -> Option<Self> {
-        [Precision::F32, Precision::F16, Precision::BF16].into_iter().find(|p| p.name() == name)
-    }
-
-    /// `v` as stored at this precision (round to nearest even), back in f32.
-    pub fn round(self, v: f32) -> f32 {
-        match self {
-            Precision::F32 => v,
-            Precision::F16 => half::f16::from_f32(v).to_f32(),
-            Precision::BF16 => half::bf16::from_f32(v).to_f32(),
-        }
-    }
-
-    fn to_bits(self, v: f32) -> u16 {
-        match self {
-            Precision::F16 => half::f16::from_f32(v).to_bits(),
-            _ => half::bf16::from_f32(v).to_bits(),
-        }
-    }
-}
+// The AVX2 kernel steps through a panel `4 * NR` (f32) or `2 * NR` (f16, bf16) bytes a
+// row with aligned 32- and 16-byte loads: lines are exactly that long and at least that
+// aligned.
+const _: () = assert!(std::mem::size_of::<Line>() == 4 * NR && std::mem::align_of::<Line>() >= 32);
+const _: () = assert!(std::mem::size_of::<HalfLine>() == 2 * NR && std::mem::align_of::<HalfLine>() >= 16);
 
 /// A packed matrix's lines at its precision.
 #[derive(Clone, Debug)]
@@ -254,7 +227,14 @@ impl PackedMatrix {
 
     /// Columns of `panels` of `a @ self` into `c` (m, width) with row stride `ldc`,
     /// column 0 of `c` being the first column of `panels.start`.
-    pub(crate) fn panels_into(&self, a: ArrayView2<f32>, panels: Range<usize>, c: &mut [f32], ldc: usize, scratch: &mut Vec<f32>) {
+    pub(crate) fn panels_into(
+        &self,
+        a: ArrayView2<f32>,
+        panels: Range<usize>,
+        c: &mut [f32],
+        ldc: usize,
+        scratch: &mut Vec<f32>,
+    ) {
         let (m, k) = a.dim();
         let width = (panels.end * NR).min(self.n) - panels.start * NR;
         assert_eq!(k, self.k, "inner dimensions differ");
@@ -277,7 +257,7 @@ impl PackedMatrix {
             }
         };
         let lda = k;
-        let avx = has_avx2_fma();
+        let kernel = Kernel::detect();
         let mut tile = [0.0f32; MR * NR];
         // Rows per block: all of their depth stays in L2 while every panel passes.
         let mc_max = (A_BLOCK / k).clamp(MR, MC) / MR * MR;
@@ -291,7 +271,7 @@ impl PackedMatrix {
                     let a_block = &a[i0 * lda + kb..];
                     if nr == NR {
                         let c_off = i0 * ldc + (j - panels.start) * NR;
-                        strips(avx, mc, kc, a_block, lda, b, &mut c[c_off..], ldc, accumulate);
+                        strips(kernel, mc, kc, a_block, lda, b, &mut c[c_off..], ldc, accumulate);
                         continue;
                     }
                     // Right edge: compute full tiles aside, copy the valid columns.
@@ -301,7 +281,7 @@ impl PackedMatrix {
                         for r in 0..mr {
                             tile[r * NR..r * NR + nr].copy_from_slice(&c[c_off + r * ldc..c_off + r * ldc + nr]);
                         }
-                        micro(avx, mr, kc, &a_block[s * lda..], lda, b, &mut tile, NR, accumulate, s == 0);
+                        micro(kernel, mr, kc, &a_block[s * lda..], lda, b, &mut tile, NR, accumulate, s == 0);
                         for r in 0..mr {
                             c[c_off + r * ldc..c_off + r * ldc + nr].copy_from_slice(&tile[r * NR..r * NR + nr]);
                         }
@@ -312,48 +292,93 @@ impl PackedMatrix {
     }
 }
 
-pub(crate) fn has_avx2_fma() -> bool {
+/// The microkernel a product runs on.
+#[derive(Clone, Copy, Debug)]
+enum Kernel {
+    /// [`portable::micro`], on any CPU.
+    Portable,
+    /// The AVX2/FMA/F16C kernel: only constructed from the detection's proof.
     #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
+    Avx2(avx2::Features),
+}
+
+impl Kernel {
+    /// The AVX2 kernel where the CPU has its features, else the portable one.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(features) = avx2::Features::detect() {
+            return Kernel::Avx2(features);
+        }
+        Kernel::Portable
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+}
+
+/// Whether a slice of `len` elements holds `rows` rows of `cols` elements spaced `stride`
+/// apart: the last one ends at `(rows - 1) * stride + cols`.
+fn holds(len: usize, rows: usize, cols: usize, stride: usize) -> bool {
+    rows == 0 || (rows - 1).checked_mul(stride).and_then(|r| r.checked_add(cols)).is_some_and(|end| end <= len)
 }
 
 /// [`micro`] over every strip of `MR` rows of `a` (mc rows of depth kc, row stride
 /// `lda`) against one full panel, into `c` (mc, NR) with row stride `ldc`; one
 /// dispatch per panel.
+///
+/// Panics unless `a`, `b` and `c` hold all of that (checked once per panel: the AVX2
+/// kernel's reads and writes are unchecked).
 #[allow(clippy::too_many_arguments)]
-fn strips(avx: bool, mc: usize, kc: usize, a: &[f32], lda: usize, b: Panel<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
-    debug_assert!(a.len() >= (mc - 1) * lda + kc && b.len() >= kc && c.len() >= (mc - 1) * ldc + NR);
-    #[cfg(target_arch = "x86_64")]
-    if avx {
-        // SAFETY: as in `micro`.
-        unsafe {
-            match b {
-                Panel::F32(l) => avx2::strips::<0>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
-                Panel::Half(Precision::F16, l) => avx2::strips::<1>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
-                Panel::Half(_, l) => avx2::strips::<2>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
+fn strips(
+    kernel: Kernel,
+    mc: usize,
+    kc: usize,
+    a: &[f32],
+    lda: usize,
+    b: Panel<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert!(
+        holds(a.len(), mc, kc, lda) && b.len() >= kc && holds(c.len(), mc, NR, ldc),
+        "packed kernel: {mc}x{kc} strip block out of bounds"
+    );
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2(_) => {
+            // SAFETY: `Kernel::Avx2` is only built from `Features::detect`, so the CPU
+            // has AVX2, FMA and F16C. The assert above bounds every access: rows
+            // `r < mc` of `a` are read at `r * lda + p` (`p < kc`) and of `c` written at
+            // `r * ldc + 0..NR`, and `b` has at least `kc` lines. The pointer given for
+            // `b` is that of its `Line`s (`KIND` 0) or `HalfLine`s (1 = f16, 2 = bf16),
+            // whose size and alignment are what the kernel's loads expect (the const
+            // asserts beside their definitions). `c` is borrowed exclusively, so
+            // nothing else reads or writes it meanwhile.
+            unsafe {
+                match b {
+                    Panel::F32(l) => avx2::strips::<0>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
+                    Panel::Half(Precision::F16, l) => {
+                        avx2::strips::<1>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate)
+                    }
+                    Panel::Half(_, l) => avx2::strips::<2>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
+                }
             }
         }
-        return;
-    }
-    for s in (0..mc).step_by(MR) {
-        let mr = MR.min(mc - s);
-        micro(avx, mr, kc, &a[s * lda..], lda, b, &mut c[s * ldc..], ldc, accumulate, s == 0);
+        Kernel::Portable => {
+            for s in (0..mc).step_by(MR) {
+                let mr = MR.min(mc - s);
+                micro(kernel, mr, kc, &a[s * lda..], lda, b, &mut c[s * ldc..], ldc, accumulate, s == 0);
+            }
+        }
     }
 }
 
 /// `c[r, 0..NR] (+)= sum_p a[r * lda + p] * b[p][0..NR]` for `r < mr`, `p < kc`.
 /// With `prefetch`, the panel after `b` is fetched into cache meanwhile (AVX2 kernel).
+///
+/// Panics unless `1 <= mr <= MR` and `a`, `b` and `c` hold all of that (checked once
+/// per call: the AVX2 kernel's reads and writes are unchecked).
 #[allow(clippy::too_many_arguments)]
 fn micro(
-    avx: bool,
+    kernel: Kernel,
     mr: usize,
     kc: usize,
     a: &[f32],
@@ -364,180 +389,52 @@ fn micro(
     accumulate: bool,
     prefetch: bool,
 ) {
-    debug_assert!(a.len() >= (mr - 1) * lda + kc && b.len() >= kc && c.len() >= (mr - 1) * ldc + NR);
-    #[cfg(target_arch = "x86_64")]
-    if avx {
-        // SAFETY: AVX2, FMA and F16C were detected at run time; the slices are long
-        // enough for every access (checked above in debug builds, by construction in callers).
-        unsafe {
-            let (ptr, kind) = match b {
-                Panel::F32(l) => (l.as_ptr().cast::<u8>(), 0),
-                Panel::Half(Precision::F16, l) => (l.as_ptr().cast::<u8>(), 1),
-                Panel::Half(_, l) => (l.as_ptr().cast::<u8>(), 2),
-            };
-            let (a, c) = (a.as_ptr(), c.as_mut_ptr());
-            macro_rules! go {
-                ($k:literal) => {
-                    match mr {
-                        1 => avx2::micro::<1, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                        2 => avx2::micro::<2, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                        3 => avx2::micro::<3, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                        4 => avx2::micro::<4, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                        5 => avx2::micro::<5, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                        _ => avx2::micro::<6, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                    }
+    assert!(
+        (1..=MR).contains(&mr) && holds(a.len(), mr, kc, lda) && b.len() >= kc && holds(c.len(), mr, NR, ldc),
+        "packed kernel: {mr}x{kc} tile out of bounds"
+    );
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2(_) => {
+            // SAFETY: `Kernel::Avx2` is only built from `Features::detect`, so the CPU
+            // has AVX2, FMA and F16C. The assert above makes `mr` one of the `M` below
+            // (1..=6) and bounds every access of that `M`x16 kernel: rows `r < mr` of
+            // `a` are read at `r * lda + p` (`p < kc`) and of `c` written at
+            // `r * ldc + 0..NR`, and `b` has at least `kc` lines. The pointer given for
+            // `b` is that of its `Line`s (`kind` 0) or `HalfLine`s (1 = f16, 2 = bf16),
+            // whose size and alignment are what the kernel's loads expect (the const
+            // asserts beside their definitions); the prefetch of the next panel may
+            // point past `b` but never faults. `c` is borrowed exclusively, so nothing
+            // else reads or writes it meanwhile.
+            unsafe {
+                let (ptr, kind) = match b {
+                    Panel::F32(l) => (l.as_ptr().cast::<u8>(), 0),
+                    Panel::Half(Precision::F16, l) => (l.as_ptr().cast::<u8>(), 1),
+                    Panel::Half(_, l) => (l.as_ptr().cast::<u8>(), 2),
                 };
-            }
-            match kind {
-                0 => go!(0),
-                1 => go!(1),
-                _ => go!(2),
-            }
-        }
-        return;
-    }
-    let _ = avx;
-    let mut acc = [[0.0f32; NR]; MR];
-    for p in 0..kc {
-        let bp = b.row(p);
-        for (r, acc_r) in acc.iter_mut().enumerate().take(mr) {
-            let av = a[r * lda + p];
-            for (x, &bv) in acc_r.iter_mut().zip(&bp) {
-                *x += av * bv;
-            }
-        }
-    }
-    for (r, acc_r) in acc.iter().enumerate().take(mr) {
-        let row = &mut c[r * ldc..r * ldc + NR];
-        for (x, &v) in row.iter_mut().zip(acc_r) {
-            *x = if accumulate { *x + v } else { v };
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::NR;
-    use std::arch::x86_64::*;
-
-    /// Panel row `p` as two vectors of 8: `KIND` 0 = f32 lines (64 bytes), 1 = f16 and
-    /// 2 = bf16 lines (32 bytes), widened to f32.
-    #[inline(always)]
-    unsafe fn load<const KIND: u8>(b: *const u8, p: usize) -> (__m256, __m256) {
-        if KIND == 0 {
-            let f = b.cast::<f32>().add(p * NR);
-            return (_mm256_load_ps(f), _mm256_load_ps(f.add(8)));
-        }
-        let h = b.add(p * 2 * NR).cast::<__m128i>();
-        let (x0, x1) = (_mm_load_si128(h), _mm_load_si128(h.add(1)));
-        if KIND == 1 {
-            (_mm256_cvtph_ps(x0), _mm256_cvtph_ps(x1))
-        } else {
-            let widen = |x| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(x)));
-            (widen(x0), widen(x1))
-        }
-    }
-
-    /// `micro` over the strips of `a` (mc rows of depth kc, row stride `lda`) into `c` (mc, 16).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn strips<const KIND: u8>(
-        mc: usize,
-        kc: usize,
-        a: &[f32],
-        lda: usize,
-        b: *const u8,
-        c: &mut [f32],
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        let (a, c) = (a.as_ptr(), c.as_mut_ptr());
-        let full = mc - mc % 6;
-        for s in (0..full).step_by(6) {
-            micro::<6, KIND>(kc, a.add(s * lda), lda, b, c.add(s * ldc), ldc, accumulate, s == 0);
-        }
-        let (a, c, first) = (a.add(full * lda), c.add(full * ldc), full == 0);
-        match mc - full {
-            0 => {}
-            1 => micro::<1, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
-            2 => micro::<2, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
-            3 => micro::<3, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
-            4 => micro::<4, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
-            _ => micro::<5, KIND>(kc, a, lda, b, c, ldc, accumulate, first),
-        }
-    }
-
-    /// `Σ_p a[r * lda + p] · b[p]` for each row `r < M`, as (lanes 0..8, lanes 8..16); with
-    /// `PREFETCH`, the panel that follows `b` in memory is fetched meanwhile.
-    #[inline(always)]
-    unsafe fn accumulate_panel<const M: usize, const KIND: u8, const PREFETCH: bool>(
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const u8,
-    ) -> ([__m256; M], [__m256; M]) {
-        let line = if KIND == 0 { 4 * NR } else { 2 * NR };
-        let mut lo = [_mm256_setzero_ps(); M];
-        let mut hi = [_mm256_setzero_ps(); M];
-        // A macro, not a closure: closures do not inherit the target features.
-        macro_rules! step {
-            ($p:expr) => {{
-                let p = $p;
-                if PREFETCH && (KIND == 0 || p % 2 == 0) {
-                    // A prefetch never faults, so running past the end is harmless.
-                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kc + p) * line).cast::<i8>());
+                let (a, c) = (a.as_ptr(), c.as_mut_ptr());
+                macro_rules! go {
+                    ($k:literal) => {
+                        match mr {
+                            1 => avx2::micro::<1, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                            2 => avx2::micro::<2, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                            3 => avx2::micro::<3, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                            4 => avx2::micro::<4, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                            5 => avx2::micro::<5, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                            _ => avx2::micro::<6, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                        }
+                    };
                 }
-                let (b0, b1) = load::<KIND>(b, p);
-                for r in 0..M {
-                    let av = _mm256_broadcast_ss(&*a.add(r * lda + p));
-                    lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
-                    hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
+                match kind {
+                    0 => go!(0),
+                    1 => go!(1),
+                    _ => go!(2),
                 }
-            }};
-        }
-        // Unrolled by four: the loop bookkeeping would otherwise compete with the FMAs
-        // for issue slots.
-        let mut p = 0;
-        while p + 4 <= kc {
-            step!(p);
-            step!(p + 1);
-            step!(p + 2);
-            step!(p + 3);
-            p += 4;
-        }
-        while p < kc {
-            step!(p);
-            p += 1;
-        }
-        (lo, hi)
-    }
-
-    /// The `M`x16 register-blocked kernel: `2 * M` accumulators of 8 lanes.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const u8,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-        prefetch: bool,
-    ) {
-        let (mut lo, mut hi) = if prefetch {
-            accumulate_panel::<M, KIND, true>(kc, a, lda, b)
-        } else {
-            accumulate_panel::<M, KIND, false>(kc, a, lda, b)
-        };
-        for r in 0..M {
-            let row = c.add(r * ldc);
-            if accumulate {
-                lo[r] = _mm256_add_ps(lo[r], _mm256_loadu_ps(row));
-                hi[r] = _mm256_add_ps(hi[r], _mm256_loadu_ps(row.add(8)));
             }
-            _mm256_storeu_ps(row, lo[r]);
-            _mm256_storeu_ps(row.add(8), hi[r]);
+        }
+        Kernel::Portable => {
+            let _ = prefetch; // the portable kernel leaves caching to the hardware prefetcher
+            portable::micro(mr, kc, a, lda, b, c, ldc, accumulate)
         }
     }
 }
@@ -548,7 +445,14 @@ mod tests {
     use ndarray::Array2;
     use proptest::prelude::*;
 
-    fn filled(m: usize, n: usize, seed: u64) -> Array2<f32> {
+    /// Shapes (m, k, n) with partial strips, partial panels and several row blocks.
+    pub(super) const SHAPES: [(usize, usize, usize); 6] =
+        [(1, 1, 1), (7, 300, 17), (13, 513, 32), (130, 260, 50), (6, 16, 16), (1, 768, 768)];
+
+    pub(super) const PRECISIONS: [Precision; 3] = [Precision::F32, Precision::F16, Precision::BF16];
+
+    /// A deterministic (m, n) matrix of values in [-0.5, 0.5).
+    pub(super) fn filled(m: usize, n: usize, seed: u64) -> Array2<f32> {
         let mut s = seed;
         Array2::from_shape_simple_fn((m, n), || {
             s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -556,53 +460,36 @@ mod tests {
         })
     }
 
-    fn check(m: usize, k: usize, n: usize, seed: u64, portable: bool) {
-        for precision in [Precision::F32, Precision::F16, Precision::BF16] {
-            check_at(m, k, n, seed, portable, precision);
+    /// `got` (row-major) against `want` to f32 accuracy.
+    pub(super) fn assert_close(got: &[f32], want: &Array2<f32>, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (x, y) in got.iter().zip(want.iter()) {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}: {x} vs {y}");
         }
     }
 
-    /// The kernel against ndarray on the matrix rounded to `precision`.
-    fn check_at(m: usize, k: usize, n: usize, seed: u64, portable: bool, precision: Precision) {
+    fn check(m: usize, k: usize, n: usize, seed: u64) {
+        for precision in PRECISIONS {
+            check_at(m, k, n, seed, precision);
+        }
+    }
+
+    /// The driver (and whichever kernel it picks) against ndarray on the matrix rounded
+    /// to `precision`.
+    fn check_at(m: usize, k: usize, n: usize, seed: u64, precision: Precision) {
         let a = filled(m, k, seed);
         let b = filled(k, n, seed + 1).mapv(|v| precision.round(v));
         let packed = PackedMatrix::pack_as(b.view(), precision);
         assert_eq!(packed.precision(), precision);
         let mut c = vec![f32::NAN; m * n];
-        if portable {
-            // Drive the portable kernel directly on the first row block.
-            let kc = KC.min(k);
-            let a = a.slice(ndarray::s![.., ..kc]).to_owned();
-            let b = b.slice(ndarray::s![..kc, ..]).to_owned();
-            let packed = PackedMatrix::pack_as(b.view(), precision);
-            let a = a.as_slice().expect("owned array is contiguous");
-            for j in 0..n.div_ceil(NR) {
-                let mut tile = vec![0.0f32; m * NR];
-                for s in (0..m).step_by(MR) {
-                    let mr = MR.min(m - s);
-                    micro(false, mr, kc, &a[s * kc..], kc, packed.panel(0, j), &mut tile[s * NR..], NR, false, false);
-                }
-                for i in 0..m {
-                    for col in 0..NR.min(n - j * NR) {
-                        c[i * n + j * NR + col] = tile[i * NR + col];
-                    }
-                }
-            }
-        } else {
-            packed.matmul_into(a.view(), &mut c, n, &mut Vec::new());
-        }
-        let kc = if portable { KC.min(k) } else { k };
-        let want = a.slice(ndarray::s![.., ..kc]).dot(&b.slice(ndarray::s![..kc, ..]));
-        for (x, y) in c.iter().zip(want.iter()) {
-            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{m}x{k}x{n}: {x} vs {y}");
-        }
+        packed.matmul_into(a.view(), &mut c, n, &mut Vec::new());
+        assert_close(&c, &a.dot(&b), &format!("{m}x{k}x{n} {}", precision.name()));
     }
 
     #[test]
     fn edges_and_blocks() {
-        for &(m, k, n) in &[(1, 1, 1), (7, 300, 17), (13, 513, 32), (130, 260, 50), (6, 16, 16), (1, 768, 768)] {
-            check(m, k, n, 3, false);
-            check(m, k, n, 4, true);
+        for (m, k, n) in SHAPES {
+            check(m, k, n, 3);
         }
         assert_eq!(PackedMatrix::pack(filled(3, 20, 5).view()).get(2, 19), filled(3, 20, 5)[[2, 19]]);
     }
@@ -655,11 +542,38 @@ mod tests {
         assert!(c.iter().all(|&v| v == 0.0));
     }
 
+    #[test]
+    fn kernel_bounds_are_checked_in_release_builds() {
+        let b = PackedMatrix::pack(filled(8, 16, 1).view());
+        let a = filled(6, 8, 2).into_raw_vec_and_offset().0;
+        let call = |mr: usize, a: &[f32], c_len: usize| {
+            let a = a.to_vec();
+            let panel = b.panel(0, 0);
+            std::panic::catch_unwind(move || {
+                let mut c = vec![0.0f32; c_len];
+                micro(Kernel::detect(), mr, 8, &a, 8, panel, &mut c, NR, false, false);
+                strips(Kernel::detect(), mr.max(1), 8, &a, 8, panel, &mut c, NR, false);
+            })
+            .is_ok()
+        };
+        assert!(call(6, &a, 6 * NR));
+        assert!(!call(6, &a, 6 * NR - 1), "output one float short");
+        assert!(!call(6, &a[..47], 6 * NR), "input one float short");
+        assert!(!call(0, &a, 6 * NR), "no rows");
+        assert!(!call(7, &filled(7, 8, 2).into_raw_vec_and_offset().0, 7 * NR), "more rows than a tile");
+        let short = PackedMatrix::pack(filled(7, 16, 1).view());
+        let mut c = vec![0.0f32; NR];
+        let panel = short.panel(0, 0);
+        let result =
+            std::panic::catch_unwind(move || micro(Kernel::detect(), 1, 8, &a, 8, panel, &mut c, NR, false, false));
+        assert!(result.is_err(), "panel one line short");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(40))]
         #[test]
         fn matches_ndarray(m in 1usize..40, k in 1usize..300, n in 1usize..40, seed in 0u64..1000) {
-            check(m, k, n, seed, false);
+            check(m, k, n, seed);
         }
     }
 }
