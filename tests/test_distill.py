@@ -470,3 +470,21 @@ def test_least_squares_skip_keeps_the_identity_outside_the_queries_span():
     wide = ProjectionTransformer(D, 5, **SMALL)
     fit_skip(wide, X, X[:, :5])
     np.testing.assert_allclose(project_numpy(wide, z), 0.0, atol=1e-5)
+
+
+def test_early_stopper_keeps_the_best_weights_and_counts_patience():
+    from projroute.distill.loop import EarlyStopper
+
+    m = torch.nn.Linear(2, 2)
+    start = {k: v.clone() for k, v in m.state_dict().items()}
+    stopper = EarlyStopper(m, patience=None, best=0.5)  # the starting weights score 0.5
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    assert not stopper(0, m, 0.4)
+    stopper.restore(m)
+    assert stopper.best_epoch == -1 and all(torch.equal(v, start[k]) for k, v in m.state_dict().items())
+    stopper = EarlyStopper(m, patience=2)
+    assert [stopper(e, m, s) for e, s in enumerate([0.1, 0.3, 0.2, 0.2])] == [False, False, False, True]
+    assert stopper.best_epoch == 1 and stopper.best == 0.3
+    unscored = EarlyStopper(m, patience=1)
+    assert not any(unscored(e, m, None) for e in range(3)) and unscored.best_epoch == 2

@@ -239,3 +239,22 @@ def test_distill_lda_projector_sparse_smoke(tmp_path, one_thread):
     assert json.loads(served.config)["fit"]["teacher"]["kind"] == "lda"
     with pytest.raises(ValueError, match="routed"):
         distill_ensemble(pr.GlobalProjection().fit(unit(rng, 50, 16), unit(rng, 50, 16)), unit(rng, 20, 16))
+
+
+def test_router_stage_takes_the_automatic_augment_ratio(one_thread):
+    """augment_ratio="auto" (distill's default) sizes the router stage's epochs as it sizes a student's."""
+    rng = np.random.default_rng(2)
+    teacher, _, _ = random_model("federated", rng, d=8, K=4, T=0.2, top_k=2)
+    res = distill_ensemble(
+        teacher,
+        unit(rng, 64, 8),
+        n_domains=2,
+        router_hidden=8,
+        student=dict(d_model=8, n_heads=2, n_layers=1, num_keys=4, ffn_dim=8),
+        epochs=1,
+        router_epochs=1,
+        finetune_epochs=0,
+        batch_size=1024,
+        progress=False,
+    )
+    assert len(res.history["router"]["train_loss"]) == 1  # before: TypeError from "auto" * n
