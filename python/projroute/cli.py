@@ -326,6 +326,41 @@ def show_analyze(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- static ---------------------------------------------------------------------------
+
+
+def cmd_static_distill(args: argparse.Namespace) -> dict[str, Any]:
+    from projroute import static
+
+    if args.vocab_only and (args.corpus or args.no_default_corpus):
+        raise ValueError("--vocab-only takes no corpus (--corpus, --no-default-corpus)")
+    if not args.vocab_only and args.no_default_corpus and not args.corpus:
+        raise ValueError("--no-default-corpus needs --corpus FILE")
+    if args.vocab_only:
+        model = static.distill_vocab(args.output, teacher=args.teacher, pca_dims=args.pca_dims,
+                                     sif_coefficient=args.sif)
+    else:
+        model = static.distill_corpus(args.output, args.corpus or (), use_default_corpus=not args.no_default_corpus,
+                                      fraction=args.fraction, pca_dims=args.pca_dims, sif_coefficient=args.sif,
+                                      teacher=args.teacher, vocab_size=args.vocab_size, head=args.head,
+                                      epochs=args.epochs, seed=args.seed)
+    info = json.loads((Path(args.output) / "distill.json").read_text("utf-8"))
+    info.pop("history", None)
+    return {**info, "output": args.output, "stsb": static.stsb_spearman(model) if args.stsb else None}
+
+
+def show_static_distill(r: dict[str, Any]) -> str:
+    pca = "no PCA" if r["pca_dims"] is None else f"PCA {r['pca_dims']}"
+    what = (f"from {r['sentences']} corpus sentences ({r['epochs']} epochs, best {r['best_epoch']}, "
+            f"validation MSE {r['val_loss']:.3g}, head {r['head']})" if r["method"] == "corpus" else "vocabulary only")
+    lines = [f"distilled a static model {what}: {r['vocab_size']} tokens x {r['dim']} ({pca}, "
+             f"SIF {r['sif_coefficient']}) in {r['seconds']:.0f} s",
+             f"wrote {r['output']} (loads with model2vec.StaticModel.from_pretrained)"]
+    if r["stsb"] is not None:
+        lines.append(f"STS-B test Spearman: {r['stsb']:.4f}")
+    return "\n".join(lines)
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -438,6 +473,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", cmd_demo, show_demo, "fit and evaluate all three kinds on the packaged demo data")
     p.add_argument("--out", metavar="DIR", help="where to save the models (default: a new temporary folder)")
+
+    static = sub.add_parser("static", help="static embeddings (Model2Vec) distilled from the encoder",
+                            description="static embeddings (Model2Vec) distilled from the encoder")
+    static_sub = static.add_subparsers(dest="static_command", required=True, metavar="COMMAND")
+    static_help = "distil a static model from the bundled all-MiniLM-L6-v2 (vocabulary, then tokenlearn on a corpus)"
+    p = static_sub.add_parser("distill", parents=[common], help=static_help, description=static_help)
+    p.set_defaults(run=cmd_static_distill, show=show_static_distill)
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="model2vec folder to write")
+    p.add_argument("--corpus", action="extend", nargs="+", metavar="FILE",
+                   help="text files, one sentence a line, added to the default corpus")
+    p.add_argument("--no-default-corpus", action="store_true",
+                   help="train on the --corpus files only, not $PROJROUTE_DATA/corpus/sentences.txt")
+    p.add_argument("--vocab-only", action="store_true", help="vocabulary distillation only (no corpus, no training)")
+    p.add_argument("--pca-dims", type=lambda s: None if s == "none" else positive_int(s), default=256, metavar="N",
+                   help="output dimension after PCA, or none: 384, in MiniLM's own space (default 256)")
+    p.add_argument("--sif", type=lambda s: None if s == "none" else float(s), default=1e-4, metavar="A",
+                   help="SIF (Zipf) coefficient in (0, 1), or none (default 1e-4)")
+    p.add_argument("--fraction", type=float, default=1.0, metavar="F",
+                   help="train on this share of the corpus sentences (default 1)")
+    p.add_argument("--epochs", type=positive_int, default=20, help="most epochs (early stopping; default 20)")
+    p.add_argument("--vocab-size", type=int, default=0, metavar="N",
+                   help="add the corpus's N most frequent words to the vocabulary (default 0: none)")
+    p.add_argument("--head", choices=["fold", "drop"], default="fold",
+                   help="fold the trained linear head into the table, or drop it as tokenlearn does (default fold)")
+    p.add_argument("--teacher", metavar="DIR", help="teacher model folder (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--stsb", action="store_true", help="report STS-B test Spearman ($PROJROUTE_DATA/stsb)")
+    p.add_argument("--seed", type=int, default=0)
     return parser
 
 
