@@ -47,8 +47,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         from threadpoolctl import threadpool_info
 
         machine_info["blas"] = [
-            {k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
-            for i in threadpool_info()
+            {k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")} for i in threadpool_info()
         ]
     except ImportError:
         machine_info["blas"] = None

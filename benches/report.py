@@ -41,10 +41,16 @@ def role_of(bench: dict) -> str:
     if role:
         return role
     name = bench["name"]  # fall back on the test names
-    for key, role in (("roofline", "roofline"), ("route_only", "rust_route"), ("numpy_reference", "numpy_reference"),
-                      ("numpy_fast", "numpy_fast"), ("membw_sum_1thread", "membw_sum_1thread"),
-                      ("membw_max_allthreads", "membw_max_allthreads"), ("membw_gemv_blas", "membw_gemv_blas"),
-                      ("rust", "rust")):
+    for key, role in (
+        ("roofline", "roofline"),
+        ("route_only", "rust_route"),
+        ("numpy_reference", "numpy_reference"),
+        ("numpy_fast", "numpy_fast"),
+        ("membw_sum_1thread", "membw_sum_1thread"),
+        ("membw_max_allthreads", "membw_max_allthreads"),
+        ("membw_gemv_blas", "membw_gemv_blas"),
+        ("rust", "rust"),
+    ):
         if key in name:
             return role
     return name
@@ -58,20 +64,28 @@ def main(path: str) -> int:
         groups[b["group"]][role_of(b)] = b
 
     mach = data.get("machine_info", {})
-    print(f"machine: {mach.get('cpu', {}).get('brand_raw', '?')}, "
-          f"{mach.get('cpu', {}).get('count', '?')} logical CPUs; python {mach.get('python_version', '?')}")
+    print(
+        f"machine: {mach.get('cpu', {}).get('brand_raw', '?')}, "
+        f"{mach.get('cpu', {}).get('count', '?')} logical CPUs; python {mach.get('python_version', '?')}"
+    )
     blas = mach.get("blas") or []
     for b in blas:
-        print(f"numpy {mach.get('numpy', '?')} BLAS: {b.get('internal_api')} {b.get('version')} "
-              f"({b.get('architecture')}), {b.get('num_threads')} threads; nproc {mach.get('nproc', '?')}")
+        print(
+            f"numpy {mach.get('numpy', '?')} BLAS: {b.get('internal_api')} {b.get('version')} "
+            f"({b.get('architecture')}), {b.get('num_threads')} threads; nproc {mach.get('nproc', '?')}"
+        )
     start, end = mach.get("loadavg_at_start"), mach.get("loadavg_at_end")
     if start:
-        print(f"load average (1/5/15 min) at start {start[0]:.2f}/{start[1]:.2f}/{start[2]:.2f}"
-              + (f", at end {end[0]:.2f}/{end[1]:.2f}/{end[2]:.2f}" if end else ""))
+        print(
+            f"load average (1/5/15 min) at start {start[0]:.2f}/{start[1]:.2f}/{start[2]:.2f}"
+            + (f", at end {end[0]:.2f}/{end[1]:.2f}/{end[2]:.2f}" if end else "")
+        )
         nproc = mach.get("nproc") or 1
         if start[0] > 0.5 * nproc:
-            print("WARNING: the machine was busy before the run; BLAS- and rayon-threaded timings "
-                  "suffer badly from oversubscription (spinning threads preempted), numpy's most.")
+            print(
+                "WARNING: the machine was busy before the run; BLAS- and rayon-threaded timings "
+                "suffer badly from oversubscription (spinning threads preempted), numpy's most."
+            )
     print("(shared machine: indicative figures only)\n")
 
     def med(group: str, role: str) -> float | None:
@@ -88,8 +102,10 @@ def main(path: str) -> int:
             if "gb_per_s" in ei:
                 extra.append(f"{ei['gb_per_s']:6.1f} GB/s")
             load = f"  load {ei['loadavg_1min']:.1f}" if "loadavg_1min" in ei else ""
-            print(f"  {role:20s} median {fmt_time(st['median'])}  (min {fmt_time(st['min'])}, "
-                  f"{st['rounds']} rounds)  {'  '.join(extra)}{load}")
+            print(
+                f"  {role:20s} median {fmt_time(st['median'])}  (min {fmt_time(st['min'])}, "
+                f"{st['rounds']} rounds)  {'  '.join(extra)}{load}"
+            )
 
         rust = med(group, "rust")
         ref = med(group, "numpy_reference")
@@ -105,41 +121,61 @@ def main(path: str) -> int:
             print(f"  -> Rust vs fast numpy:      {s:5.2f}x  [{tag}]")
         route = med(group, "rust_route")
         if rust and route:
-            print(f"  -> Rust route() alone is {100 * route / rust:4.1f}% of project() "
-                  f"({fmt_time(route).strip()} of {fmt_time(rust).strip()})")
+            print(
+                f"  -> Rust route() alone is {100 * route / rust:4.1f}% of project() "
+                f"({fmt_time(route).strip()} of {fmt_time(rust).strip()})"
+            )
         roof = med(group, "roofline")
         if rust and roof:
             rb = groups[group]["rust"]["extra_info"]
             rg = rb["flops"] / rust / 1e9
             gg = groups[group]["roofline"]["extra_info"]["flops"] / roof / 1e9
             frac = rg / gg
-            print(f"  -> Rust {rg:.1f} GFLOP/s = {100 * frac:.1f}% of the square-GEMM roofline "
-                  f"({gg:.1f} GFLOP/s)  [bar >= {100 * ROOFLINE_BAR:.0f}%: {verdict(frac >= ROOFLINE_BAR)}]")
+            print(
+                f"  -> Rust {rg:.1f} GFLOP/s = {100 * frac:.1f}% of the square-GEMM roofline "
+                f"({gg:.1f} GFLOP/s)  [bar >= {100 * ROOFLINE_BAR:.0f}%: {verdict(frac >= ROOFLINE_BAR)}]"
+            )
             for base in ("numpy_reference", "numpy_fast"):
                 m = med(group, base)
                 if m:
-                    print(f"     ({base}: {groups[group][base]['extra_info']['flops'] / m / 1e9:.1f} GFLOP/s "
-                          f"= {100 * groups[group][base]['extra_info']['flops'] / m / 1e9 / gg:.1f}% of roofline)")
-        for rd, nd, what in (("diag_rust_gemm", "diag_numpy_gemm", "one (B, D) @ (D, D) GEMM"),
-                             ("diag_rust_gemms", "diag_numpy_gemms", "the two LDA GEMMs")):
+                    print(
+                        f"     ({base}: {groups[group][base]['extra_info']['flops'] / m / 1e9:.1f} GFLOP/s "
+                        f"= {100 * groups[group][base]['extra_info']['flops'] / m / 1e9 / gg:.1f}% of roofline)"
+                    )
+        for rd, nd, what in (
+            ("diag_rust_gemm", "diag_numpy_gemm", "one (B, D) @ (D, D) GEMM"),
+            ("diag_rust_gemms", "diag_numpy_gemms", "the two LDA GEMMs"),
+        ):
             tr, tn = med(group, rd), med(group, nd)
             if tr and tn:
                 fr = groups[group][rd]["extra_info"]["flops"]
-                print(f"  -> diagnostic, {what}: Rust (packed kernel) {fmt_time(tr).strip()} = {fr / tr / 1e9:.1f} GFLOP/s, "
-                      f"numpy BLAS {fmt_time(tn).strip()} = {fr / tn / 1e9:.1f} GFLOP/s (Rust/numpy speed {tn / tr:.2f}x)")
+                print(
+                    f"  -> diagnostic, {what}: Rust (packed kernel) {fmt_time(tr).strip()} = "
+                    f"{fr / tr / 1e9:.1f} GFLOP/s, numpy BLAS {fmt_time(tn).strip()} = "
+                    f"{fr / tn / 1e9:.1f} GFLOP/s (Rust/numpy speed {tn / tr:.2f}x)"
+                )
                 if rust:
                     fl = groups[group]["rust"]["extra_info"].get("flops")
                     if rd == "diag_rust_gemm" and fl:
-                        print(f"     Rust federated runs at {100 * (fl / rust) / (fr / tr):.0f}% of the Rust dense-GEMM rate")
+                        print(
+                            f"     Rust federated runs at {100 * (fl / rust) / (fr / tr):.0f}% "
+                            "of the Rust dense-GEMM rate"
+                        )
                     if rd == "diag_rust_gemms":
-                        print(f"     the two GEMMs are {100 * tr / rust:.0f}% of Rust project() time "
-                              f"(numpy: {100 * tn / fast:.0f}% of fast numpy)" if fast else "")
+                        print(
+                            f"     the two GEMMs are {100 * tr / rust:.0f}% of Rust project() time "
+                            f"(numpy: {100 * tn / fast:.0f}% of fast numpy)"
+                            if fast
+                            else ""
+                        )
         candle, torch = med(group, "candle"), med(group, "torch")
         if candle and torch:
             ok = candle <= torch if group.endswith("-b1") else torch / candle >= 0.8
             bar = "candle no slower than torch" if group.endswith("-b1") else "throughput >= 0.8x torch"
-            print(f"  -> candle {fmt_time(candle).strip()} vs torch {fmt_time(torch).strip()}: "
-                  f"{torch / candle:.2f}x torch's throughput  [{bar}: {verdict(ok)}]")
+            print(
+                f"  -> candle {fmt_time(candle).strip()} vs torch {fmt_time(torch).strip()}: "
+                f"{torch / candle:.2f}x torch's throughput  [{bar}: {verdict(ok)}]"
+            )
         f32 = med(group, "rust_float32")
         for half in ("float16", "bfloat16"):
             t = med(group, f"rust_{half}")
@@ -152,11 +188,15 @@ def main(path: str) -> int:
             for r, t in bounds.items():
                 ei = groups[group][r]["extra_info"]
                 gbs, cache = ei.get("gb_per_s", float("nan")), ei.get("in_cache_gb_per_s", float("nan"))
-                print(f"  -> bandwidth bound ({r}): {t * 1e3:.3f} ms ({gbs:.1f} GB/s from DRAM, "
-                      f"{cache:.1f} GB/s in cache); Rust latency = {rust / t:.2f}x that bound")
+                print(
+                    f"  -> bandwidth bound ({r}): {t * 1e3:.3f} ms ({gbs:.1f} GB/s from DRAM, "
+                    f"{cache:.1f} GB/s in cache); Rust latency = {rust / t:.2f}x that bound"
+                )
             best = min(bounds.values())
-            print(f"  -> Rust single query {rust * 1e3:.3f} ms vs best bound {best * 1e3:.3f} ms: "
-                  f"{rust / best:.2f}x (no bar; 1.0x = reading the top_k maps once at measured DRAM speed)")
+            print(
+                f"  -> Rust single query {rust * 1e3:.3f} ms vs best bound {best * 1e3:.3f} ms: "
+                f"{rust / best:.2f}x (no bar; 1.0x = reading the top_k maps once at measured DRAM speed)"
+            )
         print()
     return 0
 

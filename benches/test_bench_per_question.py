@@ -36,8 +36,9 @@ def case(request):
     W = rng.standard_normal((K, D, D), dtype=np.float32) * np.float32(1 / np.sqrt(D))
     # Queries near training questions, so that routing is peaked as in real use.
     X = questions[rng.integers(0, N, B)] + 0.05 * rng.standard_normal((B, D), dtype=np.float32)
-    config = header("federated", D, D, n_clusters=K, temperature=T, top_k=TOP_K, coverage=None,
-                    question_counts=counts.tolist())
+    config = header(
+        "federated", D, D, n_clusters=K, temperature=T, top_k=TOP_K, coverage=None, question_counts=counts.tolist()
+    )
     model = Projector.from_tensors({"centroids": centroids, "W": W, "questions": questions}, json.dumps(config))
     flops = 2.0 * B * N * D + 2.0 * B * TOP_K * D * D
     return model, questions, counts, W, X, flops, K

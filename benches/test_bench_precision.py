@@ -24,8 +24,10 @@ N_QUERIES = 64  # distinct queries cycled, so the maps mostly come from DRAM
 def models(federated):
     config = json.loads(federated.projector.config)
     tensors = federated.projector.tensors()
-    return {dtype: Projector.from_tensors(tensors, json.dumps({**config, "weights_dtype": dtype}))
-            for dtype in ("float32", "float16", "bfloat16")}
+    return {
+        dtype: Projector.from_tensors(tensors, json.dumps({**config, "weights_dtype": dtype}))
+        for dtype in ("float32", "float16", "bfloat16")
+    }
 
 
 def test_half_precision_error_is_small(federated, models):
@@ -42,8 +44,11 @@ def test_half_precision_error_is_small(federated, models):
 def test_numpy_reference(benchmark, federated, medians, record):
     f = federated
     queries = itertools.cycle([f.X[i : i + 1] for i in range(N_QUERIES)])
-    benchmark.pedantic(lambda: reference.project_federated(next(queries), f.centroids, f.W, f.temperature, f.top_k),
-                       rounds=50, warmup_rounds=3)
+    benchmark.pedantic(
+        lambda: reference.project_federated(next(queries), f.centroids, f.W, f.temperature, f.top_k),
+        rounds=50,
+        warmup_rounds=3,
+    )
     record(benchmark, medians, "numpy_reference", f.flops_per_query())
 
 

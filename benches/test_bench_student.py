@@ -58,8 +58,9 @@ def torch_project(torch, student, x):
 def test_student(benchmark, torch, models, impl, batch):
     student, served, teacher, X = models
     benchmark.group = f"student-d{D}-b{batch}"
-    benchmark.extra_info.update(role=impl, threads=THREADS, student_parameters=student.n_parameters(),
-                                teacher_parameters=K * D * D + K * D)
+    benchmark.extra_info.update(
+        role=impl, threads=THREADS, student_parameters=student.n_parameters(), teacher_parameters=K * D * D + K * D
+    )
     queries = [X[i : i + batch] for i in range(0, len(X), batch)][:64]
     fn = {
         "candle": served.project,

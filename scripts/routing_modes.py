@@ -33,7 +33,7 @@ def main(name: str) -> None:
     pairs, ev = datasets.load_pairs(name), datasets.load_eval(name)
     Q, A, _, _ = embed_pairs(pairs, encoder)
     E = encoder.encode(ev.queries + ev.corpus)
-    X, C = E[: len(ev)], E[len(ev):]
+    X, C = E[: len(ev)], E[len(ev) :]
     m = retrieval_metrics(X, C, ev.gold)
     print(f"{name}: {len(pairs)} pairs, {len(ev)} held-out queries\n")
     print(f"{'model':36s} {'hit@1':>6s} {'mrr':>6s}  shrinkage")

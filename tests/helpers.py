@@ -21,13 +21,19 @@ def config(kind: str, d_in: int, d_out: int, **routing) -> str:
     return json.dumps(header(kind, d_in, d_out, **routing))
 
 
-def random_model(kind: str, rng: np.random.Generator, d: int = 16, K: int = 6, T: float = 0.1,
-                 top_k: int | None = None, coverage: float | None = None):
+def random_model(
+    kind: str,
+    rng: np.random.Generator,
+    d: int = 16,
+    K: int = 6,
+    T: float = 0.1,
+    top_k: int | None = None,
+    coverage: float | None = None,
+):
     """(Projector, tensors, routing kwargs) of a random model of ``kind``."""
     routing = {"n_clusters": K, "temperature": T, "top_k": top_k or K, "coverage": coverage}
     if kind == "global":
-        tensors = {"W": rng.normal(size=(d, d)).astype(np.float32),
-                   "bias": rng.normal(size=d).astype(np.float32)}
+        tensors = {"W": rng.normal(size=(d, d)).astype(np.float32), "bias": rng.normal(size=d).astype(np.float32)}
         return pr.Projector.from_tensors(tensors, config(kind, d, d)), tensors, {}
     tensors = {"centroids": unit(rng, K, d)}
     if kind == "federated":

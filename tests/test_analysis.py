@@ -26,8 +26,9 @@ def federated(C: np.ndarray, W: np.ndarray, T: float = 0.1, top_k: int = 10, **f
     """A federated Projector from centroids (K, d) and maps (K, d, d)."""
     K, d = C.shape
     cfg = json.loads(config("federated", d, d, n_clusters=K, temperature=T, top_k=min(top_k, K), coverage=None))
-    return pr.Projector.from_tensors({"centroids": C.astype(np.float32), "W": W.astype(np.float32)},
-                                     json.dumps({**cfg, "fit": fit}))
+    return pr.Projector.from_tensors(
+        {"centroids": C.astype(np.float32), "W": W.astype(np.float32)}, json.dumps({**cfg, "fit": fit})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -220,12 +221,14 @@ def test_meta_candidates():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"n_meta": 0}, r"n_meta must be an int in \[1, 6\]"),
-     ({"n_meta": 7}, r"n_meta must be an int in \[1, 6\]"),
-     ({"n_meta": 2, "method": "ward"}, "method must be 'kmeans' or 'agglomerative'"),
-     ({"n_meta": 2, "merge": "sum"}, "merge must be 'average' or 'refit'"),
-     ({"n_meta": 2, "merge": "refit"}, "needs the training pairs"),
-     ({"n_meta": 2, "sizes": [1, 2]}, "sizes must be 6 non-negative counts")],
+    [
+        ({"n_meta": 0}, r"n_meta must be an int in \[1, 6\]"),
+        ({"n_meta": 7}, r"n_meta must be an int in \[1, 6\]"),
+        ({"n_meta": 2, "method": "ward"}, "method must be 'kmeans' or 'agglomerative'"),
+        ({"n_meta": 2, "merge": "sum"}, "merge must be 'average' or 'refit'"),
+        ({"n_meta": 2, "merge": "refit"}, "needs the training pairs"),
+        ({"n_meta": 2, "sizes": [1, 2]}, "sizes must be 6 non-negative counts"),
+    ],
     ids=["zero", "above-k", "method", "merge", "refit-no-pairs", "sizes"],
 )
 def test_meta_cluster_bad_inputs(fitted, kwargs, message):
@@ -252,8 +255,24 @@ def demo_model(tmp_path_factory):
     from projroute import cli
 
     path = tmp_path_factory.mktemp("analyze") / "demo.safetensors"
-    assert cli.main(["fit", "demo", "-o", str(path), "--kind", "federated", "--n-clusters", "8",
-                     "--shrinkage", "0.5", "--no-index"]) == 0
+    assert (
+        cli.main(
+            [
+                "fit",
+                "demo",
+                "-o",
+                str(path),
+                "--kind",
+                "federated",
+                "--n-clusters",
+                "8",
+                "--shrinkage",
+                "0.5",
+                "--no-index",
+            ]
+        )
+        == 0
+    )
     return path
 
 
@@ -262,8 +281,24 @@ def test_cli_analyze_prints_the_tables_and_writes_the_plot(capsys, tmp_path, dem
 
     plot, out = tmp_path / "coverage.png", tmp_path / "merged.safetensors"
     capsys.readouterr()
-    assert cli.main(["analyze", str(demo_model), "demo", "--plot", str(plot), "--meta", "auto",
-                     "--merge", "refit", "-o", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                str(demo_model),
+                "demo",
+                "--plot",
+                str(plot),
+                "--meta",
+                "auto",
+                "--merge",
+                "refit",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert text.startswith("demo: 333 training pairs; 666 held-out queries against 333 answers")
     assert "effective rank" in text and "recommended K=" in text and "(capped at N)" in text
@@ -287,8 +322,9 @@ def test_cli_analyze_json_and_errors(capsys, demo_model):
     from projroute import cli
 
     capsys.readouterr()
-    assert cli.main(["analyze", str(demo_model), "demo", "--meta", "2", "4", "--method", "agglomerative",
-                     "--json"]) == 0
+    assert (
+        cli.main(["analyze", str(demo_model), "demo", "--meta", "2", "4", "--method", "agglomerative", "--json"]) == 0
+    )
     r = json.loads(capsys.readouterr().out)
     assert r["granularity"]["n_clusters"] == 8 and len(r["granularity"]["curve"]) == 8
     m = r["meta"]

@@ -5,7 +5,6 @@ import ast
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import projroute as pr
 from projroute import _core
@@ -43,7 +42,7 @@ def test_no_module_imports_one_that_imports_it_back():
     def visit(m: str, path: list[str]) -> None:
         for d in code[m]:
             if d in path:
-                cycles.append(path[path.index(d):] + [d])
+                cycles.append(path[path.index(d) :] + [d])
             elif len(path) < 12:
                 visit(d, path + [d])
 
@@ -53,8 +52,11 @@ def test_no_module_imports_one_that_imports_it_back():
 
 
 def test_one_module_writes_the_config_header():
-    writers = [p.name for p in PACKAGE.rglob("*.py")
-               if '"format": FORMAT' in p.read_text() or '"format": "projroute"' in p.read_text()]
+    writers = [
+        p.name
+        for p in PACKAGE.rglob("*.py")
+        if '"format": FORMAT' in p.read_text() or '"format": "projroute"' in p.read_text()
+    ]
     assert writers == ["_format.py"]
 
 

@@ -82,7 +82,7 @@ def test_trecqa_quoted_fields_and_bad_split(data_root):
 
 
 def test_jsonl_round_trip(tmp_path):
-    pairs = Pairs(["q1", "q1", "q2 \"quoted\""], ["a1", "a2", "ünïcode\nline"], ["x", "y", "z"])
+    pairs = Pairs(["q1", "q1", 'q2 "quoted"'], ["a1", "a2", "ünïcode\nline"], ["x", "y", "z"])
     path = tmp_path / "p.jsonl"
     datasets.save_jsonl(pairs, path)
     assert datasets.load_jsonl(path) == pairs

@@ -133,8 +133,9 @@ def test_lda_is_the_flat_softmax_teacher():
     assert lda.top_k_ == K and lda.coverage_ is None
     np.testing.assert_allclose(np.linalg.norm(lda.answers_, axis=1), 1.0, rtol=1e-5)
     X = unit(rng, 11, 8)
-    np.testing.assert_allclose(lda.project(X), ref.project_lda(X, lda.centroids_, lda.answers_, 0.2, K),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        lda.project(X), ref.project_lda(X, lda.centroids_, lda.answers_, 0.2, K), rtol=1e-4, atol=1e-5
+    )
     np.testing.assert_allclose(lda.route(X).sum(axis=1), 1.0, rtol=1e-5)
 
 

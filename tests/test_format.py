@@ -93,8 +93,11 @@ def _rewrite(tmp_path, mutate_config=None, tensors=None, metadata_extra=None):
     cfg = json.loads(config("federated", 8, 8, n_clusters=3, temperature=0.1, top_k=2, coverage=None))
     if mutate_config:
         mutate_config(cfg)
-    t = tensors if tensors is not None else {
-        "centroids": unit(rng, 3, 8), "W": rng.normal(size=(3, 8, 8)).astype(np.float32)}
+    t = (
+        tensors
+        if tensors is not None
+        else {"centroids": unit(rng, 3, 8), "W": rng.normal(size=(3, 8, 8)).astype(np.float32)}
+    )
     path = tmp_path / "bad.safetensors"
     save_file(t, path, metadata={"projroute": json.dumps(cfg), **(metadata_extra or {})})
     return path
@@ -113,8 +116,17 @@ def _rewrite(tmp_path, mutate_config=None, tensors=None, metadata_extra=None):
         (lambda c: c.update(dim_out=9), "dimensions"),
         (lambda c: c.update(surprise=1), "unknown field"),
     ],
-    ids=["newer-version", "unknown-kind", "foreign-format", "no-temperature", "zero-temperature",
-         "top-k-over-K", "wrong-K", "wrong-dim", "unknown-field"],
+    ids=[
+        "newer-version",
+        "unknown-kind",
+        "foreign-format",
+        "no-temperature",
+        "zero-temperature",
+        "top-k-over-K",
+        "wrong-K",
+        "wrong-dim",
+        "unknown-field",
+    ],
 )
 def test_bad_config(tmp_path, mutate, match):
     with pytest.raises(pr.ModelFormatError, match=match):
@@ -129,8 +141,14 @@ def test_bad_config(tmp_path, mutate, match):
         ({"centroids": np.ones((3, 8), np.float32)}, "needs a tensor `W`"),
         ({"centroids": np.ones((3, 8), np.float32), "W": np.full((3, 8, 8), np.nan, np.float32)}, "NaN"),
         ({"centroids": np.zeros((3, 8), np.float32), "W": np.ones((3, 8, 8), np.float32)}, "zero norm"),
-        ({"centroids": np.ones((3, 8), np.float32), "W": np.ones((3, 8, 8), np.float32),
-          "extra": np.ones(2, np.float32)}, "unexpected tensor"),
+        (
+            {
+                "centroids": np.ones((3, 8), np.float32),
+                "W": np.ones((3, 8, 8), np.float32),
+                "extra": np.ones(2, np.float32),
+            },
+            "unexpected tensor",
+        ),
         ({"centroids": np.ones((3, 8), np.float32), "W": np.ones((3, 64), np.float32)}, "dimensions"),
     ],
     ids=["float64", "inconsistent-K", "missing-W", "nan", "zero-centroid", "extra-tensor", "W-2d"],

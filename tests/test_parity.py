@@ -16,16 +16,18 @@ from projroute import reference as ref
 
 RTOL, ATOL = 1e-4, 1e-5
 
-shapes = st.fixed_dictionaries({
-    "seed": st.integers(0, 2**32 - 1),
-    "B": st.integers(1, 40),
-    "d_in": st.integers(1, 24),
-    "d_out": st.integers(1, 24),
-    "K": st.integers(1, 30),
-    "T": st.floats(0.01, 2.0),
-    "top_k_frac": st.floats(0.0, 1.0),
-    "coverage": st.one_of(st.none(), st.floats(0.05, 1.0)),
-})
+shapes = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**32 - 1),
+        "B": st.integers(1, 40),
+        "d_in": st.integers(1, 24),
+        "d_out": st.integers(1, 24),
+        "K": st.integers(1, 30),
+        "T": st.floats(0.01, 2.0),
+        "top_k_frac": st.floats(0.0, 1.0),
+        "coverage": st.one_of(st.none(), st.floats(0.05, 1.0)),
+    }
+)
 
 
 def _routing(p):

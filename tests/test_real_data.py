@@ -22,8 +22,14 @@ def task(request, data_root):
     train, test = LOADERS[request.param](data_root / request.param)
     enc = Encoder()
     embed = lambda texts: enc.encode(texts, progress=False)  # noqa: E731
-    return request.param, embed(train.questions), embed(train.answers), embed(test.queries), \
-        embed(test.corpus), test.gold
+    return (
+        request.param,
+        embed(train.questions),
+        embed(train.answers),
+        embed(test.queries),
+        embed(test.corpus),
+        test.gold,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +46,10 @@ def results(task):
         out[label]["shrinkage"] = getattr(est, "shrinkage_", None)
     print(f"\n{name}: {len(Q)} training pairs, {len(X)} held-out queries, {len(C)} answers")
     for label, m in out.items():
-        print(f"  {label:10s} hit@1={m['hit@1']:.3f} hit@5={m['hit@5']:.3f} hit@10={m['hit@10']:.3f} "
-              f"mrr={m['mrr']:.3f} shrinkage={m.get('shrinkage')}")
+        print(
+            f"  {label:10s} hit@1={m['hit@1']:.3f} hit@5={m['hit@5']:.3f} hit@10={m['hit@10']:.3f} "
+            f"mrr={m['mrr']:.3f} shrinkage={m.get('shrinkage')}"
+        )
     return name, out
 
 

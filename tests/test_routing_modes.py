@@ -15,29 +15,35 @@ from projroute import reference as ref
 
 RTOL, ATOL = 1e-4, 1e-5
 
-shapes = st.fixed_dictionaries({
-    "seed": st.integers(0, 2**32 - 1),
-    "B": st.integers(1, 300),
-    # d >= 2: in one dimension every cosine is +-1, so two clusters with the same mix of
-    # signs have equal masses in exact arithmetic, and which one top-k keeps depends on
-    # the order each side sums in (a one-ulp difference), not on the routing rule.
-    "d": st.integers(2, 20),
-    "K": st.integers(1, 12),
-    "per_cluster": st.integers(1, 40),
-    "T": st.floats(0.02, 2.0),
-    "top_k_frac": st.floats(0.0, 1.0),
-    "coverage": st.one_of(st.none(), st.floats(0.05, 1.0)),
-    "prior": st.booleans(),
-    "T2": st.one_of(st.none(), st.floats(0.01, 1.0)),
-})
+shapes = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**32 - 1),
+        "B": st.integers(1, 300),
+        # d >= 2: in one dimension every cosine is +-1, so two clusters with the same mix of
+        # signs have equal masses in exact arithmetic, and which one top-k keeps depends on
+        # the order each side sums in (a one-ulp difference), not on the routing rule.
+        "d": st.integers(2, 20),
+        "K": st.integers(1, 12),
+        "per_cluster": st.integers(1, 40),
+        "T": st.floats(0.02, 2.0),
+        "top_k_frac": st.floats(0.0, 1.0),
+        "coverage": st.one_of(st.none(), st.floats(0.05, 1.0)),
+        "prior": st.booleans(),
+        "T2": st.one_of(st.none(), st.floats(0.01, 1.0)),
+    }
+)
 
 
 def _case(p):
     rng = np.random.default_rng(p["seed"])
     K, d = p["K"], p["d"]
     counts = rng.integers(1, p["per_cluster"] + 1, size=K)
-    routing = {"n_clusters": K, "temperature": p["T"], "coverage": p["coverage"],
-               "top_k": max(1, round(p["top_k_frac"] * K))}
+    routing = {
+        "n_clusters": K,
+        "temperature": p["T"],
+        "coverage": p["coverage"],
+        "top_k": max(1, round(p["top_k_frac"] * K)),
+    }
     X = rng.normal(size=(p["B"], d)).astype(np.float32)
     W = (rng.normal(size=(K, d, d)) / np.sqrt(d)).astype(np.float32)
     return rng, counts, routing, X, W
@@ -67,7 +73,9 @@ def test_prior_weighted_centroid_routing_matches_reference(p):
     rng, _, r, X, W = _case(p)
     C = unit(rng, p["K"], p["d"])
     prior = rng.uniform(0.05, 3.0, size=p["K"]).astype(np.float32)
-    model = pr.Projector.from_tensors({"centroids": C, "W": W, "prior": prior}, config("federated", p["d"], p["d"], **r))
+    model = pr.Projector.from_tensors(
+        {"centroids": C, "W": W, "prior": prior}, config("federated", p["d"], p["d"], **r)
+    )
     want = ref.route_weights(X, C, r["temperature"], r["top_k"], r["coverage"], prior)
     np.testing.assert_allclose(model.route(X), want, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(model.project(X), ref.blend_maps(X, want, W), rtol=RTOL, atol=ATOL)
@@ -84,8 +92,10 @@ def test_per_question_routing_across_column_blocks(B):
     prior = rng.uniform(0.1, 5.0, size=N).astype(np.float32)
     W = rng.normal(size=(37, d, d)).astype(np.float32)
     r = {"n_clusters": 37, "temperature": 0.03, "top_k": 5, "coverage": None}
-    model = pr.Projector.from_tensors({"centroids": unit(rng, 37, d), "W": W, "questions": Qs, "prior": prior},
-                                      config("federated", d, d, **r, question_counts=counts.tolist()))
+    model = pr.Projector.from_tensors(
+        {"centroids": unit(rng, 37, d), "W": W, "questions": Qs, "prior": prior},
+        config("federated", d, d, **r, question_counts=counts.tolist()),
+    )
     assert N > 2 * 4096
     want = ref.route_questions(X, Qs, counts, 0.03, 5, None, prior)
     np.testing.assert_allclose(model.route(X), want, rtol=RTOL, atol=ATOL)
@@ -107,20 +117,28 @@ def test_per_question_routing_sums_question_probabilities():
     rng = np.random.default_rng(1)
     C, X, W = unit(rng, 6, 8), rng.normal(size=(9, 8)).astype(np.float32), rng.normal(size=(6, 8, 8)).astype(np.float32)
     r = {"n_clusters": 6, "temperature": 0.2, "top_k": 3, "coverage": None}
-    per_q = pr.Projector.from_tensors({"centroids": C, "W": W, "questions": C},
-                                      config("federated", 8, 8, **r, question_counts=[1] * 6))
+    per_q = pr.Projector.from_tensors(
+        {"centroids": C, "W": W, "questions": C}, config("federated", 8, 8, **r, question_counts=[1] * 6)
+    )
     per_c = pr.Projector.from_tensors({"centroids": C, "W": W}, config("federated", 8, 8, **r))
     np.testing.assert_allclose(per_q.route(X), per_c.route(X), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("tensors, extra, match", [
-    ({"questions": np.ones((3, 4), np.float32)}, {}, "question_counts"),
-    ({"questions": np.ones((3, 4), np.float32)}, {"question_counts": [1, 1]}, "sum to"),
-    ({"questions": np.ones((3, 4), np.float32)}, {"question_counts": [3, 0]}, "positive"),
-    ({"questions": np.ones((2, 4), np.float32)}, {"question_counts": [1, 1], "cluster_temperature": 0.0}, "cluster temperature"),
-    ({"prior": np.ones(3, np.float32)}, {}, "prior has 3"),
-    ({"prior": np.array([1.0, 0.0], np.float32)}, {}, "prior weights"),
-])
+@pytest.mark.parametrize(
+    "tensors, extra, match",
+    [
+        ({"questions": np.ones((3, 4), np.float32)}, {}, "question_counts"),
+        ({"questions": np.ones((3, 4), np.float32)}, {"question_counts": [1, 1]}, "sum to"),
+        ({"questions": np.ones((3, 4), np.float32)}, {"question_counts": [3, 0]}, "positive"),
+        (
+            {"questions": np.ones((2, 4), np.float32)},
+            {"question_counts": [1, 1], "cluster_temperature": 0.0},
+            "cluster temperature",
+        ),
+        ({"prior": np.ones(3, np.float32)}, {}, "prior has 3"),
+        ({"prior": np.array([1.0, 0.0], np.float32)}, {}, "prior weights"),
+    ],
+)
 def test_bad_routing_tensors_are_format_errors(tensors, extra, match):
     C, W = np.eye(2, 4, dtype=np.float32), np.zeros((2, 4, 4), np.float32)
     r = {"n_clusters": 2, "temperature": 0.1, "top_k": 2, "coverage": None}
@@ -138,12 +156,15 @@ def _pairs(rng, n=240, d=12, K=4):
     return Q, A
 
 
-@pytest.mark.parametrize("options", [
-    {"routing": "questions"},
-    {"routing": "questions", "cluster_temperature": 0.05, "prior": "entropy"},
-    {"prior": "sizes"},
-    {"prior": "entropy"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"routing": "questions"},
+        {"routing": "questions", "cluster_temperature": 0.05, "prior": "entropy"},
+        {"prior": "sizes"},
+        {"prior": "entropy"},
+    ],
+)
 def test_estimator_modes_serve_what_the_reference_computes(options, tmp_path):
     rng = np.random.default_rng(3)
     Q, A = _pairs(rng)

@@ -139,7 +139,8 @@ def test_corpus_distill_end_to_end(tmp_path, vocab_dir, minilm, head, pca_dims, 
 
 
 def test_corpus_distill_without_pca_lands_in_the_teachers_space(tiny_teacher, minilm):
-    """Trained on a small closed world, the folded 384-d model approximates MiniLM's own embeddings."""
+    """Trained on a small closed world, the folded 384-d model approximates MiniLM's own embeddings
+    (far better than their mean direction does)."""
     texts = sentences(400)
     init = static.distill_vocab(teacher=tiny_teacher, pca_dims=None)
     model = static.distill_corpus(
@@ -148,14 +149,16 @@ def test_corpus_distill_without_pca_lands_in_the_teachers_space(tiny_teacher, mi
         pca_dims=None,
         init=init,
         encoder=minilm,
-        epochs=8,
-        patience=8,
-        lr=1e-2,
+        epochs=6,
+        patience=6,
+        batch_size=16,
+        lr=3e-2,
         progress=False,
     )
-    cos = np.einsum("ij,ij->i", model.encode(texts), minilm.encode(texts, progress=False))
-    print(np.median(cos))
-    assert np.median(cos) > 0.8
+    Y = minilm.encode(texts, progress=False)
+    mean = Y.mean(0) / np.linalg.norm(Y.mean(0))
+    cos = np.einsum("ij,ij->i", model.encode(texts), Y)
+    assert np.median(cos) > 0.8 > np.median(Y @ mean) + 0.2
 
 
 def test_corpus_distill_rejects_tiny_corpora(vocab_dir, minilm):

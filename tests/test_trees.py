@@ -80,8 +80,9 @@ def test_tiny_and_unknown_trees_fall_back_to_the_global_map(trees):
     assert model.node_sizes_ == [len(Q), 60, 60, 60, 60]
     assert model.resolve(["tiny", "t9", "", "t1", "t1/x"]) == ["", "", "", "t1", ""]
     X = unit(np.random.default_rng(2), 3, D)
-    np.testing.assert_allclose(model.project(X, ["tiny", "t9", ""]), pr.GlobalProjection().fit(Q, A).project(X),
-                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        model.project(X, ["tiny", "t9", ""]), pr.GlobalProjection().fit(Q, A).project(X), rtol=RTOL, atol=ATOL
+    )
 
 
 def test_paths_use_the_deepest_fitted_ancestor(hierarchy):
@@ -145,8 +146,13 @@ def test_reduced_precision_maps(trees, tmp_path, dtype):
         (lambda m, X: m.project(X, [0, 1, 2, 3]), TypeError, "sequence of str"),
         (lambda m, X: m.project(X, None), ValueError, "needs keys"),
         (lambda m, X: m.resolve([b"t0"]), TypeError, "sequence of str"),
-        (lambda m, X: pr.Projector.from_tensors({"W": np.eye(D, dtype=np.float32)}, config("global", D, D))
-         .project(X, ["t0"] * 4), ValueError, "takes no keys"),
+        (
+            lambda m, X: pr.Projector.from_tensors({"W": np.eye(D, dtype=np.float32)}, config("global", D, D)).project(
+                X, ["t0"] * 4
+            ),
+            ValueError,
+            "takes no keys",
+        ),
     ],
     ids=["no-keys", "length", "one-str", "ints", "none", "bytes", "unkeyed-kind"],
 )

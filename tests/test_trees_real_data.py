@@ -58,8 +58,12 @@ def stackfaq(data_root):
     embed = lambda texts: enc.encode(texts, progress=False)  # noqa: E731
     key_of_answer = {a: topic(q) for q, a in zip(train.questions, train.answers)}
     return {
-        "Q": embed(train.questions), "A": embed(train.answers), "keys": [topic(q) for q in train.questions],
-        "X": embed(test.queries), "C": embed(test.corpus), "gold": test.gold,
+        "Q": embed(train.questions),
+        "A": embed(train.answers),
+        "keys": [topic(q) for q in train.questions],
+        "X": embed(test.queries),
+        "C": embed(test.corpus),
+        "gold": test.gold,
         "thread_keys": [key_of_answer[test.corpus[g[0]]] for g in test.gold],
         "text_keys": [topic(q) for q in test.queries],
     }
@@ -81,8 +85,10 @@ def results(stackfaq):
         out[f"{name}, thread key"] = (score(model.project(d["X"], d["thread_keys"])), fit)
         out[f"{name}, text key"] = (score(model.project(d["X"], d["text_keys"])), fit)
     agree = sum(a == b for a, b in zip(d["thread_keys"], d["text_keys"])) / len(d["X"])
-    print(f"\nstackfaq: {len(d['Q'])} training pairs, {len(d['X'])} held-out paraphrases, {len(d['C'])} answers; "
-          f"text key = thread key for {agree:.1%}")
+    print(
+        f"\nstackfaq: {len(d['Q'])} training pairs, {len(d['X'])} held-out paraphrases, {len(d['C'])} answers; "
+        f"text key = thread key for {agree:.1%}"
+    )
     print("| model | Hit@1 | Hit@5 | Hit@10 | MRR | fit |\n|---|---|---|---|---|---|")
     for label, (m, fit) in out.items():
         print(f"| {label} | {m['hit@1']:.3f} | {m['hit@5']:.3f} | {m['hit@10']:.3f} | {m['mrr']:.3f} | {fit} |")

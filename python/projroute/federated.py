@@ -87,8 +87,10 @@ class FederatedProjection(RoutedProjection):
         if isinstance(self.prior, str) and self.prior not in ("sizes", "entropy"):
             raise ValueError(f"prior must be None, 'sizes', 'entropy' or an array, got {self.prior!r}")
         if isinstance(self.prior, str) and self.prior == "sizes" and self.routing == "questions":
-            raise ValueError("prior='sizes' applies to centroid routing; per-question routing "
-                             "already weighs each cluster by its questions")
+            raise ValueError(
+                "prior='sizes' applies to centroid routing; per-question routing "
+                "already weighs each cluster by its questions"
+            )
 
     def _pair_prior(self, Q: np.ndarray, centroids: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
         """The prior of each training pair ``rows`` (n,), or None."""
@@ -101,8 +103,9 @@ class FederatedProjection(RoutedProjection):
             return np.maximum(1.0 - routing_entropy(w), 1e-3).astype(np.float32)
         return np.asarray(self.prior, np.float32)[rows]
 
-    def _routing_tensors(self, Q: np.ndarray, labels: np.ndarray, centroids: np.ndarray,
-                         rows: np.ndarray) -> dict[str, np.ndarray]:
+    def _routing_tensors(
+        self, Q: np.ndarray, labels: np.ndarray, centroids: np.ndarray, rows: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """Routing tensors beyond the centroids, for pairs ``rows`` of Q (n, d) with
         cluster ``labels`` (n,): the questions sorted by cluster and the prior."""
         prior = self._pair_prior(Q, centroids, rows)
@@ -114,14 +117,23 @@ class FederatedProjection(RoutedProjection):
             tensors["prior"] = prior[order]
         return tensors
 
-    def _weights(self, X: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
-                 routing: dict[str, np.ndarray]) -> np.ndarray:
+    def _weights(
+        self, X: np.ndarray, centroids: np.ndarray, labels: np.ndarray, routing: dict[str, np.ndarray]
+    ) -> np.ndarray:
         """Routing weights (B, K) of queries X (B, d), by the numpy reference."""
         K = len(centroids)
         top_k, coverage = resolve_top_k(self.top_k, K)
         if self.routing == "questions":
-            return route_questions(X, routing["questions"], np.bincount(labels, minlength=K), self.temperature,
-                                   top_k, coverage, routing.get("prior"), self.cluster_temperature)
+            return route_questions(
+                X,
+                routing["questions"],
+                np.bincount(labels, minlength=K),
+                self.temperature,
+                top_k,
+                coverage,
+                routing.get("prior"),
+                self.cluster_temperature,
+            )
         return route_weights(X, centroids, self.temperature, top_k, coverage, routing.get("prior"))
 
     def _fit_parts(self, Q: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -152,8 +164,9 @@ class FederatedProjection(RoutedProjection):
         if self.prior is not None and not isinstance(self.prior, str):
             prior = np.asarray(self.prior)
             if prior.shape != (len(Q),) or not (np.isfinite(prior).all() and (prior > 0).all()):
-                raise ValueError(f"a prior array needs one finite weight > 0 per pair ({len(Q)},), "
-                                 f"got shape {prior.shape}")
+                raise ValueError(
+                    f"a prior array needs one finite weight > 0 per pair ({len(Q)},), got shape {prior.shape}"
+                )
         self._check_params()
 
         def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
@@ -165,7 +178,8 @@ class FederatedProjection(RoutedProjection):
             return [task.mrr(base_part + lam * delta_part) for lam in SHRINKAGE_GRID]
 
         self.shrinkage_, self.validation_ = choose_shrinkage(
-            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores)
+            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores
+        )
         base, self.centroids_, deltas, self.labels_ = self._fit_parts(Q, A)
         self.routing_ = self._routing_tensors(Q, self.labels_, self.centroids_, np.arange(len(Q)))
         self.W_ = base[None] + np.float32(self.shrinkage_) * deltas
@@ -177,13 +191,20 @@ class FederatedProjection(RoutedProjection):
         return {"centroids": self.centroids_, "W": self.W_, **self.routing_}
 
     def _config(self) -> dict[str, Any]:
-        questions = {"question_counts": np.bincount(self.labels_).tolist(),
-                     "cluster_temperature": self.cluster_temperature} if self.routing == "questions" else {}
+        questions = (
+            {"question_counts": np.bincount(self.labels_).tolist(), "cluster_temperature": self.cluster_temperature}
+            if self.routing == "questions"
+            else {}
+        )
         return {
             **self._routing_config(),
             **{k: v for k, v in questions.items() if v is not None},
-            "fit": {"shrinkage": self.shrinkage_, "validation_mrr": self.validation_,
-                    "base": self.base, "cluster_on": self.cluster_on,
-                    "min_cluster_size": self.min_cluster_size,
-                    "cluster_sizes": np.bincount(self.labels_, minlength=len(self.centroids_)).tolist()},
+            "fit": {
+                "shrinkage": self.shrinkage_,
+                "validation_mrr": self.validation_,
+                "base": self.base,
+                "cluster_on": self.cluster_on,
+                "min_cluster_size": self.min_cluster_size,
+                "cluster_sizes": np.bincount(self.labels_, minlength=len(self.centroids_)).tolist(),
+            },
         }

@@ -101,7 +101,8 @@ class GlobalProjection(Projection):
             return [task.mrr((task.queries - mu_q) @ self._shrunk(M, a) + mu_a) for a in SHRINKAGE_GRID]
 
         self.shrinkage_, self.validation_ = choose_shrinkage(
-            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores)
+            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores
+        )
         M, mu_q, mu_a = self._solve(Q, A)
         self.W_ = self._shrunk(M, self.shrinkage_).astype(np.float32)
         self.bias_ = (mu_a - mu_q @ self.W_).astype(np.float32) if self.center else None
@@ -112,6 +113,12 @@ class GlobalProjection(Projection):
         return {"W": self.W_} if self.bias_ is None else {"W": self.W_, "bias": self.bias_}
 
     def _config(self) -> dict[str, Any]:
-        return {"fit": {"shrinkage": self.shrinkage_, "validation_mrr": self.validation_,
-                        "scale": self.scale, "center": self.center,
-                        "allow_reflection": self.allow_reflection}}
+        return {
+            "fit": {
+                "shrinkage": self.shrinkage_,
+                "validation_mrr": self.validation_,
+                "scale": self.scale,
+                "center": self.center,
+                "allow_reflection": self.allow_reflection,
+            }
+        }

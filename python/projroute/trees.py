@@ -65,16 +65,18 @@ class _KeyedProjection(Projection):
             chain.append(chain[-1].rsplit("/", 1)[0])
         return [k for k in chain if k]
 
-    def _maps(self, Q: np.ndarray, A: np.ndarray, keys: list[str], lambdas: Sequence[float]
-              ) -> tuple[list[str], list[int], list[np.ndarray]]:
+    def _maps(
+        self, Q: np.ndarray, A: np.ndarray, keys: list[str], lambdas: Sequence[float]
+    ) -> tuple[list[str], list[int], list[np.ndarray]]:
         """Node keys (root first, parents before children), pairs per node, and the
         maps (M, d, d) for each ``lambda``."""
         members: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             for node in self._chain(key):
                 members.setdefault(node, []).append(i)
-        fitted = sorted((n for n, rows in members.items() if len(rows) >= self.min_pairs),
-                        key=lambda n: (len(self._chain(n)), n))
+        fitted = sorted(
+            (n for n, rows in members.items() if len(rows) >= self.min_pairs), key=lambda n: (len(self._chain(n)), n)
+        )
         nodes = ["", *fitted]
         root = GlobalProjection(random_state=self.random_state).fit(Q, A).W_.astype(np.float64)
         out = []
@@ -104,7 +106,8 @@ class _KeyedProjection(Projection):
             return [task.mrr(project_keyed(task.queries, W, node)) for W in maps]
 
         self.shrinkage_, self.validation_ = choose_shrinkage(
-            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores)
+            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores
+        )
         self.nodes_, self.node_sizes_, (self.W_,) = self._maps(Q, A, keys, [self.shrinkage_])
         self._build(Q.shape[1], A.shape[1])
         return self
@@ -121,9 +124,15 @@ class _KeyedProjection(Projection):
         return {"W": self.W_}
 
     def _config(self) -> dict[str, Any]:
-        return {"nodes": self.nodes_,
-                "fit": {"shrinkage": self.shrinkage_, "validation_mrr": self.validation_,
-                        "min_pairs": self.min_pairs, "node_sizes": self.node_sizes_}}
+        return {
+            "nodes": self.nodes_,
+            "fit": {
+                "shrinkage": self.shrinkage_,
+                "validation_mrr": self.validation_,
+                "min_pairs": self.min_pairs,
+                "node_sizes": self.node_sizes_,
+            },
+        }
 
 
 class TreeProjection(_KeyedProjection):
