@@ -10,29 +10,34 @@ mod error;
 mod fastmath;
 mod federated;
 mod format;
-mod global;
 mod index;
-mod keyed;
 mod lda;
 mod linalg;
+mod model;
 mod packed;
+mod procrustes;
 mod projector;
 mod routing;
 #[cfg(feature = "candle")]
 mod transformer;
+mod trees;
 
 pub use blend::{blend_maps, blend_vectors};
 #[cfg(feature = "candle")]
 pub use ensemble::Ensemble;
 pub use error::{Error, Result};
 pub use federated::Federated;
-pub use format::{Config, EnsembleConfig, ModelFile, Tensor, TransformerConfig, CONFIG_KEY, FORMAT_NAME, FORMAT_VERSION};
-pub use global::Global;
+pub use format::{
+    read_config, save_file, Config, EnsembleConfig, ModelFile, Tensor, TransformerConfig, CONFIG_KEY, FORMAT_NAME,
+    FORMAT_VERSION, INDEX_TENSOR,
+};
 pub use index::FlatIndex;
-pub use keyed::{KeyRule, Keyed};
 pub use lda::Lda;
+pub use model::Model;
 pub use packed::{PackedMatrix, Precision};
-pub use projector::{Projector, INDEX_TENSOR};
+pub use procrustes::Global;
+pub use projector::Projector;
 #[cfg(feature = "candle")]
 pub use transformer::Transformer;
 pub use routing::{route, softmax_rows, Router, Routing, RoutingParams};
+pub use trees::{KeyRule, Keyed};

@@ -310,6 +310,11 @@ impl PackedMatrix {
             }
         }
     }
+
+    /// The matrix unpacked (k, n): the stored values, widened to f32 (for export).
+    pub(crate) fn to_array(&self) -> Array2<f32> {
+        Array2::from_shape_fn((self.k, self.n), |(row, col)| self.get(row, col))
+    }
 }
 
 pub(crate) fn has_avx2_fma() -> bool {
