@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use numpy::ndarray::{Array2, ArrayView2};
 use numpy::{
-    IntoPyArray, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArray2, PyUntypedArray,
-    PyUntypedArrayMethods,
+    IntoPyArray, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArray2,
+    PyUntypedArray, PyUntypedArrayMethods,
 };
 use projroute as core;
 use pyo3::create_exception;
@@ -48,7 +48,10 @@ fn as_f32_array<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py,
     let array = obj.cast::<PyUntypedArray>().map_err(|_| {
         PyTypeError::new_err(format!(
             "{what} must be a numpy array, got {}",
-            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            obj.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     })?;
     if array.dtype().kind() != b'f' {
@@ -80,7 +83,8 @@ fn as_f32_matrix<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<PyReadonl
 /// `obj` as a list of str keys; a lone str or anything else than a sequence of str
 /// is a `TypeError`.
 fn as_keys(obj: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
-    let fail = || PyTypeError::new_err("keys must be a sequence of str (one tree id or path per query)");
+    let fail =
+        || PyTypeError::new_err("keys must be a sequence of str (one tree id or path per query)");
     if obj.is_instance_of::<pyo3::types::PyString>() {
         return Err(fail());
     }
@@ -96,7 +100,9 @@ struct Projector {
 
 /// Numpy tensors (name -> float array) as core tensors, copied to float32; a non-float
 /// array is a `TypeError`.
-fn tensors_from_numpy(tensors: HashMap<String, Bound<'_, PyAny>>) -> PyResult<BTreeMap<String, core::Tensor>> {
+fn tensors_from_numpy(
+    tensors: HashMap<String, Bound<'_, PyAny>>,
+) -> PyResult<BTreeMap<String, core::Tensor>> {
     let mut out = BTreeMap::new();
     for (name, array) in tensors {
         let array = as_f32_array(&array, &format!("tensor `{name}`"))?;
@@ -129,7 +135,9 @@ impl Projector {
     /// inconsistent or newer file.
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let inner = py.detach(|| core::Projector::load(&path)).map_err(to_py_err)?;
+        let inner = py
+            .detach(|| core::Projector::load(&path))
+            .map_err(to_py_err)?;
         Ok(Projector { inner })
     }
 
@@ -148,7 +156,8 @@ impl Projector {
         let tensors = tensors_from_numpy(tensors)?;
         let inner = py
             .detach(|| {
-                let model = core::ModelFile::from_parts(config, tensors, metadata.unwrap_or_default())?;
+                let model =
+                    core::ModelFile::from_parts(config, tensors, metadata.unwrap_or_default())?;
                 core::Projector::from_model(model)
             })
             .map_err(to_py_err)?;
@@ -175,7 +184,10 @@ impl Projector {
             None => py.detach(|| self.inner.project(view)),
             Some(keys) => {
                 let keys = as_keys(keys)?;
-                py.detach(|| self.inner.project_keyed(view, &keys.iter().map(String::as_str).collect::<Vec<_>>()))
+                py.detach(|| {
+                    self.inner
+                        .project_keyed(view, &keys.iter().map(String::as_str).collect::<Vec<_>>())
+                })
             }
         };
         Ok(out.map_err(to_py_err)?.into_pyarray(py))
@@ -187,11 +199,17 @@ impl Projector {
         // A keyless kind refuses before the keys are looked at.
         self.inner.resolve(&[]).map_err(to_py_err)?;
         let keys = as_keys(keys)?;
-        self.inner.resolve(&keys.iter().map(String::as_str).collect::<Vec<_>>()).map_err(to_py_err)
+        self.inner
+            .resolve(&keys.iter().map(String::as_str).collect::<Vec<_>>())
+            .map_err(to_py_err)
     }
 
     /// Dense routing weights (B, K), float32; rows sum to 1. None for a global model.
-    fn route<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyArray2<f32>>>> {
+    fn route<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyArray2<f32>>>> {
         let x = as_f32_matrix(x, "queries")?;
         let view: ArrayView2<f32> = x.as_array();
         let k = self.inner.n_clusters();
@@ -244,13 +262,20 @@ impl Projector {
 
     /// The model's tensors as float32 arrays (copies): exactly those it was built from
     /// (a half-precision `W` as the widened values its file holds), index included.
-    fn tensors<'py>(&self, py: Python<'py>) -> PyResult<BTreeMap<String, Bound<'py, PyArrayDyn<f32>>>> {
+    fn tensors<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<BTreeMap<String, Bound<'py, PyArrayDyn<f32>>>> {
         let tensors = py.detach(|| self.inner.tensors());
         tensors_to_numpy(py, tensors)
     }
 
     fn __repr__(&self) -> String {
-        let k = self.inner.n_clusters().map(|k| format!(", n_clusters={k}")).unwrap_or_default();
+        let k = self
+            .inner
+            .n_clusters()
+            .map(|k| format!(", n_clusters={k}"))
+            .unwrap_or_default();
         format!(
             "Projector(kind={:?}, dim_in={}, dim_out={}{k})",
             self.inner.kind(),
@@ -259,6 +284,9 @@ impl Projector {
         )
     }
 }
+
+/// Ids (B, k) int64 and scores (B, k) float32 of a search.
+type SearchResult<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
 
 /// Exact cosine search over the rows of an embedding matrix.
 #[pyclass(module = "projroute._core", frozen)]
@@ -273,7 +301,9 @@ impl FlatIndex {
     fn new(py: Python<'_>, embeddings: &Bound<'_, PyAny>) -> PyResult<Self> {
         let e = as_f32_matrix(embeddings, "embeddings")?;
         let view = e.as_array();
-        let inner = py.detach(|| core::FlatIndex::new(view)).map_err(to_py_err)?;
+        let inner = py
+            .detach(|| core::FlatIndex::new(view))
+            .map_err(to_py_err)?;
         Ok(FlatIndex { inner })
     }
 
@@ -283,11 +313,16 @@ impl FlatIndex {
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
         k: usize,
-    ) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
+    ) -> PyResult<SearchResult<'py>> {
         let x = as_f32_matrix(x, "queries")?;
         let view = x.as_array();
-        let (ids, scores) = py.detach(|| self.inner.search(view, k)).map_err(to_py_err)?;
-        Ok((ids.mapv(i64::from).into_pyarray(py), scores.into_pyarray(py)))
+        let (ids, scores) = py
+            .detach(|| self.inner.search(view, k))
+            .map_err(to_py_err)?;
+        Ok((
+            ids.mapv(i64::from).into_pyarray(py),
+            scores.into_pyarray(py),
+        ))
     }
 
     /// Embedding dimension.
@@ -301,7 +336,11 @@ impl FlatIndex {
     }
 
     fn __repr__(&self) -> String {
-        format!("FlatIndex(n={}, dim={})", self.inner.len(), self.inner.dim())
+        format!(
+            "FlatIndex(n={}, dim={})",
+            self.inner.len(),
+            self.inner.dim()
+        )
     }
 }
 
@@ -324,7 +363,8 @@ fn save_file(
 ) -> PyResult<()> {
     core::Config::from_json(config).map_err(to_py_err)?;
     let tensors = tensors_from_numpy(tensors)?;
-    py.detach(|| core::save_file(config, tensors, metadata.unwrap_or_default(), &path)).map_err(to_py_err)
+    py.detach(|| core::save_file(config, tensors, metadata.unwrap_or_default(), &path))
+        .map_err(to_py_err)
 }
 
 /// The JSON config string of the model file at `path`, reading only its header.

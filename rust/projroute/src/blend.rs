@@ -38,16 +38,30 @@ fn plan(groups: &[Vec<(u32, f32)>], n_bins: usize) -> Vec<Vec<Chunk<'_>>> {
     let mut chunks: Vec<Chunk<'_>> = groups
         .iter()
         .enumerate()
-        .flat_map(|(cluster, rows)| rows.chunks(max_rows).map(move |rows| Chunk { cluster, rows }))
+        .flat_map(|(cluster, rows)| {
+            rows.chunks(max_rows)
+                .map(move |rows| Chunk { cluster, rows })
+        })
         .collect();
-    chunks.sort_by(|a, b| b.rows.len().cmp(&a.rows.len()).then(a.cluster.cmp(&b.cluster)));
+    chunks.sort_by(|a, b| {
+        b.rows
+            .len()
+            .cmp(&a.rows.len())
+            .then(a.cluster.cmp(&b.cluster))
+    });
     let mut bins: Vec<(usize, Vec<Chunk<'_>>)> = (0..n_bins).map(|_| (0, Vec::new())).collect();
     for chunk in chunks {
-        let lightest = bins.iter_mut().min_by_key(|(load, _)| *load).expect("n_bins >= 1");
+        let lightest = bins
+            .iter_mut()
+            .min_by_key(|(load, _)| *load)
+            .expect("n_bins >= 1");
         lightest.0 += chunk.rows.len();
         lightest.1.push(chunk);
     }
-    bins.into_iter().map(|(_, chunks)| chunks).filter(|c| !c.is_empty()).collect()
+    bins.into_iter()
+        .map(|(_, chunks)| chunks)
+        .filter(|c| !c.is_empty())
+        .collect()
 }
 
 /// `out_i = Σ_j w_ij · (x_i @ maps[c_ij])`.
@@ -71,10 +85,17 @@ pub fn blend_maps(x: ArrayView2<f32>, routing: &Routing, maps: &[PackedMatrix]) 
                     gathered = Array2::zeros((n, d_in));
                 }
                 for (dst, &(i, w)) in gathered.axis_iter_mut(Axis(0)).zip(chunk.rows) {
-                    Zip::from(dst).and(x.row(i as usize)).for_each(|d, &v| *d = v * w);
+                    Zip::from(dst)
+                        .and(x.row(i as usize))
+                        .for_each(|d, &v| *d = v * w);
                 }
                 product.resize(n * d_out, 0.0);
-                maps[chunk.cluster].matmul_into(gathered.slice(s![..n, ..]), &mut product, d_out, &mut scratch);
+                maps[chunk.cluster].matmul_into(
+                    gathered.slice(s![..n, ..]),
+                    &mut product,
+                    d_out,
+                    &mut scratch,
+                );
                 for (src, &(i, _)) in product.chunks_exact(d_out).zip(chunk.rows) {
                     for (d, &v) in acc.row_mut(i as usize).iter_mut().zip(src) {
                         *d += v;
@@ -106,12 +127,15 @@ fn sum_partials(mut partials: Vec<Array2<f32>>, dim: (usize, usize)) -> Array2<f
 /// `vectors`: (K, D_out); returns (B, D_out).
 pub fn blend_vectors(routing: &Routing, vectors: ArrayView2<f32>) -> Array2<f32> {
     let mut out = Array2::<f32>::zeros((routing.len(), vectors.ncols()));
-    out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(i, mut row)| {
-        let (c, w) = routing.row(i);
-        for (&c, &w) in c.iter().zip(w) {
-            row.scaled_add(w, &vectors.row(c as usize));
-        }
-    });
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(i, mut row)| {
+            let (c, w) = routing.row(i);
+            for (&c, &w) in c.iter().zip(w) {
+                row.scaled_add(w, &vectors.row(c as usize));
+            }
+        });
     out
 }
 
@@ -133,7 +157,9 @@ mod tests {
     }
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
@@ -144,7 +170,11 @@ mod tests {
         let x = Array2::from_shape_fn((b, d_in), |_| lcg(&mut seed));
         let maps = Array3::from_shape_fn((k, d_in, d_out), |_| lcg(&mut seed));
         // Every query to clusters (i % k) and 0, except cluster 0 takes most weight.
-        let mut routing = Routing { offsets: vec![0], clusters: vec![], weights: vec![] };
+        let mut routing = Routing {
+            offsets: vec![0],
+            clusters: vec![],
+            weights: vec![],
+        };
         for i in 0..b {
             let c = (i % (k - 1) + 1) as u32;
             routing.clusters.extend([0, c]);
@@ -159,7 +189,10 @@ mod tests {
         }
         let vectors = maps.index_axis(Axis(1), 0);
         let got = blend_vectors(&routing, vectors);
-        assert!(routing.weights.len() * 4 >= b * k, "this routing is dense enough for the GEMM path too");
+        assert!(
+            routing.weights.len() * 4 >= b * k,
+            "this routing is dense enough for the GEMM path too"
+        );
         let dense = PackedMatrix::pack(vectors).matmul(routing.to_dense(k).view());
         for (a, b) in dense.iter().zip(got.iter()) {
             assert!((a - b).abs() < 1e-5);

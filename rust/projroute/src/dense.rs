@@ -34,26 +34,48 @@ pub(crate) struct Dense {
 impl Dense {
     /// `w` (in, out), `bias` (out).
     pub(crate) fn new(w: ArrayView2<f32>, bias: Option<Vec<f32>>) -> Self {
-        Dense { w: PackedMatrix::pack(w), bias, act: Activation::Identity }
+        Dense {
+            w: PackedMatrix::pack(w),
+            bias,
+            act: Activation::Identity,
+        }
     }
 
     /// A PyTorch `nn.Linear(in_dim, out_dim)` under `vb` (`weight` is (out, in)).
-    pub(crate) fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn linear(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let w = matrix(&vb, (out_dim, in_dim), "weight")?;
-        let b = if bias { Some(vb.get(out_dim, "bias")?.to_vec1::<f32>()?) } else { None };
+        let b = if bias {
+            Some(vb.get(out_dim, "bias")?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
         Ok(Self::new(w.t(), b))
     }
 
     /// The same layer followed by the exact (erf) GELU.
     pub(crate) fn with_gelu(self) -> Self {
-        Dense { act: Activation::Gelu, ..self }
+        Dense {
+            act: Activation::Gelu,
+            ..self
+        }
     }
 
     /// The same layer followed by a softmax within each run of `group` outputs
     /// (`group` must divide the output dimension).
     pub(crate) fn with_softmax(self, group: usize) -> Self {
-        assert!(group > 0 && self.w.cols().is_multiple_of(group), "softmax groups must tile the outputs");
-        Dense { act: Activation::Softmax(group), ..self }
+        assert!(
+            group > 0 && self.w.cols().is_multiple_of(group),
+            "softmax groups must tile the outputs"
+        );
+        Dense {
+            act: Activation::Softmax(group),
+            ..self
+        }
     }
 
     /// `x` (B, in) -> (B, out).
@@ -78,7 +100,9 @@ impl Dense {
                 Activation::Softmax(group) => fastmath::softmax_groups(row, group),
             }
             if let Some(r) = residual {
-                row.iter_mut().zip(&r[i * n..(i + 1) * n]).for_each(|(v, r)| *v += r);
+                row.iter_mut()
+                    .zip(&r[i * n..(i + 1) * n])
+                    .for_each(|(v, r)| *v += r);
             }
         });
         let shape = Shape::from((x.nrows(), n));
@@ -87,7 +111,11 @@ impl Dense {
 }
 
 /// A contiguous f32 (B, cols) matrix in candle storage, viewed without copying.
-fn view<'a>(s: &'a CpuStorage, l: &Layout, cols: usize) -> candle_core::Result<ArrayView2<'a, f32>> {
+fn view<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    cols: usize,
+) -> candle_core::Result<ArrayView2<'a, f32>> {
     let (start, end) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("dense layer input must be contiguous".into()))?;
@@ -114,7 +142,13 @@ impl CustomOp2 for Dense {
         "projroute-dense-residual"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = view(s1, l1, self.w.rows())?;
         let r = view(s2, l2, self.w.cols())?;
         if r.nrows() != x.nrows() {
@@ -125,7 +159,11 @@ impl CustomOp2 for Dense {
 }
 
 /// A (rows, cols) f32 tensor under `vb` as an ndarray.
-pub(crate) fn matrix(vb: &VarBuilder, shape: (usize, usize), name: &str) -> candle_core::Result<Array2<f32>> {
+pub(crate) fn matrix(
+    vb: &VarBuilder,
+    shape: (usize, usize),
+    name: &str,
+) -> candle_core::Result<Array2<f32>> {
     let data = vb.get(shape, name)?.flatten_all()?.to_vec1::<f32>()?;
     Array2::from_shape_vec(shape, data).map_err(candle_core::Error::wrap)
 }
@@ -146,7 +184,13 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let xt = Tensor::from_slice(x.as_slice().unwrap(), (b, k), &dev).unwrap();
         let rt = Tensor::from_slice(r.as_slice().unwrap(), (b, n), &dev).unwrap();
-        let got = layer.forward_add(&xt, &rt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = layer
+            .forward_add(&xt, &rt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let want = (x.dot(&w) + ndarray::aview1(&bias)).mapv(gelu) + &r;
         for (g, w) in got.iter().zip(want.iter()) {
             assert!((g - w).abs() < 1e-5, "{g} vs {w}");

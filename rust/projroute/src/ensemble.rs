@@ -34,7 +34,12 @@ pub struct Ensemble {
 
 impl std::fmt::Debug for Ensemble {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Ensemble(domains={}, top_k={})", self.students.len(), self.top_k)
+        write!(
+            f,
+            "Ensemble(domains={}, top_k={})",
+            self.students.len(),
+            self.top_k
+        )
     }
 }
 
@@ -44,10 +49,20 @@ impl Ensemble {
         let (Some(t), Some(e)) = (&m.config.transformer, &m.config.ensemble) else {
             return Vec::new();
         };
-        let mut names: Vec<String> =
-            ["router.0.weight", "router.0.bias", "router.2.weight", "router.2.bias"].map(String::from).to_vec();
+        let mut names: Vec<String> = [
+            "router.0.weight",
+            "router.0.bias",
+            "router.2.weight",
+            "router.2.bias",
+        ]
+        .map(String::from)
+        .to_vec();
         for d in 0..e.n_domains {
-            names.extend(Transformer::tensor_names(t).into_iter().map(|n| format!("students.{d}.{n}")));
+            names.extend(
+                Transformer::tensor_names(t)
+                    .into_iter()
+                    .map(|n| format!("students.{d}.{n}")),
+            );
         }
         names
     }
@@ -63,14 +78,24 @@ impl Ensemble {
         let vb = tensors_builder(m)?;
         let fmt = |err: candle_core::Error| Error::Format(err.to_string());
         let router = (
-            Dense::linear(c.dim_in, e.router_hidden, true, vb.pp("router").pp(0)).map_err(fmt)?.with_gelu(),
-            Dense::linear(e.router_hidden, e.n_domains, true, vb.pp("router").pp(2)).map_err(fmt)?,
+            Dense::linear(c.dim_in, e.router_hidden, true, vb.pp("router").pp(0))
+                .map_err(fmt)?
+                .with_gelu(),
+            Dense::linear(e.router_hidden, e.n_domains, true, vb.pp("router").pp(2))
+                .map_err(fmt)?,
         );
         let students = (0..e.n_domains)
             .map(|d| Transformer::from_builder(vb.pp("students").pp(d), m))
             .collect::<Result<Vec<_>>>()?;
         let source = keep(m, &Self::tensor_names(m));
-        Ok(Ensemble { router, students, top_k: e.top_k, dim_in: c.dim_in, dim_out: c.dim_out, source })
+        Ok(Ensemble {
+            router,
+            students,
+            top_k: e.top_k,
+            dim_in: c.dim_in,
+            dim_out: c.dim_out,
+            source,
+        })
     }
 
     /// Input dimension.
@@ -89,15 +114,27 @@ impl Ensemble {
         let b = x.nrows();
         let logits = {
             let run = || -> candle_core::Result<Vec<f32>> {
-                let t = Tensor::from_vec(x.iter().copied().collect::<Vec<f32>>(), (b, self.dim_in), &Device::Cpu)?;
-                self.router.1.forward(&self.router.0.forward(&t)?)?.flatten_all()?.to_vec1::<f32>()
+                let t = Tensor::from_vec(
+                    x.iter().copied().collect::<Vec<f32>>(),
+                    (b, self.dim_in),
+                    &Device::Cpu,
+                )?;
+                self.router
+                    .1
+                    .forward(&self.router.0.forward(&t)?)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()
             };
             run().map_err(|err| Error::Backend(err.to_string()))?
         };
         let logits = Array2::from_shape_vec((b, self.students.len()), logits)
             .map_err(|err| Error::Backend(err.to_string()))?;
         // Top-k softmax over the logits: the routing core with temperature 1.
-        let params = RoutingParams { temperature: 1.0, top_k: self.top_k, coverage: None };
+        let params = RoutingParams {
+            temperature: 1.0,
+            top_k: self.top_k,
+            coverage: None,
+        };
         let weights = route(logits.view(), &params)?.to_dense(self.students.len());
         let mut out = Array2::<f32>::zeros((b, self.dim_out));
         for (d, student) in self.students.iter().enumerate() {

@@ -26,13 +26,21 @@ pub struct Federated {
 impl Federated {
     /// From `centroids` (K, D_in; normalised here), `maps` (K, D_in, D_out; packed here
     /// for the serving kernel) and routing parameters.
-    pub fn new(centroids: ArrayView2<f32>, maps: ArrayView3<f32>, params: RoutingParams) -> Result<Self> {
+    pub fn new(
+        centroids: ArrayView2<f32>,
+        maps: ArrayView3<f32>,
+        params: RoutingParams,
+    ) -> Result<Self> {
         Self::with_router(Router::new(centroids, params)?, maps, Precision::F32)
     }
 
     /// From any router (centroid or per-question routing, with or without a prior) and
     /// its K maps (K, D_in, D_out), stored at `precision`.
-    pub fn with_router(router: Router, maps: ArrayView3<f32>, precision: Precision) -> Result<Self> {
+    pub fn with_router(
+        router: Router,
+        maps: ArrayView3<f32>,
+        precision: Precision,
+    ) -> Result<Self> {
         let (k, d_in) = (router.n_clusters(), router.dim());
         if maps.dim().0 != k || maps.dim().1 != d_in {
             return format_err(format!(
@@ -41,8 +49,16 @@ impl Federated {
             ));
         }
         let dim_out = maps.dim().2;
-        let maps = maps.outer_iter().map(|w| PackedMatrix::pack_as(w, precision)).collect();
-        Ok(Federated { router, maps, dim_out, centroids: None })
+        let maps = maps
+            .outer_iter()
+            .map(|w| PackedMatrix::pack_as(w, precision))
+            .collect();
+        Ok(Federated {
+            router,
+            maps,
+            dim_out,
+            centroids: None,
+        })
     }
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
@@ -57,7 +73,11 @@ impl Federated {
             None => Router::new(centroids, params)?,
             Some(counts) => {
                 if counts.len() != centroids.nrows() {
-                    return format_err(format!("{} question counts for {} centroids", counts.len(), centroids.nrows()));
+                    return format_err(format!(
+                        "{} question counts for {} centroids",
+                        counts.len(),
+                        centroids.nrows()
+                    ));
                 }
                 let questions = m.tensor("questions")?.view2("questions")?;
                 Router::per_question(questions, counts, params, c.cluster_temperature)?
@@ -67,8 +87,12 @@ impl Federated {
             Some(p) => router.with_prior(p.view1("prior")?)?,
             None => router,
         };
-        let federated = Self::with_router(router, m.tensor("W")?.view3("W")?, c.weights_precision())?;
-        Ok(Federated { centroids: per_question.then(|| Tensor::from_array(centroids)), ..federated })
+        let federated =
+            Self::with_router(router, m.tensor("W")?.view3("W")?, c.weights_precision())?;
+        Ok(Federated {
+            centroids: per_question.then(|| Tensor::from_array(centroids)),
+            ..federated
+        })
     }
 
     /// Input dimension.
@@ -132,7 +156,10 @@ impl Model for Federated {
         if let Some(c) = &self.centroids {
             out.insert("centroids".to_string(), c.clone());
         }
-        out.insert("W".to_string(), stack(&self.maps, self.dim_in(), self.dim_out));
+        out.insert(
+            "W".to_string(),
+            stack(&self.maps, self.dim_in(), self.dim_out),
+        );
         out
     }
 }

@@ -134,10 +134,13 @@ impl Config {
                 supported: FORMAT_VERSION,
             });
         }
-        let config: Config = serde_json::from_value(value).or_else(|e| format_err(format!("bad config: {e}")))?;
+        let config: Config =
+            serde_json::from_value(value).or_else(|e| format_err(format!("bad config: {e}")))?;
         if let Some(name) = &config.weights_dtype {
             if Precision::from_name(name).is_none() {
-                return format_err(format!("`weights_dtype` must be float32, float16 or bfloat16, got {name:?}"));
+                return format_err(format!(
+                    "`weights_dtype` must be float32, float16 or bfloat16, got {name:?}"
+                ));
             }
         }
         Ok(config)
@@ -145,7 +148,10 @@ impl Config {
 
     /// Storage precision of the maps `W` (`weights_dtype`, float32 when absent).
     pub fn weights_precision(&self) -> Precision {
-        self.weights_dtype.as_deref().and_then(Precision::from_name).unwrap_or(Precision::F32)
+        self.weights_dtype
+            .as_deref()
+            .and_then(Precision::from_name)
+            .unwrap_or(Precision::F32)
     }
 
     /// The config as a JSON string.
@@ -167,17 +173,27 @@ impl Tensor {
     /// A tensor from a shape and matching row-major data.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         if shape.iter().product::<usize>() != data.len() {
-            return invalid(format!("shape {shape:?} does not match {} values", data.len()));
+            return invalid(format!(
+                "shape {shape:?} does not match {} values",
+                data.len()
+            ));
         }
         Ok(Tensor { shape, data })
     }
 
     /// A copy of an array of any rank and layout, row-major.
     pub fn from_array<D: ndarray::Dimension>(a: ndarray::ArrayView<'_, f32, D>) -> Self {
-        Tensor { shape: a.shape().to_vec(), data: a.iter().copied().collect() }
+        Tensor {
+            shape: a.shape().to_vec(),
+            data: a.iter().copied().collect(),
+        }
     }
 
-    fn view<D: ndarray::Dimension>(&self, name: &str, dim: D) -> Result<ndarray::ArrayView<'_, f32, D>> {
+    fn view<D: ndarray::Dimension>(
+        &self,
+        name: &str,
+        dim: D,
+    ) -> Result<ndarray::ArrayView<'_, f32, D>> {
         if self.shape.len() != dim.ndim() {
             return format_err(format!(
                 "tensor `{name}` has {} dimensions {:?}, expected {}",
@@ -198,7 +214,13 @@ impl Tensor {
     /// As a 2-D view; `name` is used in the error.
     pub fn view2(&self, name: &str) -> Result<ArrayView2<'_, f32>> {
         let s = &self.shape;
-        self.view(name, ndarray::Ix2(s.first().copied().unwrap_or(0), s.get(1).copied().unwrap_or(0)))
+        self.view(
+            name,
+            ndarray::Ix2(
+                s.first().copied().unwrap_or(0),
+                s.get(1).copied().unwrap_or(0),
+            ),
+        )
     }
 
     /// As a 3-D view; `name` is used in the error.
@@ -246,7 +268,11 @@ impl ModelFile {
         let weights = config.weights_precision();
         for (name, t) in tensors.iter_mut() {
             if t.shape.iter().product::<usize>() != t.data.len() {
-                return invalid(format!("tensor `{name}`: shape {:?} does not match {} values", t.shape, t.data.len()));
+                return invalid(format!(
+                    "tensor `{name}`: shape {:?} does not match {} values",
+                    t.shape,
+                    t.data.len()
+                ));
             }
             if name == WEIGHTS_TENSOR && weights != Precision::F32 {
                 t.data.iter_mut().for_each(|v| *v = weights.round(*v));
@@ -254,33 +280,54 @@ impl ModelFile {
             check_finite(name, &t.data)?;
         }
         metadata.remove(CONFIG_KEY);
-        Ok(ModelFile { config, tensors, metadata })
+        Ok(ModelFile {
+            config,
+            tensors,
+            metadata,
+        })
     }
 
     /// Parse a model file from bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let (_, header) = SafeTensors::read_metadata(bytes)
             .or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
-        let mut metadata: BTreeMap<String, String> =
-            header.metadata().clone().unwrap_or_default().into_iter().collect();
+        let mut metadata: BTreeMap<String, String> = header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let config_json = metadata.remove(CONFIG_KEY).ok_or_else(|| {
-            Error::Format(format!("safetensors file has no `{CONFIG_KEY}` config: not a projroute model"))
+            Error::Format(format!(
+                "safetensors file has no `{CONFIG_KEY}` config: not a projroute model"
+            ))
         })?;
         let config = Config::from_json(&config_json)?;
         let st = SafeTensors::deserialize(bytes)
             .or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
-            let precision = if name == WEIGHTS_TENSOR { config.weights_precision() } else { Precision::F32 };
+            let precision = if name == WEIGHTS_TENSOR {
+                config.weights_precision()
+            } else {
+                Precision::F32
+            };
             tensors.insert(name.clone(), read_tensor(&name, &view, precision)?);
         }
-        Ok(ModelFile { config, tensors, metadata })
+        Ok(ModelFile {
+            config,
+            tensors,
+            metadata,
+        })
     }
 
     /// The tensor called `name`, or a format error naming it.
     pub fn tensor(&self, name: &str) -> Result<&Tensor> {
         self.tensors.get(name).ok_or_else(|| {
-            Error::Format(format!("a `{}` model needs a tensor `{name}`", self.config.kind))
+            Error::Format(format!(
+                "a `{}` model needs a tensor `{name}`",
+                self.config.kind
+            ))
         })
     }
 
@@ -291,7 +338,11 @@ impl ModelFile {
             .tensors
             .iter()
             .map(|(name, t)| {
-                let precision = if name == WEIGHTS_TENSOR { weights } else { Precision::F32 };
+                let precision = if name == WEIGHTS_TENSOR {
+                    weights
+                } else {
+                    Precision::F32
+                };
                 let (dtype, data) = encode(&t.data, precision);
                 (name.clone(), dtype, data, t.shape.clone())
             })
@@ -306,7 +357,8 @@ impl ModelFile {
             .collect::<Result<Vec<_>>>()?;
         let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
         metadata.insert(CONFIG_KEY.to_string(), self.config.to_json());
-        safetensors::serialize(views, Some(metadata)).or_else(|e| invalid(format!("cannot serialise: {e}")))
+        safetensors::serialize(views, Some(metadata))
+            .or_else(|e| invalid(format!("cannot serialise: {e}")))
     }
 
     /// Write to `path`.
@@ -320,7 +372,10 @@ impl ModelFile {
         if let Some(index) = self.tensors.get(INDEX_TENSOR) {
             let d = index.view2(INDEX_TENSOR)?.ncols();
             if d != self.config.dim_out {
-                return format_err(format!("`{INDEX_TENSOR}` has {d} columns, expected dim_out {}", self.config.dim_out));
+                return format_err(format!(
+                    "`{INDEX_TENSOR}` has {d} columns, expected dim_out {}",
+                    self.config.dim_out
+                ));
             }
         }
         Ok(())
@@ -351,18 +406,25 @@ pub fn read_config(path: impl AsRef<Path>) -> Result<Config> {
     let read = || -> Result<Config> {
         let mut file = std::fs::File::open(path)?;
         let file_len = file.metadata()?.len();
-        let unreadable = |why: String| Error::Format(format!("not a readable safetensors file: {why}"));
+        let unreadable =
+            |why: String| Error::Format(format!("not a readable safetensors file: {why}"));
         let mut len = [0u8; 8];
         if file_len < 8 {
-            return Err(unreadable(format!("{file_len} bytes, shorter than the 8-byte header length")));
+            return Err(unreadable(format!(
+                "{file_len} bytes, shorter than the 8-byte header length"
+            )));
         }
         file.read_exact(&mut len)?;
         let n = u64::from_le_bytes(len);
         if n > MAX_HEADER_SIZE {
-            return Err(unreadable(format!("header length {n} exceeds the limit of {MAX_HEADER_SIZE} bytes")));
+            return Err(unreadable(format!(
+                "header length {n} exceeds the limit of {MAX_HEADER_SIZE} bytes"
+            )));
         }
         if n > file_len - 8 {
-            return Err(unreadable(format!("header length {n} runs past the end of the file ({file_len} bytes)")));
+            return Err(unreadable(format!(
+                "header length {n} runs past the end of the file ({file_len} bytes)"
+            )));
         }
         let mut header = vec![0u8; n as usize];
         file.read_exact(&mut header)?;
@@ -395,7 +457,9 @@ pub fn read_config(path: impl AsRef<Path>) -> Result<Config> {
         match config {
             Some(Some(text)) => Config::from_json(&text),
             Some(None) => format_err(format!("`{CONFIG_KEY}` metadata entry is not a string")),
-            None => format_err(format!("safetensors file has no `{CONFIG_KEY}` config: not a projroute model")),
+            None => format_err(format!(
+                "safetensors file has no `{CONFIG_KEY}` config: not a projroute model"
+            )),
         }
     };
     read().map_err(|e| named(path, e))
@@ -404,7 +468,10 @@ pub fn read_config(path: impl AsRef<Path>) -> Result<Config> {
 /// `e` with `path` in its message (I/O and format errors).
 fn named(path: &Path, e: Error) -> Error {
     match e {
-        Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), format!("{}: {io}", path.display()))),
+        Error::Io(io) => Error::Io(std::io::Error::new(
+            io.kind(),
+            format!("{}: {io}", path.display()),
+        )),
         Error::Format(msg) => Error::Format(format!("{}: {msg}", path.display())),
         other => other,
     }
@@ -423,8 +490,14 @@ fn dtype(precision: Precision) -> Dtype {
 fn encode(data: &[f32], precision: Precision) -> (Dtype, Vec<u8>) {
     let bytes = match precision {
         Precision::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Precision::F16 => data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-        Precision::BF16 => data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        Precision::F16 => data
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Precision::BF16 => data
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
     };
     (dtype(precision), bytes)
 }
@@ -432,16 +505,31 @@ fn encode(data: &[f32], precision: Precision) -> (Dtype, Vec<u8>) {
 fn read_tensor(name: &str, view: &TensorView<'_>, precision: Precision) -> Result<Tensor> {
     let expected = dtype(precision);
     if view.dtype() != expected {
-        return format_err(format!("tensor `{name}` has dtype {:?}, expected {expected:?}", view.dtype()));
+        return format_err(format!(
+            "tensor `{name}` has dtype {:?}, expected {expected:?}",
+            view.dtype()
+        ));
     }
     let bytes = view.data();
     let data: Vec<f32> = match precision {
-        Precision::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Precision::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Precision::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Precision::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Precision::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Precision::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
     };
     check_finite(name, &data)?;
-    Ok(Tensor { shape: view.shape().to_vec(), data })
+    Ok(Tensor {
+        shape: view.shape().to_vec(),
+        data,
+    })
 }
 
 fn check_finite(name: &str, data: &[f32]) -> Result<()> {
@@ -478,8 +566,15 @@ mod tests {
 
     fn model() -> ModelFile {
         let mut tensors = BTreeMap::new();
-        tensors.insert("W".to_string(), Tensor::new(vec![2, 2], vec![1.0, 0.0, 0.0, 1.0]).unwrap());
-        ModelFile { config: config("global"), tensors, metadata: BTreeMap::new() }
+        tensors.insert(
+            "W".to_string(),
+            Tensor::new(vec![2, 2], vec![1.0, 0.0, 0.0, 1.0]).unwrap(),
+        );
+        ModelFile {
+            config: config("global"),
+            tensors,
+            metadata: BTreeMap::new(),
+        }
     }
 
     #[test]
@@ -493,7 +588,10 @@ mod tests {
     fn newer_version_is_reported_as_such() {
         let text = r#"{"format":"projroute","version":99,"kind":"warp","dim_in":1}"#;
         match Config::from_json(text) {
-            Err(Error::UnsupportedVersion { found: 99, supported: FORMAT_VERSION }) => {}
+            Err(Error::UnsupportedVersion {
+                found: 99,
+                supported: FORMAT_VERSION,
+            }) => {}
             other => panic!("{other:?}"),
         }
     }
@@ -502,10 +600,16 @@ mod tests {
     fn truncated_and_foreign_files_are_format_errors() {
         let bytes = model().to_bytes().unwrap();
         for cut in [0, 7, 20, bytes.len() - 1] {
-            assert!(matches!(ModelFile::from_bytes(&bytes[..cut]), Err(Error::Format(_))), "cut {cut}");
+            assert!(
+                matches!(ModelFile::from_bytes(&bytes[..cut]), Err(Error::Format(_))),
+                "cut {cut}"
+            );
         }
         let foreign = safetensors::serialize(
-            vec![("x", TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap())],
+            vec![(
+                "x",
+                TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap(),
+            )],
             None,
         )
         .unwrap();
@@ -517,13 +621,18 @@ mod tests {
     fn non_finite_and_wrong_dtype_are_rejected() {
         let mut m = model();
         m.tensors.get_mut("W").unwrap().data[0] = f32::INFINITY;
-        let err = ModelFile::from_bytes(&m.to_bytes().unwrap()).unwrap_err().to_string();
+        let err = ModelFile::from_bytes(&m.to_bytes().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("NaN or infinite"), "{err}");
 
         let mut meta = HashMap::new();
         meta.insert(CONFIG_KEY.to_string(), config("global").to_json());
         let f64s = safetensors::serialize(
-            vec![("W", TensorView::new(Dtype::F64, vec![1], &[0u8; 8]).unwrap())],
+            vec![(
+                "W",
+                TensorView::new(Dtype::F64, vec![1], &[0u8; 8]).unwrap(),
+            )],
             Some(meta),
         )
         .unwrap();
@@ -543,7 +652,9 @@ mod tests {
         for cut in [0, 5, 8, 20, bytes.len() - 1] {
             std::fs::write(&path, &bytes[..cut]).unwrap();
             match read_config(&path) {
-                Err(Error::Format(msg)) => assert!(msg.contains("m.safetensors"), "cut {cut}: {msg}"),
+                Err(Error::Format(msg)) => {
+                    assert!(msg.contains("m.safetensors"), "cut {cut}: {msg}")
+                }
                 other => panic!("cut {cut}: {other:?}"),
             }
         }
@@ -554,13 +665,19 @@ mod tests {
         assert!(err.contains("header length"), "{err}");
 
         let foreign = safetensors::serialize(
-            vec![("x", TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap())],
+            vec![(
+                "x",
+                TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap(),
+            )],
             None,
         )
         .unwrap();
         std::fs::write(&path, foreign).unwrap();
         let err = read_config(&path).unwrap_err().to_string();
-        assert!(err.contains("m.safetensors: ") && err.contains("not a projroute model"), "{err}");
+        assert!(
+            err.contains("m.safetensors: ") && err.contains("not a projroute model"),
+            "{err}"
+        );
 
         match read_config(dir.path().join("nope.safetensors")) {
             Err(Error::Io(e)) => {
@@ -576,18 +693,32 @@ mod tests {
         let mut c = config("global");
         c.weights_dtype = Some("bfloat16".into());
         let tensors = BTreeMap::from([
-            ("W".to_string(), Tensor::new(vec![2, 2], vec![1.1, 0.3, -2.7, 1e-3]).unwrap()),
-            ("bias".to_string(), Tensor::new(vec![2], vec![0.1, 0.2]).unwrap()),
+            (
+                "W".to_string(),
+                Tensor::new(vec![2, 2], vec![1.1, 0.3, -2.7, 1e-3]).unwrap(),
+            ),
+            (
+                "bias".to_string(),
+                Tensor::new(vec![2], vec![0.1, 0.2]).unwrap(),
+            ),
         ]);
-        let metadata = BTreeMap::from([("k".to_string(), "v".to_string()), (CONFIG_KEY.to_string(), "x".to_string())]);
+        let metadata = BTreeMap::from([
+            ("k".to_string(), "v".to_string()),
+            (CONFIG_KEY.to_string(), "x".to_string()),
+        ]);
         let m = ModelFile::from_parts(&c.to_json(), tensors, metadata).unwrap();
         assert_eq!(m.tensors["W"].data[0], Precision::BF16.round(1.1));
         assert_eq!(m.tensors["bias"].data[0], 0.1);
         assert_eq!(m.metadata.len(), 1);
         assert_eq!(ModelFile::from_bytes(&m.to_bytes().unwrap()).unwrap(), m);
 
-        let nan = BTreeMap::from([("W".to_string(), Tensor::new(vec![1], vec![f32::NAN]).unwrap())]);
-        let err = ModelFile::from_parts(&c.to_json(), nan, BTreeMap::new()).unwrap_err().to_string();
+        let nan = BTreeMap::from([(
+            "W".to_string(),
+            Tensor::new(vec![1], vec![f32::NAN]).unwrap(),
+        )]);
+        let err = ModelFile::from_parts(&c.to_json(), nan, BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("NaN or infinite"), "{err}");
         assert!(ModelFile::from_parts("{}", BTreeMap::new(), BTreeMap::new()).is_err());
     }
@@ -597,12 +728,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
         let mut tensors = model().tensors;
-        tensors.insert(INDEX_TENSOR.to_string(), Tensor::new(vec![1, 3], vec![1.0; 3]).unwrap());
-        let err = save_file(&config("global").to_json(), tensors.clone(), BTreeMap::new(), &path).unwrap_err();
+        tensors.insert(
+            INDEX_TENSOR.to_string(),
+            Tensor::new(vec![1, 3], vec![1.0; 3]).unwrap(),
+        );
+        let err = save_file(
+            &config("global").to_json(),
+            tensors.clone(),
+            BTreeMap::new(),
+            &path,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("expected dim_out 2"), "{err}");
         assert!(!path.exists());
-        tensors.insert(INDEX_TENSOR.to_string(), Tensor::new(vec![1, 2], vec![1.0; 2]).unwrap());
-        save_file(&config("global").to_json(), tensors.clone(), BTreeMap::new(), &path).unwrap();
+        tensors.insert(
+            INDEX_TENSOR.to_string(),
+            Tensor::new(vec![1, 2], vec![1.0; 2]).unwrap(),
+        );
+        save_file(
+            &config("global").to_json(),
+            tensors.clone(),
+            BTreeMap::new(),
+            &path,
+        )
+        .unwrap();
         assert_eq!(ModelFile::open(&path).unwrap().tensors, tensors);
     }
 }

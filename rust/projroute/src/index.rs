@@ -22,7 +22,9 @@ impl FlatIndex {
     pub fn new(embeddings: ArrayView2<f32>) -> Result<Self> {
         linalg::check_batch(embeddings, embeddings.ncols(), "index embeddings")?;
         let unit = linalg::normalize_rows(embeddings, "index embeddings")?;
-        Ok(FlatIndex { embeddings_t: PackedMatrix::pack(unit.t()) })
+        Ok(FlatIndex {
+            embeddings_t: PackedMatrix::pack(unit.t()),
+        })
     }
 
     /// Number of indexed items.
@@ -45,7 +47,10 @@ impl FlatIndex {
     pub fn search(&self, x: ArrayView2<f32>, k: usize) -> Result<(Array2<u32>, Array2<f32>)> {
         linalg::check_batch(x, self.dim(), "queries")?;
         if k == 0 || k > self.len() {
-            return invalid(format!("k must be between 1 and the index size ({}), got {k}", self.len()));
+            return invalid(format!(
+                "k must be between 1 and the index size ({}), got {k}",
+                self.len()
+            ));
         }
         let q = linalg::normalize_rows(x, "queries")?;
         let b = q.nrows();
@@ -61,7 +66,9 @@ impl FlatIndex {
                 .zip(sims.axis_iter(Axis(0)))
                 .for_each(|((mut id_row, mut score_row), sim)| {
                     let sim = sim.as_slice().expect("fresh GEMM output is contiguous");
-                    let by_score = |a: &u32, b: &u32| sim[*b as usize].total_cmp(&sim[*a as usize]).then(a.cmp(b));
+                    let by_score = |a: &u32, b: &u32| {
+                        sim[*b as usize].total_cmp(&sim[*a as usize]).then(a.cmp(b))
+                    };
                     let mut order: Vec<u32> = (0..sim.len() as u32).collect();
                     if k < order.len() {
                         order.select_nth_unstable_by(k - 1, by_score);
@@ -86,7 +93,9 @@ mod tests {
     #[test]
     fn finds_nearest_by_cosine() {
         let index = FlatIndex::new(array![[1.0f32, 0.0], [0.0, 2.0], [1.0, 1.0]].view()).unwrap();
-        let (ids, scores) = index.search(array![[0.0f32, 5.0], [3.0, 0.1]].view(), 2).unwrap();
+        let (ids, scores) = index
+            .search(array![[0.0f32, 5.0], [3.0, 0.1]].view(), 2)
+            .unwrap();
         assert_eq!(ids, array![[1, 2], [0, 2]]);
         assert!((scores[[0, 0]] - 1.0).abs() < 1e-6);
         assert!(index.search(array![[1.0f32, 0.0]].view(), 4).is_err());

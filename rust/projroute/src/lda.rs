@@ -24,7 +24,11 @@ pub struct Lda {
 impl Lda {
     /// From `centroids` (K, D_in; normalised here), `answers` (K, D_out) and routing
     /// parameters.
-    pub fn new(centroids: ArrayView2<f32>, answers: Array2<f32>, params: RoutingParams) -> Result<Self> {
+    pub fn new(
+        centroids: ArrayView2<f32>,
+        answers: Array2<f32>,
+        params: RoutingParams,
+    ) -> Result<Self> {
         if answers.nrows() != centroids.nrows() {
             return format_err(format!(
                 "{} answer rows for {} centroids",
@@ -33,7 +37,11 @@ impl Lda {
             ));
         }
         let packed = PackedMatrix::pack(answers.view());
-        Ok(Lda { router: Router::new(centroids, params)?, answers, packed })
+        Ok(Lda {
+            router: Router::new(centroids, params)?,
+            answers,
+            packed,
+        })
     }
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
@@ -112,7 +120,10 @@ impl Model for Lda {
 
     fn tensors(&self) -> BTreeMap<String, Tensor> {
         let mut out: BTreeMap<String, Tensor> = self.router.tensors().into_iter().collect();
-        out.insert("answers".to_string(), Tensor::from_array(self.answers.view()));
+        out.insert(
+            "answers".to_string(),
+            Tensor::from_array(self.answers.view()),
+        );
         out
     }
 }

@@ -28,8 +28,8 @@ pub use ensemble::Ensemble;
 pub use error::{Error, Result};
 pub use federated::Federated;
 pub use format::{
-    read_config, save_file, Config, EnsembleConfig, ModelFile, Tensor, TransformerConfig, CONFIG_KEY, FORMAT_NAME,
-    FORMAT_VERSION, INDEX_TENSOR,
+    read_config, save_file, Config, EnsembleConfig, ModelFile, Tensor, TransformerConfig,
+    CONFIG_KEY, FORMAT_NAME, FORMAT_VERSION, INDEX_TENSOR,
 };
 pub use index::FlatIndex;
 pub use lda::Lda;
@@ -37,7 +37,7 @@ pub use model::Model;
 pub use packed::{PackedMatrix, Precision};
 pub use procrustes::Global;
 pub use projector::Projector;
+pub use routing::{route, softmax_rows, Router, Routing, RoutingParams};
 #[cfg(feature = "candle")]
 pub use transformer::Transformer;
-pub use routing::{route, softmax_rows, Router, Routing, RoutingParams};
 pub use trees::{KeyRule, Keyed};

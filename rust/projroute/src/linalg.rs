@@ -66,7 +66,13 @@ mod tests {
         let empty = Array2::<f32>::zeros((0, 3));
         assert!(check_batch(empty.view(), 3, "q").is_err());
         let x = array![[1.0f32, f32::NAN]];
-        assert!(check_batch(x.view(), 2, "q").unwrap_err().to_string().contains("NaN"));
-        assert!(check_batch(x.view(), 3, "q").unwrap_err().to_string().contains("columns"));
+        assert!(check_batch(x.view(), 2, "q")
+            .unwrap_err()
+            .to_string()
+            .contains("NaN"));
+        assert!(check_batch(x.view(), 3, "q")
+            .unwrap_err()
+            .to_string()
+            .contains("columns"));
     }
 }

@@ -38,7 +38,10 @@ pub trait Model: Send + Sync + std::fmt::Debug {
     /// only.
     fn project_keyed(&self, x: ArrayView2<f32>, keys: &[&str]) -> Result<Array2<f32>> {
         let _ = (x, keys);
-        invalid(format!("a `{}` model takes no keys; call project without them", self.kind()))
+        invalid(format!(
+            "a `{}` model takes no keys; call project without them",
+            self.kind()
+        ))
     }
 
     /// The key of the node that serves each of `keys`; keyed kinds only.
@@ -74,7 +77,10 @@ pub(crate) fn stack(maps: &[PackedMatrix], dim_in: usize, dim_out: usize) -> Ten
     for m in maps {
         data.extend(m.to_array().iter().copied());
     }
-    Tensor { shape: vec![maps.len(), dim_in, dim_out], data }
+    Tensor {
+        shape: vec![maps.len(), dim_in, dim_out],
+        data,
+    }
 }
 
 /// Every model type is `Send + Sync`, so that one loaded model serves many threads.

@@ -23,10 +23,17 @@ impl Global {
     pub fn new(w: Array2<f32>, bias: Option<Array1<f32>>, precision: Precision) -> Result<Self> {
         if let Some(b) = &bias {
             if b.len() != w.ncols() {
-                return format_err(format!("bias has {} values, W has {} columns", b.len(), w.ncols()));
+                return format_err(format!(
+                    "bias has {} values, W has {} columns",
+                    b.len(),
+                    w.ncols()
+                ));
             }
         }
-        Ok(Global { w: PackedMatrix::pack_as(w.view(), precision), bias })
+        Ok(Global {
+            w: PackedMatrix::pack_as(w.view(), precision),
+            bias,
+        })
     }
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
@@ -82,7 +89,10 @@ impl Model for Global {
 
     fn tensors(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
-        out.insert("W".to_string(), Tensor::from_array(self.w.to_array().view()));
+        out.insert(
+            "W".to_string(),
+            Tensor::from_array(self.w.to_array().view()),
+        );
         if let Some(b) = &self.bias {
             out.insert("bias".to_string(), Tensor::from_array(b.view()));
         }

@@ -29,7 +29,10 @@ fn build(m: &ModelFile) -> Result<Box<dyn Model>> {
         "transformer_ensemble" => Box::new(crate::Ensemble::from_model(m)?),
         #[cfg(not(feature = "candle"))]
         "transformer" | "transformer_ensemble" => {
-            return format_err(format!("`{}` models need projroute built with the `candle` feature", m.config.kind))
+            return format_err(format!(
+                "`{}` models need projroute built with the `candle` feature",
+                m.config.kind
+            ))
         }
         other => return format_err(format!("unknown model kind `{other}`")),
     })
@@ -58,8 +61,15 @@ impl Projector {
         let model = build(&m)?;
         let c = &m.config;
         let expected = model.tensor_names();
-        if let Some(extra) = m.tensors.keys().find(|k| !expected.contains(k) && *k != INDEX_TENSOR) {
-            return format_err(format!("unexpected tensor `{extra}` in a `{}` model", c.kind));
+        if let Some(extra) = m
+            .tensors
+            .keys()
+            .find(|k| !expected.contains(k) && *k != INDEX_TENSOR)
+        {
+            return format_err(format!(
+                "unexpected tensor `{extra}` in a `{}` model",
+                c.kind
+            ));
         }
         if (model.dim_in(), model.dim_out()) != (c.dim_in, c.dim_out) {
             return format_err(format!(
@@ -73,18 +83,30 @@ impl Projector {
         m.check_index()?;
         if let Some(k) = model.n_clusters() {
             if c.n_clusters != Some(k) {
-                return format_err(format!("tensors have {k} clusters, config says {:?}", c.n_clusters));
+                return format_err(format!(
+                    "tensors have {k} clusters, config says {:?}",
+                    c.n_clusters
+                ));
             }
         }
         let index = m.tensors.remove(INDEX_TENSOR);
-        Ok(Projector { model: Arc::from(model), config: m.config, metadata: m.metadata, index })
+        Ok(Projector {
+            model: Arc::from(model),
+            config: m.config,
+            metadata: m.metadata,
+            index,
+        })
     }
 
     /// Export as a model file: exactly the tensors the model was built from (maps
     /// unpacked), the index, the config and the metadata. Building a projector from it
     /// gives this one back.
     pub fn to_model(&self) -> ModelFile {
-        ModelFile { config: self.config.clone(), tensors: self.tensors(), metadata: self.metadata.clone() }
+        ModelFile {
+            config: self.config.clone(),
+            tensors: self.tensors(),
+            metadata: self.metadata.clone(),
+        }
     }
 
     /// The tensors of [`to_model`](Self::to_model), by name.
@@ -171,7 +193,9 @@ mod tests {
 
     /// Deterministic values in (-1, 1), different for every `seed`.
     fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i * 7919 + seed * 104_729) as f32 * 0.618_034).sin()).collect()
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) as f32 * 0.618_034).sin())
+            .collect()
     }
 
     fn tensor(shape: &[usize], seed: usize) -> Tensor {
@@ -180,7 +204,10 @@ mod tests {
 
     /// A model file as a reader sees it: through its bytes.
     fn file(config: &str, tensors: &[(&str, Tensor)]) -> ModelFile {
-        let tensors = tensors.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+        let tensors = tensors
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
         let metadata = BTreeMap::from([("answers.texts".to_string(), "[\"a\"]".to_string())]);
         let m = ModelFile::from_parts(config, tensors, metadata).unwrap();
         ModelFile::from_bytes(&m.to_bytes().unwrap()).unwrap()
@@ -192,7 +219,10 @@ mod tests {
         let back = p.to_model();
         assert_eq!(back.config, m.config);
         assert_eq!(back.metadata, m.metadata);
-        assert_eq!(back.tensors.keys().collect::<Vec<_>>(), m.tensors.keys().collect::<Vec<_>>());
+        assert_eq!(
+            back.tensors.keys().collect::<Vec<_>>(),
+            m.tensors.keys().collect::<Vec<_>>()
+        );
         for (name, t) in &m.tensors {
             let b = &back.tensors[name];
             assert_eq!(b.shape, t.shape, "{name}");
@@ -201,24 +231,39 @@ mod tests {
         }
         assert_eq!(ModelFile::from_bytes(&back.to_bytes().unwrap()).unwrap(), m);
         let again = Projector::from_model(back).unwrap();
-        let x = ndarray::Array2::from_shape_vec((3, p.dim_in()), values(3 * p.dim_in(), 99)).unwrap();
+        let x =
+            ndarray::Array2::from_shape_vec((3, p.dim_in()), values(3 * p.dim_in(), 99)).unwrap();
         match p.kind() {
             "tree" | "hierarchical" => {
                 let keys = ["a/b/c", "zz", "a"];
-                assert_eq!(p.project_keyed(x.view(), &keys).unwrap(), again.project_keyed(x.view(), &keys).unwrap());
+                assert_eq!(
+                    p.project_keyed(x.view(), &keys).unwrap(),
+                    again.project_keyed(x.view(), &keys).unwrap()
+                );
             }
-            _ => assert_eq!(p.project(x.view()).unwrap(), again.project(x.view()).unwrap()),
+            _ => assert_eq!(
+                p.project(x.view()).unwrap(),
+                again.project(x.view()).unwrap()
+            ),
         }
     }
 
     #[test]
     fn global_with_bias_and_index_exports_exactly() {
-        let config = r#"{"format":"projroute","version":1,"kind":"global","dim_in":260,"dim_out":19}"#;
+        let config =
+            r#"{"format":"projroute","version":1,"kind":"global","dim_in":260,"dim_out":19}"#;
         let m = file(
             config,
-            &[("W", tensor(&[260, 19], 1)), ("bias", tensor(&[19], 2)), (INDEX_TENSOR, tensor(&[5, 19], 3))],
+            &[
+                ("W", tensor(&[260, 19], 1)),
+                ("bias", tensor(&[19], 2)),
+                (INDEX_TENSOR, tensor(&[5, 19], 3)),
+            ],
         );
-        assert_eq!(Projector::from_model(m.clone()).unwrap().index(), m.tensors.get(INDEX_TENSOR));
+        assert_eq!(
+            Projector::from_model(m.clone()).unwrap().index(),
+            m.tensors.get(INDEX_TENSOR)
+        );
         assert_round_trip(m);
     }
 
@@ -226,7 +271,13 @@ mod tests {
     fn federated_exports_exactly() {
         let centroid = r#"{"format":"projroute","version":1,"kind":"federated","dim_in":260,"dim_out":19,
             "n_clusters":3,"temperature":0.1,"top_k":2}"#;
-        assert_round_trip(file(centroid, &[("centroids", tensor(&[3, 260], 1)), ("W", tensor(&[3, 260, 19], 2))]));
+        assert_round_trip(file(
+            centroid,
+            &[
+                ("centroids", tensor(&[3, 260], 1)),
+                ("W", tensor(&[3, 260, 19], 2)),
+            ],
+        ));
         let per_question = r#"{"format":"projroute","version":1,"kind":"federated","dim_in":260,"dim_out":19,
             "n_clusters":3,"temperature":0.1,"top_k":2,"question_counts":[2,4,1],"cluster_temperature":0.5,
             "weights_dtype":"float16"}"#;
@@ -235,11 +286,17 @@ mod tests {
             &[
                 ("centroids", tensor(&[3, 260], 1)),
                 ("questions", tensor(&[7, 260], 3)),
-                ("prior", Tensor::new(vec![7], (1..=7).map(|i| i as f32 * 0.3).collect()).unwrap()),
+                (
+                    "prior",
+                    Tensor::new(vec![7], (1..=7).map(|i| i as f32 * 0.3).collect()).unwrap(),
+                ),
                 ("W", tensor(&[3, 260, 19], 2)),
             ],
         );
-        assert_eq!(m.tensors["W"].data[0], crate::Precision::F16.round(values(1, 2)[0]));
+        assert_eq!(
+            m.tensors["W"].data[0],
+            crate::Precision::F16.round(values(1, 2)[0])
+        );
         assert_round_trip(m);
     }
 
@@ -247,7 +304,13 @@ mod tests {
     fn lda_and_keyed_export_exactly() {
         let lda = r#"{"format":"projroute","version":1,"kind":"lda","dim_in":8,"dim_out":5,
             "n_clusters":4,"temperature":0.2,"top_k":4}"#;
-        assert_round_trip(file(lda, &[("centroids", tensor(&[4, 8], 1)), ("answers", tensor(&[4, 5], 2))]));
+        assert_round_trip(file(
+            lda,
+            &[
+                ("centroids", tensor(&[4, 8], 1)),
+                ("answers", tensor(&[4, 5], 2)),
+            ],
+        ));
         for (kind, dtype) in [("tree", "float32"), ("hierarchical", "bfloat16")] {
             let config = format!(
                 r#"{{"format":"projroute","version":1,"kind":"{kind}","dim_in":20,"dim_out":33,
@@ -261,9 +324,17 @@ mod tests {
     fn keyless_kinds_refuse_keys() {
         let config = r#"{"format":"projroute","version":1,"kind":"global","dim_in":2,"dim_out":2}"#;
         let p = Projector::from_model(file(config, &[("W", tensor(&[2, 2], 1))])).unwrap();
-        assert!(p.resolve(&["a"]).unwrap_err().to_string().contains("takes no keys"));
+        assert!(p
+            .resolve(&["a"])
+            .unwrap_err()
+            .to_string()
+            .contains("takes no keys"));
         let x = ndarray::Array2::<f32>::ones((1, 2));
-        assert!(p.project_keyed(x.view(), &["a"]).unwrap_err().to_string().contains("takes no keys"));
+        assert!(p
+            .project_keyed(x.view(), &["a"])
+            .unwrap_err()
+            .to_string()
+            .contains("takes no keys"));
         assert_eq!(p.route(x.view()).unwrap(), None);
     }
 
@@ -277,8 +348,12 @@ mod tests {
         let x = ndarray::Array2::<f32>::ones((4, 2));
         let want = p.project(x.view()).unwrap();
         std::thread::scope(|s| {
-            let handles: Vec<_> = (0..2).map(|_| s.spawn(|| p.project(x.view()).unwrap())).collect();
-            handles.into_iter().for_each(|h| assert_eq!(h.join().unwrap(), want));
+            let handles: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| p.project(x.view()).unwrap()))
+                .collect();
+            handles
+                .into_iter()
+                .for_each(|h| assert_eq!(h.join().unwrap(), want));
         });
     }
 }

@@ -42,7 +42,9 @@ impl RoutingParams {
             coverage: c.coverage,
         };
         let k = c.n_clusters.ok_or_else(|| missing("n_clusters"))?;
-        params.validate(k).map_err(|e| Error::Format(format!("config: {e}")))?;
+        params
+            .validate(k)
+            .map_err(|e| Error::Format(format!("config: {e}")))?;
         Ok(params)
     }
 
@@ -119,7 +121,10 @@ enum Points {
     Centroids,
     /// The training questions, sorted by cluster: cluster `k` owns points
     /// `offsets[k]..offsets[k + 1]`.
-    Questions { offsets: Vec<usize>, cluster_temperature: Option<f32> },
+    Questions {
+        offsets: Vec<usize>,
+        cluster_temperature: Option<f32>,
+    },
 }
 
 /// Most queries a thread scores at once in per-question routing: bounds its (chunk, N)
@@ -193,7 +198,10 @@ impl Router {
         }));
         Ok(Router {
             points_t: pack_unit(questions, "questions")?,
-            points: Points::Questions { offsets: offsets.collect(), cluster_temperature },
+            points: Points::Questions {
+                offsets: offsets.collect(),
+                cluster_temperature,
+            },
             log_prior: None,
             params,
             given: (Tensor::from_array(questions), None),
@@ -204,7 +212,11 @@ impl Router {
     /// `w_i ∝ p_i · exp(s_i / T)`.
     pub fn with_prior(mut self, prior: ArrayView1<f32>) -> Result<Self> {
         if prior.len() != self.points_t.cols() {
-            return format_err(format!("prior has {} entries for {} routing points", prior.len(), self.points_t.cols()));
+            return format_err(format!(
+                "prior has {} entries for {} routing points",
+                prior.len(),
+                self.points_t.cols()
+            ));
         }
         if !prior.iter().all(|p| p.is_finite() && *p > 0.0) {
             return format_err("prior weights must be finite and > 0");
@@ -248,7 +260,9 @@ impl Router {
     /// centroids, or the training questions); validates the batch.
     pub fn scores(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         linalg::check_batch(x, self.dim(), "queries")?;
-        Ok(self.points_t.matmul(linalg::normalize_rows(x, "queries")?.view()))
+        Ok(self
+            .points_t
+            .matmul(linalg::normalize_rows(x, "queries")?.view()))
     }
 
     /// Sparse routing weights of queries `x` (B, D).
@@ -258,14 +272,18 @@ impl Router {
         let inv_t = 1.0 / self.params.temperature;
         let prior = self.log_prior.as_deref();
         // Logits already carry the temperature.
-        let params = RoutingParams { temperature: 1.0, ..self.params };
+        let params = RoutingParams {
+            temperature: 1.0,
+            ..self.params
+        };
         let logits = match &self.points {
             Points::Centroids => self.points_t.matmul_then(unit.view(), |_, row| {
                 fastmath::scale_shift_max(row, inv_t, prior);
             }),
-            Points::Questions { offsets, cluster_temperature } => {
-                self.question_logits(unit.view(), offsets, *cluster_temperature)
-            }
+            Points::Questions {
+                offsets,
+                cluster_temperature,
+            } => self.question_logits(unit.view(), offsets, *cluster_temperature),
         };
         route(logits.view(), &params)
     }
@@ -276,7 +294,12 @@ impl Router {
     /// query's softmax over all routing points (logits `cos / T + ln p`), summed per
     /// cluster (`offsets`: cluster `k` owns points `offsets[k]..offsets[k + 1]`) and
     /// turned into logits by [`cluster_logits`].
-    fn question_logits(&self, unit: ArrayView2<f32>, offsets: &[usize], cluster_temperature: Option<f32>) -> Array2<f32> {
+    fn question_logits(
+        &self,
+        unit: ArrayView2<f32>,
+        offsets: &[usize],
+        cluster_temperature: Option<f32>,
+    ) -> Array2<f32> {
         let (k, n) = (offsets.len() - 1, self.points_t.cols());
         let threads = rayon::current_num_threads().max(1);
         let mut logits = Array2::<f32>::zeros((unit.nrows(), k));
@@ -285,7 +308,10 @@ impl Router {
             // One block spanning all columns: its segments are the clusters themselves.
             let mut scores = self.points_t.matmul(unit);
             let mut tmp = vec![0.0f32; k];
-            for (row, mut out) in scores.axis_iter_mut(Axis(0)).zip(logits.axis_iter_mut(Axis(0))) {
+            for (row, mut out) in scores
+                .axis_iter_mut(Axis(0))
+                .zip(logits.axis_iter_mut(Axis(0)))
+            {
                 let out = out.as_slice_mut().expect("contiguous");
                 let mut max = f32::NEG_INFINITY;
                 let row = row.into_slice().expect("contiguous");
@@ -311,23 +337,32 @@ impl Router {
                 .into_par_iter()
                 .zip(unit.axis_chunks_iter(Axis(0), per_thread))
                 .for_each(|(mut share, q)| {
-                    let (mut scores, mut scratch, mut tmp) = (Vec::new(), Vec::new(), vec![0.0f32; k]);
+                    let (mut scores, mut scratch, mut tmp) =
+                        (Vec::new(), Vec::new(), vec![0.0f32; k]);
                     let chunks = q.axis_chunks_iter(Axis(0), QUESTION_CHUNK);
-                    for (q, mut out) in chunks.zip(share.axis_chunks_iter_mut(Axis(0), QUESTION_CHUNK)) {
+                    for (q, mut out) in
+                        chunks.zip(share.axis_chunks_iter_mut(Axis(0), QUESTION_CHUNK))
+                    {
                         let mut max = vec![f32::NEG_INFINITY; q.nrows()];
                         for (cols, k0, local) in &blocks {
                             let width = cols.len();
                             scores.resize(q.nrows() * width, 0.0);
                             let panels = cols.start / NR..cols.end.div_ceil(NR);
-                            self.points_t.panels_into(q, panels, &mut scores, width, &mut scratch);
-                            let rows = scores.chunks_exact_mut(width).zip(out.axis_iter_mut(Axis(0)));
+                            self.points_t
+                                .panels_into(q, panels, &mut scores, width, &mut scratch);
+                            let rows = scores
+                                .chunks_exact_mut(width)
+                                .zip(out.axis_iter_mut(Axis(0)));
                             for ((row, mut o), m) in rows.zip(max.iter_mut()) {
                                 let o = o.as_slice_mut().expect("contiguous");
                                 self.add_block(row, cols.start, *k0, local, m, o, &mut tmp);
                             }
                         }
                         for mut o in out.axis_iter_mut(Axis(0)) {
-                            cluster_logits(o.as_slice_mut().expect("contiguous"), cluster_temperature);
+                            cluster_logits(
+                                o.as_slice_mut().expect("contiguous"),
+                                cluster_temperature,
+                            );
                         }
                     }
                 });
@@ -339,7 +374,16 @@ impl Router {
     /// running maximum logit `max` and per-cluster sums `sums[k] = Σ exp(z_i - max)`;
     /// the block overlaps clusters `k0..` with boundaries `local` (relative to c0).
     #[allow(clippy::too_many_arguments)]
-    fn add_block(&self, row: &mut [f32], c0: usize, k0: usize, local: &[usize], max: &mut f32, sums: &mut [f32], tmp: &mut [f32]) {
+    fn add_block(
+        &self,
+        row: &mut [f32],
+        c0: usize,
+        k0: usize,
+        local: &[usize],
+        max: &mut f32,
+        sums: &mut [f32],
+        tmp: &mut [f32],
+    ) {
         let prior = self.log_prior.as_deref().map(|p| &p[c0..c0 + row.len()]);
         let block_max = fastmath::scale_shift_max(row, 1.0 / self.params.temperature, prior);
         if block_max > *max {
@@ -349,7 +393,10 @@ impl Router {
         }
         let tmp = &mut tmp[..local.len() - 1];
         fastmath::segment_exp_sums(row, *max, local, tmp);
-        sums[k0..k0 + tmp.len()].iter_mut().zip(tmp.iter()).for_each(|(s, t)| *s += t);
+        sums[k0..k0 + tmp.len()]
+            .iter_mut()
+            .zip(tmp.iter())
+            .for_each(|(s, t)| *s += t);
     }
 }
 
@@ -370,7 +417,13 @@ fn cluster_logits(sums: &mut [f32], cluster_temperature: Option<f32>) {
 fn block_segments(offsets: &[usize], c0: usize, c1: usize) -> (usize, Vec<usize>) {
     let k0 = offsets.partition_point(|&o| o <= c0) - 1;
     let k1 = offsets.partition_point(|&o| o < c1);
-    (k0, offsets[k0..=k1].iter().map(|&o| o.clamp(c0, c1) - c0).collect())
+    (
+        k0,
+        offsets[k0..=k1]
+            .iter()
+            .map(|&o| o.clamp(c0, c1) - c0)
+            .collect(),
+    )
 }
 
 /// `points` (P, D) normalised, transposed and packed; a zero row is a format error.
@@ -381,18 +434,21 @@ fn pack_unit(points: ArrayView2<f32>, what: &str) -> Result<PackedMatrix> {
 
 /// In-place, numerically stable `softmax(s / T)` of every row.
 pub fn softmax_rows(mut scores: ArrayViewMut2<f32>, temperature: f32) {
-    scores.axis_iter_mut(Axis(0)).into_par_iter().for_each(|mut row| {
-        let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let inv_t = 1.0 / temperature;
-        let mut sum = 0.0f32;
-        row.mapv_inplace(|v| {
-            let e = ((v - max) * inv_t).exp();
-            sum += e;
-            e
+    scores
+        .axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .for_each(|mut row| {
+            let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let inv_t = 1.0 / temperature;
+            let mut sum = 0.0f32;
+            row.mapv_inplace(|v| {
+                let e = ((v - max) * inv_t).exp();
+                sum += e;
+                e
+            });
+            let inv = 1.0 / sum;
+            row.mapv_inplace(|v| v * inv);
         });
-        let inv = 1.0 / sum;
-        row.mapv_inplace(|v| v * inv);
-    });
 }
 
 /// Route every query: scores `(B, K)` to sparse weights.
@@ -425,9 +481,7 @@ fn route_one(s: &[f32], p: &RoutingParams) -> (Vec<u32>, Vec<f32>) {
     let k_all = s.len();
     let inv_t = 1.0 / p.temperature;
     // Descending score, ties to the lower index (a total order, as numpy's stable argsort of -s).
-    let by_score = |a: &u32, b: &u32| {
-        s[*b as usize].total_cmp(&s[*a as usize]).then(a.cmp(b))
-    };
+    let by_score = |a: &u32, b: &u32| s[*b as usize].total_cmp(&s[*a as usize]).then(a.cmp(b));
     let mut order: Vec<u32> = (0..k_all as u32).collect();
     let keep = match p.coverage {
         None => {
@@ -441,7 +495,10 @@ fn route_one(s: &[f32], p: &RoutingParams) -> (Vec<u32>, Vec<f32>) {
         Some(target) => {
             order.sort_unstable_by(by_score);
             let max = s[order[0] as usize];
-            let exps: Vec<f32> = order.iter().map(|&c| ((s[c as usize] - max) * inv_t).exp()).collect();
+            let exps: Vec<f32> = order
+                .iter()
+                .map(|&c| ((s[c as usize] - max) * inv_t).exp())
+                .collect();
             let total: f32 = exps.iter().sum();
             let goal = target * total;
             let mut acc = 0.0f32;
@@ -458,7 +515,10 @@ fn route_one(s: &[f32], p: &RoutingParams) -> (Vec<u32>, Vec<f32>) {
     };
     order.truncate(keep);
     let max = s[order[0] as usize];
-    let mut weights: Vec<f32> = order.iter().map(|&c| ((s[c as usize] - max) * inv_t).exp()).collect();
+    let mut weights: Vec<f32> = order
+        .iter()
+        .map(|&c| ((s[c as usize] - max) * inv_t).exp())
+        .collect();
     let sum: f32 = weights.iter().sum();
     weights.iter_mut().for_each(|w| *w /= sum);
     (order, weights)
@@ -471,7 +531,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn params(t: f32, k: usize, coverage: Option<f32>) -> RoutingParams {
-        RoutingParams { temperature: t, top_k: k, coverage }
+        RoutingParams {
+            temperature: t,
+            top_k: k,
+            coverage,
+        }
     }
 
     #[test]
@@ -512,7 +576,10 @@ mod tests {
         assert!(route(s.view(), &params(0.0, 1, None)).is_err());
         assert!(route(s.view(), &params(-1.0, 1, None)).is_err());
         assert!(route(s.view(), &params(f32::NAN, 1, None)).is_err());
-        assert!(route(s.view(), &params(0.1, 3, None)).unwrap_err().to_string().contains("top_k"));
+        assert!(route(s.view(), &params(0.1, 3, None))
+            .unwrap_err()
+            .to_string()
+            .contains("top_k"));
         assert!(route(s.view(), &params(0.1, 0, None)).is_err());
         assert!(route(s.view(), &params(0.1, 1, Some(1.5))).is_err());
     }

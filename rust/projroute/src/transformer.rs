@@ -58,9 +58,15 @@ impl Block {
     fn load(vb: VarBuilder, c: &TransformerConfig) -> candle_core::Result<Self> {
         let (d, h, nk) = (c.d_model, c.n_heads, c.num_keys);
         let dh = d / h;
-        let (keys, values) = (matrix(&vb, (nk, d), "keys")?, matrix(&vb, (nk, d), "values")?);
+        let (keys, values) = (
+            matrix(&vb, (nk, d), "keys")?,
+            matrix(&vb, (nk, d), "values")?,
+        );
         let scale = 1.0 / (dh as f32).sqrt();
-        let (mut k_bd, mut v_bd) = (Array2::<f32>::zeros((d, h * nk)), Array2::<f32>::zeros((h * nk, d)));
+        let (mut k_bd, mut v_bd) = (
+            Array2::<f32>::zeros((d, h * nk)),
+            Array2::<f32>::zeros((h * nk, d)),
+        );
         for row in 0..d {
             let head = row / dh;
             for j in 0..nk {
@@ -68,8 +74,14 @@ impl Block {
                 v_bd[(head * nk + j, row)] = values[(j, row)];
             }
         }
-        let (wq, bq) = (matrix(&vb, (d, d), "query.weight")?, vb.get(d, "query.bias")?.to_vec1::<f32>()?);
-        let (wo, bo) = (matrix(&vb, (d, d), "out.weight")?, vb.get(d, "out.bias")?.to_vec1::<f32>()?);
+        let (wq, bq) = (
+            matrix(&vb, (d, d), "query.weight")?,
+            vb.get(d, "query.bias")?.to_vec1::<f32>()?,
+        );
+        let (wo, bo) = (
+            matrix(&vb, (d, d), "out.weight")?,
+            vb.get(d, "out.bias")?.to_vec1::<f32>()?,
+        );
         let scores_bias = ndarray::aview1(&bq).dot(&k_bd).to_vec();
         Ok(Block {
             norm1: layer_norm(d, c.layer_norm_eps, vb.pp("norm1"))?,
@@ -85,13 +97,17 @@ impl Block {
     fn forward(&self, h: &Tensor) -> candle_core::Result<Tensor> {
         let att = self.scores.forward(&self.norm1.forward(h)?)?;
         let h = self.mix.forward_add(&att, h)?;
-        self.ffn2.forward_add(&self.ffn1.forward(&self.norm2.forward(&h)?)?, &h)
+        self.ffn2
+            .forward_add(&self.ffn1.forward(&self.norm2.forward(&h)?)?, &h)
     }
 }
 
 /// Copies of the tensors of `m` called one of `names` (a built model's sources).
 pub(crate) fn keep(m: &ModelFile, names: &[String]) -> BTreeMap<String, file::Tensor> {
-    names.iter().filter_map(|n| m.tensors.get(n).map(|t| (n.clone(), t.clone()))).collect()
+    names
+        .iter()
+        .filter_map(|n| m.tensors.get(n).map(|t| (n.clone(), t.clone())))
+        .collect()
 }
 
 /// A candle `VarBuilder` over all tensors of a model file (CPU, f32).
@@ -100,9 +116,18 @@ pub(crate) fn tensors_builder(m: &ModelFile) -> Result<VarBuilder<'static>> {
     let tensors = m
         .tensors
         .iter()
-        .map(|(name, t)| Ok((name.clone(), Tensor::from_slice(&t.data, t.shape.as_slice(), &device).map_err(format)?)))
+        .map(|(name, t)| {
+            Ok((
+                name.clone(),
+                Tensor::from_slice(&t.data, t.shape.as_slice(), &device).map_err(format)?,
+            ))
+        })
         .collect::<Result<HashMap<_, _>>>()?;
-    Ok(VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device))
+    Ok(VarBuilder::from_tensors(
+        tensors,
+        candle_core::DType::F32,
+        &device,
+    ))
 }
 
 /// A distilled `ProjectionTransformer`.
@@ -122,21 +147,46 @@ pub struct Transformer {
 
 impl std::fmt::Debug for Transformer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Transformer(dim_in={}, dim_out={}, blocks={})", self.dim_in, self.dim_out, self.blocks.len())
+        write!(
+            f,
+            "Transformer(dim_in={}, dim_out={}, blocks={})",
+            self.dim_in,
+            self.dim_out,
+            self.blocks.len()
+        )
     }
 }
 
 impl Transformer {
     /// Tensor names a model with this architecture has.
     pub fn tensor_names(c: &TransformerConfig) -> Vec<String> {
-        let mut names: Vec<String> =
-            ["input.weight", "input.bias", "norm.weight", "norm.bias", "output.weight", "output.bias", "skip.weight"]
-                .map(String::from)
-                .to_vec();
+        let mut names: Vec<String> = [
+            "input.weight",
+            "input.bias",
+            "norm.weight",
+            "norm.bias",
+            "output.weight",
+            "output.bias",
+            "skip.weight",
+        ]
+        .map(String::from)
+        .to_vec();
         for i in 0..c.n_layers {
             for t in [
-                "norm1.weight", "norm1.bias", "query.weight", "query.bias", "keys", "values", "out.weight",
-                "out.bias", "norm2.weight", "norm2.bias", "ffn1.weight", "ffn1.bias", "ffn2.weight", "ffn2.bias",
+                "norm1.weight",
+                "norm1.bias",
+                "query.weight",
+                "query.bias",
+                "keys",
+                "values",
+                "out.weight",
+                "out.bias",
+                "norm2.weight",
+                "norm2.bias",
+                "ffn1.weight",
+                "ffn1.bias",
+                "ffn2.weight",
+                "ffn2.bias",
             ] {
                 names.push(format!("layers.{i}.{t}"));
             }
@@ -146,14 +196,25 @@ impl Transformer {
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
         let t = Self::from_builder(tensors_builder(m)?, m)?;
-        let names = m.config.transformer.as_ref().map(Self::tensor_names).unwrap_or_default();
-        Ok(Transformer { source: keep(m, &names), ..t })
+        let names = m
+            .config
+            .transformer
+            .as_ref()
+            .map(Self::tensor_names)
+            .unwrap_or_default();
+        Ok(Transformer {
+            source: keep(m, &names),
+            ..t
+        })
     }
 
     /// Build from the tensors under `vb` with the architecture in `m`'s config.
     pub(crate) fn from_builder(vb: VarBuilder, m: &ModelFile) -> Result<Self> {
         let c = m.config.transformer.as_ref().ok_or_else(|| {
-            Error::Format(format!("a `{}` config needs a `transformer` architecture", m.config.kind))
+            Error::Format(format!(
+                "a `{}` config needs a `transformer` architecture",
+                m.config.kind
+            ))
         })?;
         if c.n_heads == 0 || c.d_model % c.n_heads != 0 || c.n_layers == 0 || c.num_keys == 0 {
             return format_err(format!("bad transformer architecture {c:?}"));
@@ -162,7 +223,9 @@ impl Transformer {
         let build = || -> candle_core::Result<Self> {
             Ok(Transformer {
                 input: Dense::linear(d_in, d, true, vb.pp("input"))?,
-                blocks: (0..c.n_layers).map(|i| Block::load(vb.pp("layers").pp(i), c)).collect::<candle_core::Result<_>>()?,
+                blocks: (0..c.n_layers)
+                    .map(|i| Block::load(vb.pp("layers").pp(i), c))
+                    .collect::<candle_core::Result<_>>()?,
                 norm: layer_norm(d, c.layer_norm_eps, vb.pp("norm"))?,
                 output: Dense::linear(d, d_out, true, vb.pp("output"))?,
                 skip: Dense::linear(d_in, d_out, false, vb.pp("skip"))?,
@@ -212,7 +275,9 @@ impl Transformer {
             for block in &self.blocks {
                 h = block.forward(&h)?;
             }
-            let y = self.output.forward_add(&self.norm.forward(&h)?, &self.skip.forward(&x)?)?;
+            let y = self
+                .output
+                .forward_add(&self.norm.forward(&h)?, &self.skip.forward(&x)?)?;
             y.flatten_all()?.to_vec1::<f32>()
         };
         let y = run().map_err(backend)?;

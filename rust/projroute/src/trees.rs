@@ -43,7 +43,12 @@ impl Keyed {
     /// From `nodes` (M distinct keys, `""` among them) and `maps` (M, D_in, D_out;
     /// packed here for the serving kernel, stored at `precision`), map `m` belonging
     /// to `nodes[m]`.
-    pub fn new(rule: KeyRule, nodes: Vec<String>, maps: ArrayView3<f32>, precision: Precision) -> Result<Self> {
+    pub fn new(
+        rule: KeyRule,
+        nodes: Vec<String>,
+        maps: ArrayView3<f32>,
+        precision: Precision,
+    ) -> Result<Self> {
         let (m, dim_in, dim_out) = maps.dim();
         if nodes.len() != m {
             return format_err(format!("{} node keys for {m} maps in W", nodes.len()));
@@ -57,15 +62,31 @@ impl Keyed {
         let Some(&root) = index.get("") else {
             return format_err("no root node: the node keys must include \"\" (the fallback map)");
         };
-        let maps = maps.outer_iter().map(|w| PackedMatrix::pack_as(w, precision)).collect();
-        Ok(Keyed { rule, nodes, index, root, maps, dim_in, dim_out })
+        let maps = maps
+            .outer_iter()
+            .map(|w| PackedMatrix::pack_as(w, precision))
+            .collect();
+        Ok(Keyed {
+            rule,
+            nodes,
+            index,
+            root,
+            maps,
+            dim_in,
+            dim_out,
+        })
     }
 
     pub(crate) fn from_model(m: &ModelFile, rule: KeyRule) -> Result<Self> {
         let Some(nodes) = m.config.nodes.clone() else {
             return format_err(format!("a `{}` config needs `nodes`", m.config.kind));
         };
-        Self::new(rule, nodes, m.tensor("W")?.view3("W")?, m.config.weights_precision())
+        Self::new(
+            rule,
+            nodes,
+            m.tensor("W")?.view3("W")?,
+            m.config.weights_precision(),
+        )
     }
 
     /// How keys are resolved.
@@ -140,8 +161,15 @@ impl Model for Keyed {
     }
 
     fn project(&self, _x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        let key = if self.rule == KeyRule::Tree { "tree id" } else { "path like `a/b/c`" };
-        invalid(format!("a `{}` model needs keys: one {key} per query", self.kind()))
+        let key = if self.rule == KeyRule::Tree {
+            "tree id"
+        } else {
+            "path like `a/b/c`"
+        };
+        invalid(format!(
+            "a `{}` model needs keys: one {key} per query",
+            self.kind()
+        ))
     }
 
     fn project_keyed(&self, x: ArrayView2<f32>, keys: &[&str]) -> Result<Array2<f32>> {
@@ -149,7 +177,10 @@ impl Model for Keyed {
     }
 
     fn resolve(&self, keys: &[&str]) -> Result<Vec<String>> {
-        Ok(Keyed::resolve(self, keys).into_iter().map(|i| self.nodes[i].clone()).collect())
+        Ok(Keyed::resolve(self, keys)
+            .into_iter()
+            .map(|i| self.nodes[i].clone())
+            .collect())
     }
 
     fn tensor_names(&self) -> Vec<String> {
@@ -157,7 +188,10 @@ impl Model for Keyed {
     }
 
     fn tensors(&self) -> BTreeMap<String, Tensor> {
-        BTreeMap::from([("W".to_string(), stack(&self.maps, self.dim_in, self.dim_out))])
+        BTreeMap::from([(
+            "W".to_string(),
+            stack(&self.maps, self.dim_in, self.dim_out),
+        )])
     }
 }
 
@@ -173,21 +207,32 @@ mod tests {
     /// Node `m`'s map is `(m + 1) * I`, so the output tells which node served a query.
     fn model(rule: KeyRule, nodes: &[&str]) -> Keyed {
         let d = 3;
-        let maps = Array3::from_shape_fn((nodes.len(), d, d), |(m, i, j)| if i == j { (m + 1) as f32 } else { 0.0 });
+        let maps = Array3::from_shape_fn((nodes.len(), d, d), |(m, i, j)| {
+            if i == j {
+                (m + 1) as f32
+            } else {
+                0.0
+            }
+        });
         Keyed::new(rule, keys(nodes), maps.view(), Precision::F32).unwrap()
     }
 
     #[test]
     fn hierarchical_keys_use_the_deepest_fitted_ancestor() {
         let m = model(KeyRule::Hierarchical, &["", "a", "a/b", "x/y"]);
-        let got = m.resolve(&["a/b/c", "a/b", "a/z/b", "a", "x", "x/y/z", "zzz", "", "a/b/"]);
+        let got = m.resolve(&[
+            "a/b/c", "a/b", "a/z/b", "a", "x", "x/y/z", "zzz", "", "a/b/",
+        ]);
         assert_eq!(got, [2, 2, 1, 1, 0, 3, 0, 0, 2]);
     }
 
     #[test]
     fn tree_keys_are_exact() {
         let m = model(KeyRule::Tree, &["t1", "", "t2/x"]);
-        assert_eq!(m.resolve(&["t1", "t2/x", "t2/x/y", "t2", "t3", ""]), [0, 2, 1, 1, 1, 1]);
+        assert_eq!(
+            m.resolve(&["t1", "t2/x", "t2/x/y", "t2", "t3", ""]),
+            [0, 2, 1, 1, 1, 1]
+        );
     }
 
     #[test]
@@ -211,14 +256,18 @@ mod tests {
             (&["", "a", "b"], "3 node keys for 2 maps"),
         ];
         for (nodes, msg) in cases {
-            let err = Keyed::new(KeyRule::Tree, keys(nodes), maps.view(), Precision::F32).unwrap_err().to_string();
+            let err = Keyed::new(KeyRule::Tree, keys(nodes), maps.view(), Precision::F32)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(msg), "{err}");
         }
         let m = model(KeyRule::Tree, &[""]);
         let x = Array2::<f32>::ones((2, 3));
         let err = m.project_keyed(x.view(), &["a"]).unwrap_err().to_string();
         assert!(err.contains("1 keys for 2 queries"), "{err}");
-        assert!(m.project_keyed(Array2::<f32>::ones((1, 2)).view(), &["a"]).is_err());
+        assert!(m
+            .project_keyed(Array2::<f32>::ones((1, 2)).view(), &["a"])
+            .is_err());
     }
 
     #[test]
@@ -229,19 +278,41 @@ mod tests {
             let config = format!(
                 r#"{{"format":"projroute","version":1,"kind":"{kind}","dim_in":2,"dim_out":2,"nodes":{nodes}}}"#
             );
-            let w = Tensor::new(vec![2, 2, 2], vec![1.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 2.0]).unwrap();
+            let w =
+                Tensor::new(vec![2, 2, 2], vec![1.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 2.0]).unwrap();
             let tensors = [("W".to_string(), w)].into_iter().collect();
-            ModelFile { config: Config::from_json(&config).unwrap(), tensors, metadata: Default::default() }
+            ModelFile {
+                config: Config::from_json(&config).unwrap(),
+                tensors,
+                metadata: Default::default(),
+            }
         };
         let p = Projector::from_model(file("hierarchical", r#"["", "a"]"#)).unwrap();
-        assert_eq!((p.kind(), p.dim_in(), p.dim_out(), p.n_clusters()), ("hierarchical", 2, 2, None));
+        assert_eq!(
+            (p.kind(), p.dim_in(), p.dim_out(), p.n_clusters()),
+            ("hierarchical", 2, 2, None)
+        );
         let x = Array2::<f32>::ones((2, 2));
-        assert_eq!(p.project_keyed(x.view(), &["a/b", "b"]).unwrap(), ndarray::array![[2.0, 2.0], [1.0, 1.0]]);
+        assert_eq!(
+            p.project_keyed(x.view(), &["a/b", "b"]).unwrap(),
+            ndarray::array![[2.0, 2.0], [1.0, 1.0]]
+        );
         let err = p.project(x.view()).unwrap_err().to_string();
         assert!(err.contains("needs keys: one path"), "{err}");
-        assert_eq!(Projector::from_model(file("tree", r#"["", "a"]"#)).unwrap().kind(), "tree");
+        assert_eq!(
+            Projector::from_model(file("tree", r#"["", "a"]"#))
+                .unwrap()
+                .kind(),
+            "tree"
+        );
         for nodes in ["null", r#"["a", "b"]"#, r#"[""]"#] {
-            assert!(matches!(Projector::from_model(file("tree", nodes)), Err(crate::Error::Format(_))), "{nodes}");
+            assert!(
+                matches!(
+                    Projector::from_model(file("tree", nodes)),
+                    Err(crate::Error::Format(_))
+                ),
+                "{nodes}"
+            );
         }
     }
 }
