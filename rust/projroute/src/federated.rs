@@ -35,7 +35,8 @@ impl Federated {
     }
 
     /// From any router (centroid or per-question routing, with or without a prior) and
-    /// its K maps (K, D_in, D_out), stored at `precision`.
+    /// its K maps (K, D_in, D_out), stored at `precision`. A per-question model built
+    /// here has no `centroids` to export; one built from a file keeps the file's.
     pub fn with_router(
         router: Router,
         maps: ArrayView3<f32>,

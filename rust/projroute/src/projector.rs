@@ -203,10 +203,10 @@ mod tests {
     }
 
     /// A model file as a reader sees it: through its bytes.
-    fn file(config: &str, tensors: &[(&str, Tensor)]) -> ModelFile {
+    fn file<S: AsRef<str>>(config: &str, tensors: &[(S, Tensor)]) -> ModelFile {
         let tensors = tensors
             .iter()
-            .map(|(n, t)| (n.to_string(), t.clone()))
+            .map(|(n, t)| (n.as_ref().to_string(), t.clone()))
             .collect();
         let metadata = BTreeMap::from([("answers.texts".to_string(), "[\"a\"]".to_string())]);
         let m = ModelFile::from_parts(config, tensors, metadata).unwrap();
@@ -355,5 +355,83 @@ mod tests {
                 .into_iter()
                 .for_each(|h| assert_eq!(h.join().unwrap(), want));
         });
+    }
+
+    /// Shapes of a `transformer` student's tensors (PyTorch layouts), under `prefix`.
+    #[cfg(feature = "candle")]
+    fn student(
+        prefix: &str,
+        d_in: usize,
+        d: usize,
+        d_out: usize,
+        nk: usize,
+        ffn: usize,
+    ) -> Vec<(String, Vec<usize>)> {
+        let mut shapes = vec![
+            ("input.weight".to_string(), vec![d, d_in]),
+            ("input.bias".to_string(), vec![d]),
+            ("norm.weight".to_string(), vec![d]),
+            ("norm.bias".to_string(), vec![d]),
+            ("output.weight".to_string(), vec![d_out, d]),
+            ("output.bias".to_string(), vec![d_out]),
+            ("skip.weight".to_string(), vec![d_out, d_in]),
+        ];
+        for (name, shape) in [
+            ("norm1.weight", vec![d]),
+            ("norm1.bias", vec![d]),
+            ("query.weight", vec![d, d]),
+            ("query.bias", vec![d]),
+            ("keys", vec![nk, d]),
+            ("values", vec![nk, d]),
+            ("out.weight", vec![d, d]),
+            ("out.bias", vec![d]),
+            ("norm2.weight", vec![d]),
+            ("norm2.bias", vec![d]),
+            ("ffn1.weight", vec![ffn, d]),
+            ("ffn1.bias", vec![ffn]),
+            ("ffn2.weight", vec![d, ffn]),
+            ("ffn2.bias", vec![d]),
+        ] {
+            shapes.push((format!("layers.0.{name}"), shape));
+        }
+        shapes
+            .into_iter()
+            .map(|(n, s)| (format!("{prefix}{n}"), s))
+            .collect()
+    }
+
+    #[cfg(feature = "candle")]
+    #[test]
+    fn transformer_and_ensemble_export_their_source_tensors() {
+        let arch = r#""transformer":{"d_model":8,"n_heads":2,"n_layers":1,"num_keys":3,"ffn_dim":16,"layer_norm_eps":1e-5}"#;
+        let owned = |shapes: Vec<(String, Vec<usize>)>| -> Vec<(String, Tensor)> {
+            shapes
+                .into_iter()
+                .enumerate()
+                .map(|(i, (n, s))| (n, tensor(&s, i)))
+                .collect()
+        };
+
+        let config = format!(
+            r#"{{"format":"projroute","version":1,"kind":"transformer","dim_in":6,"dim_out":5,{arch}}}"#
+        );
+        let tensors = owned(student("", 6, 8, 5, 3, 16));
+        assert_round_trip(file(&config, &tensors));
+
+        let config = format!(
+            r#"{{"format":"projroute","version":1,"kind":"transformer_ensemble","dim_in":6,"dim_out":5,{arch},
+            "ensemble":{{"n_domains":2,"top_k":1,"router_hidden":4}}}}"#
+        );
+        let mut shapes = vec![
+            ("router.0.weight".to_string(), vec![4, 6]),
+            ("router.0.bias".to_string(), vec![4]),
+            ("router.2.weight".to_string(), vec![2, 4]),
+            ("router.2.bias".to_string(), vec![2]),
+        ];
+        for d in 0..2 {
+            shapes.extend(student(&format!("students.{d}."), 6, 8, 5, 3, 16));
+        }
+        let tensors = owned(shapes);
+        assert_round_trip(file(&config, &tensors));
     }
 }
