@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use numpy::ndarray::{Array2, ArrayView2};
+use numpy::ndarray::{Array2, ArrayView2, ArrayViewD};
 use numpy::{
     IntoPyArray, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArray2,
-    PyUntypedArray, PyUntypedArrayMethods,
+    PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
 };
 use projroute as core;
 use pyo3::create_exception;
@@ -98,18 +98,26 @@ struct Projector {
     inner: core::Projector,
 }
 
-/// Numpy tensors (name -> float array) as core tensors, copied to float32; a non-float
-/// array is a `TypeError`.
-fn tensors_from_numpy(
-    tensors: HashMap<String, Bound<'_, PyAny>>,
-) -> PyResult<BTreeMap<String, core::Tensor>> {
-    let mut out = BTreeMap::new();
-    for (name, array) in tensors {
-        let array = as_f32_array(&array, &format!("tensor `{name}`"))?;
-        let array = array.readonly();
-        out.insert(name, core::Tensor::from_array(array.as_array()));
-    }
-    Ok(out)
+/// Numpy tensors (name -> float array) as float32 arrays: float32 arrays are read in
+/// place, other float arrays converted; a non-float array is a `TypeError`.
+fn readonly_tensors<'py>(
+    tensors: HashMap<String, Bound<'py, PyAny>>,
+) -> PyResult<Vec<(String, PyReadonlyArrayDyn<'py, f32>)>> {
+    tensors
+        .into_iter()
+        .map(|(name, array)| {
+            let array = as_f32_array(&array, &format!("tensor `{name}`"))?.readonly();
+            Ok((name, array))
+        })
+        .collect()
+}
+
+/// Copies of `views` as core tensors (run with the GIL released).
+fn core_tensors(views: Vec<(String, ArrayViewD<'_, f32>)>) -> BTreeMap<String, core::Tensor> {
+    views
+        .into_iter()
+        .map(|(name, v)| (name, core::Tensor::from_array(v)))
+        .collect()
 }
 
 /// Core tensors as float32 numpy arrays (copies).
@@ -153,9 +161,14 @@ impl Projector {
     ) -> PyResult<Self> {
         // The config is checked before the tensors are converted, as a file's would be.
         core::Config::from_json(config).map_err(to_py_err)?;
-        let tensors = tensors_from_numpy(tensors)?;
+        let arrays = readonly_tensors(tensors)?;
+        let views = arrays
+            .iter()
+            .map(|(n, a)| (n.clone(), a.as_array()))
+            .collect();
         let inner = py
             .detach(|| {
+                let tensors = core_tensors(views);
                 let model =
                     core::ModelFile::from_parts(config, tensors, metadata.unwrap_or_default())?;
                 core::Projector::from_model(model)
@@ -345,7 +358,8 @@ impl FlatIndex {
 }
 
 /// Write a model file from tensors (name -> float ndarray), a JSON config string and
-/// optional extra metadata strings, serialising once; no model is built.
+/// optional extra metadata strings, serialising once; no model is built. The tensors
+/// are copied, encoded and written with the GIL released.
 ///
 /// The config is checked (format, version, schema), every tensor must be a finite float
 /// array, `W` is stored at the config's `weights_dtype`, and an index tensor
@@ -362,9 +376,20 @@ fn save_file(
     metadata: Option<BTreeMap<String, String>>,
 ) -> PyResult<()> {
     core::Config::from_json(config).map_err(to_py_err)?;
-    let tensors = tensors_from_numpy(tensors)?;
-    py.detach(|| core::save_file(config, tensors, metadata.unwrap_or_default(), &path))
-        .map_err(to_py_err)
+    let arrays = readonly_tensors(tensors)?;
+    let views = arrays
+        .iter()
+        .map(|(n, a)| (n.clone(), a.as_array()))
+        .collect();
+    py.detach(|| {
+        core::save_file(
+            config,
+            core_tensors(views),
+            metadata.unwrap_or_default(),
+            &path,
+        )
+    })
+    .map_err(to_py_err)
 }
 
 /// The JSON config string of the model file at `path`, reading only its header.

@@ -183,9 +183,13 @@ impl Tensor {
 
     /// A copy of an array of any rank and layout, row-major.
     pub fn from_array<D: ndarray::Dimension>(a: ndarray::ArrayView<'_, f32, D>) -> Self {
+        let data = match a.as_slice() {
+            Some(s) => s.to_vec(),
+            None => a.iter().copied().collect(),
+        };
         Tensor {
             shape: a.shape().to_vec(),
-            data: a.iter().copied().collect(),
+            data,
         }
     }
 
