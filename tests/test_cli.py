@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("sentence_transformers")
 
-import projroute  # noqa: E402
-from projroute import cli, serving  # noqa: E402
+import projroute
+from projroute import cli, serving
 
 TOPICS = {
     "install": ("How do I install the package?", "Run pip install with the package name."),
@@ -17,11 +17,7 @@ TOPICS = {
     "save": ("How do I save a fitted model?", "Call save with a path; it writes one safetensors file."),
     "cats": ("What do cats eat?", "Cats are carnivores and eat mostly meat."),
 }
-PAIRS = [
-    (f"{q} ({variant})", a)
-    for q, a in TOPICS.values()
-    for variant in ("please", "quickly", "today")
-]
+PAIRS = [(f"{q} ({variant})", a) for q, a in TOPICS.values() for variant in ("please", "quickly", "today")]
 ANSWERS = list(dict.fromkeys(a for _, a in PAIRS))
 KINDS = ["global", "federated", "lda"]
 TINY = ["--n-clusters", "3", "--shrinkage", "0.5"]
@@ -98,8 +94,21 @@ def test_fit_json_and_model(capsys, tmp_path, data, kind):
 
 def test_fit_text_summary_and_options(capsys, tmp_path, data):
     path = tmp_path / "m.safetensors"
-    argv = ["fit", str(data), "-o", str(path), "--kind", "lda", "--n-clusters", "3", "--coverage", "0.8",
-            "--temperature", "0.2", "--no-index"]
+    argv = [
+        "fit",
+        str(data),
+        "-o",
+        str(path),
+        "--kind",
+        "lda",
+        "--n-clusters",
+        "3",
+        "--coverage",
+        "0.8",
+        "--temperature",
+        "0.2",
+        "--no-index",
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "fitted lda on 12 pairs" in out and str(path) in out and "no answer index" in out
@@ -110,9 +119,11 @@ def test_fit_text_summary_and_options(capsys, tmp_path, data):
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--kind", "global", "--n-clusters", "3"], "--n-clusters does not apply to a global model"),
-     (["--kind", "lda", "--shrinkage", "0.5"], "--shrinkage does not apply to a lda model"),
-     (["--kind", "global", "--shrinkage", "2"], "shrinkage must be 'auto' or in [0, 1]")],
+    [
+        (["--kind", "global", "--n-clusters", "3"], "--n-clusters does not apply to a global model"),
+        (["--kind", "lda", "--shrinkage", "0.5"], "--shrinkage does not apply to a lda model"),
+        (["--kind", "global", "--shrinkage", "2"], "shrinkage must be 'auto' or in [0, 1]"),
+    ],
     ids=["clusters-global", "shrinkage-lda", "shrinkage-range"],
 )
 def test_fit_bad_options(capsys, tmp_path, data, extra, message):
@@ -234,9 +245,11 @@ def test_truncated_model(capsys, tmp_path, models):
 
 @pytest.mark.parametrize(
     "name, content, message",
-    [("missing.jsonl", None, "no such file"),
-     ("bad.jsonl", '{"question": "q"}\n', "bad.jsonl:1: missing or non-string field 'answer'"),
-     ("data.csv", "q,a\n", "unrecognised data spec")],
+    [
+        ("missing.jsonl", None, "no such file"),
+        ("bad.jsonl", '{"question": "q"}\n', "bad.jsonl:1: missing or non-string field 'answer'"),
+        ("data.csv", "q,a\n", "unrecognised data spec"),
+    ],
     ids=["missing", "no-answer", "unknown"],
 )
 def test_bad_data(capsys, tmp_path, name, content, message):
@@ -249,16 +262,17 @@ def test_bad_data(capsys, tmp_path, name, content, message):
 def test_bad_project_input(capsys, tmp_path, models):
     np.save(tmp_path / "x.npy", np.zeros(384))
     assert "expected a 2-D float array" in run_error(
-        capsys, "project", str(models["global"]), str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.npy"))
+        capsys, "project", str(models["global"]), str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.npy")
+    )
     np.save(tmp_path / "x.npy", np.zeros((2, 10)))
     assert "10 columns, expected 384" in run_error(
-        capsys, "project", str(models["global"]), str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.npy"))
+        capsys, "project", str(models["global"]), str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.npy")
+    )
 
 
 def test_search_without_index(capsys, tmp_path, data):
     path = tmp_path / "m.safetensors"
-    assert cli.main(["fit", str(data), "-o", str(path), "--kind", "global", "--no-index",
-                     *KIND_ARGS["global"]]) == 0
+    assert cli.main(["fit", str(data), "-o", str(path), "--kind", "global", "--no-index", *KIND_ARGS["global"]]) == 0
     capsys.readouterr()
     assert "no stored answer index" in run_error(capsys, "search", str(path), PAIRS[0][0])
 
@@ -280,11 +294,13 @@ def test_demo(capsys, tmp_path):
 def test_distill_reports_fidelity_and_serves_the_student(capsys, tmp_path, data, models):
     pytest.importorskip("torch")
     out, plot = tmp_path / "student.safetensors", tmp_path / "loss.png"
-    r = run_json(capsys, "distill", str(models["federated"]), str(data), "-o", str(out),
-                 "--epochs", "2", "--plot", str(plot))
+    r = run_json(
+        capsys, "distill", str(models["federated"]), str(data), "-o", str(out), "--epochs", "2", "--plot", str(plot)
+    )
     assert projroute.load(out).kind == "transformer" and plot.stat().st_size > 0
     assert r["student"]["parameters"] > 0 and r["compression"] == pytest.approx(
-        r["teacher"]["parameters"] / r["student"]["parameters"])
+        r["teacher"]["parameters"] / r["student"]["parameters"]
+    )
     assert -1.0 <= r["cosine"] <= 1.0 and 0.0 <= r["overlap@10"] <= 1.0
     assert set(r["retrieval"]) == {"raw", "teacher", "student"}
     assert all(r["latency_ms"][m][b] > 0 for m in ("teacher", "student") for b in ("b1", "b1024"))
@@ -293,11 +309,23 @@ def test_distill_reports_fidelity_and_serves_the_student(capsys, tmp_path, data,
 def test_distill_domains_writes_an_ensemble(capsys, tmp_path, data, models):
     pytest.importorskip("torch")
     out = tmp_path / "ensemble.safetensors"
-    r = run_json(capsys, "distill", str(models["federated"]), str(data), "-o", str(out),
-                 "--domains", "2", "--epochs", "1", "--no-augment")
+    r = run_json(
+        capsys,
+        "distill",
+        str(models["federated"]),
+        str(data),
+        "-o",
+        str(out),
+        "--domains",
+        "2",
+        "--epochs",
+        "1",
+        "--no-augment",
+    )
     served = projroute.load(out)
     assert served.kind == r["student"]["kind"] == "transformer_ensemble"
     assert json.loads(served.config)["ensemble"]["n_domains"] == r["training"]["domains"] == 2
     assert r["student"]["parameters"] > 0 and -1.0 <= r["cosine"] <= 1.0
-    assert "federated" in run_error(capsys, "distill", str(models["global"]), str(data), "-o", str(out),
-                                    "--domains", "2")
+    assert "federated" in run_error(
+        capsys, "distill", str(models["global"]), str(data), "-o", str(out), "--domains", "2"
+    )

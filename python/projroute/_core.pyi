@@ -16,8 +16,20 @@ class ProjrouteError(Exception):
 class ModelFormatError(ProjrouteError):
     """A model file is foreign, truncated, inconsistent, or from a newer format version."""
 
+def save_file(
+    tensors: dict[str, npt.NDArray[Any]],
+    config: str,
+    path: str | os.PathLike[str],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write a model file from tensors, a JSON config and metadata; no model is built."""
+
+def read_config(path: str | os.PathLike[str]) -> str:
+    """The JSON config string of a model file, reading only its header."""
+
 class Projector:
-    """A loaded projroute model of any kind (global, federated, lda)."""
+    """A loaded projroute model of any kind (global, federated, lda, tree, hierarchical,
+    transformer, transformer_ensemble)."""
 
     @staticmethod
     def load(path: str | os.PathLike[str]) -> Projector: ...

@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use numpy::ndarray::{Array2, ArrayView2};
+use numpy::ndarray::{Array2, ArrayView2, ArrayViewD};
 use numpy::{
-    IntoPyArray, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArray2, PyUntypedArray,
-    PyUntypedArrayMethods,
+    IntoPyArray, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArray2, PyReadonlyArrayDyn,
+    PyUntypedArray, PyUntypedArrayMethods,
 };
 use projroute as core;
 use pyo3::create_exception;
@@ -77,51 +77,57 @@ fn as_keys(obj: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     obj.extract().map_err(|_| fail())
 }
 
-/// A loaded projroute model of any kind (global, federated, lda, transformer).
+/// A loaded projroute model of any kind (global, federated, lda, tree, hierarchical,
+/// transformer, transformer_ensemble).
 #[pyclass(module = "projroute._core", frozen)]
 struct Projector {
     inner: core::Projector,
-    model: core::ModelFile,
 }
 
-impl Projector {
-    fn from_model(model: core::ModelFile) -> PyResult<Self> {
-        let inner = core::Projector::from_model(&model).map_err(to_py_err)?;
-        Ok(Projector { inner, model })
-    }
+/// Numpy tensors (name -> float array) as float32 arrays: float32 arrays are read in
+/// place, other float arrays converted; a non-float array is a `TypeError`.
+fn readonly_tensors<'py>(
+    tensors: HashMap<String, Bound<'py, PyAny>>,
+) -> PyResult<Vec<(String, PyReadonlyArrayDyn<'py, f32>)>> {
+    tensors
+        .into_iter()
+        .map(|(name, array)| {
+            let array = as_f32_array(&array, &format!("tensor `{name}`"))?.readonly();
+            Ok((name, array))
+        })
+        .collect()
 }
 
-/// Build a model file from numpy tensors, a config JSON string and extra metadata.
-fn model_from_parts(
-    tensors: HashMap<String, Bound<'_, PyAny>>,
-    config: &str,
-    metadata: Option<BTreeMap<String, String>>,
-) -> PyResult<core::ModelFile> {
-    let config = core::Config::from_json(config).map_err(to_py_err)?;
-    let mut out = BTreeMap::new();
-    for (name, array) in tensors {
-        let array = as_f32_array(&array, &format!("tensor `{name}`"))?;
-        let array = array.readonly();
-        let view = array.as_array();
-        let tensor = core::Tensor::new(view.shape().to_vec(), view.iter().copied().collect()).map_err(to_py_err)?;
-        out.insert(name, tensor);
-    }
-    // Through the file encoding, so that a model built here is the one its file holds
-    // (W rounded to `weights_dtype`, values checked) and is validated like a file.
-    let model = core::ModelFile { config, tensors: out, metadata: metadata.unwrap_or_default() };
-    core::ModelFile::from_bytes(&model.to_bytes().map_err(to_py_err)?).map_err(to_py_err)
+/// Copies of `views` as core tensors (run with the GIL released).
+fn core_tensors(views: Vec<(String, ArrayViewD<'_, f32>)>) -> BTreeMap<String, core::Tensor> {
+    views.into_iter().map(|(name, v)| (name, core::Tensor::from_array(v))).collect()
+}
+
+/// Core tensors as float32 numpy arrays (copies).
+fn tensors_to_numpy(
+    py: Python<'_>,
+    tensors: BTreeMap<String, core::Tensor>,
+) -> PyResult<BTreeMap<String, Bound<'_, PyArrayDyn<f32>>>> {
+    tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let array = numpy::ndarray::ArrayD::from_shape_vec(t.shape, t.data)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            Ok((name, array.into_pyarray(py)))
+        })
+        .collect()
 }
 
 #[pymethods]
 impl Projector {
-    /// Load a model file (memory-mapped) and validate it.
+    /// Load a model file and validate it.
     ///
     /// Raises FileNotFoundError, or ModelFormatError for a foreign, truncated,
     /// inconsistent or newer file.
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let model = py.detach(|| core::ModelFile::open(&path)).map_err(to_py_err)?;
-        Self::from_model(model)
+        let inner = py.detach(|| core::Projector::load(&path)).map_err(to_py_err)?;
+        Ok(Projector { inner })
     }
 
     /// Build a model from tensors (name -> float32 ndarray), a JSON config string and
@@ -129,16 +135,28 @@ impl Projector {
     #[staticmethod]
     #[pyo3(signature = (tensors, config, metadata=None))]
     fn from_tensors(
+        py: Python<'_>,
         tensors: HashMap<String, Bound<'_, PyAny>>,
         config: &str,
         metadata: Option<BTreeMap<String, String>>,
     ) -> PyResult<Self> {
-        Self::from_model(model_from_parts(tensors, config, metadata)?)
+        // The config is checked before the tensors are converted, as a file's would be.
+        core::Config::from_json(config).map_err(to_py_err)?;
+        let arrays = readonly_tensors(tensors)?;
+        let views = arrays.iter().map(|(n, a)| (n.clone(), a.as_array())).collect();
+        let inner = py
+            .detach(|| {
+                let tensors = core_tensors(views);
+                let model = core::ModelFile::from_parts(config, tensors, metadata.unwrap_or_default())?;
+                core::Projector::from_model(model)
+            })
+            .map_err(to_py_err)?;
+        Ok(Projector { inner })
     }
 
-    /// Write the model to a safetensors file.
+    /// Write the model to a safetensors file: the tensors it was built from.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| self.model.save(&path)).map_err(to_py_err)
+        py.detach(|| self.inner.save(&path)).map_err(to_py_err)
     }
 
     /// Project queries `x` (B, dim_in) to (B, dim_out), float32. Keyed kinds (`tree`,
@@ -165,12 +183,10 @@ impl Projector {
     /// The key of the node that serves each of `keys` (keyed kinds only): the key
     /// itself, an ancestor path, or "" (the fallback map).
     fn resolve(&self, keys: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
-        let core::Projector::Keyed(m) = &self.inner else {
-            return Err(PyValueError::new_err(format!("a `{}` model takes no keys", self.inner.kind())));
-        };
+        // A keyless kind refuses before the keys are looked at.
+        self.inner.resolve(&[]).map_err(to_py_err)?;
         let keys = as_keys(keys)?;
-        let nodes = m.resolve(&keys.iter().map(String::as_str).collect::<Vec<_>>());
-        Ok(nodes.into_iter().map(|i| m.nodes()[i].clone()).collect())
+        self.inner.resolve(&keys.iter().map(String::as_str).collect::<Vec<_>>()).map_err(to_py_err)
     }
 
     /// Dense routing weights (B, K), float32; rows sum to 1. None for a global model.
@@ -212,26 +228,20 @@ impl Projector {
     /// The model's JSON config string.
     #[getter]
     fn config(&self) -> String {
-        self.model.config.to_json()
+        self.inner.config().to_json()
     }
 
     /// Extra metadata strings stored in the file.
     #[getter]
     fn metadata(&self) -> BTreeMap<String, String> {
-        self.model.metadata.clone()
+        self.inner.metadata().clone()
     }
 
-    /// The model's tensors as float32 arrays (copies).
+    /// The model's tensors as float32 arrays (copies): exactly those it was built from
+    /// (a half-precision `W` as the widened values its file holds), index included.
     fn tensors<'py>(&self, py: Python<'py>) -> PyResult<BTreeMap<String, Bound<'py, PyArrayDyn<f32>>>> {
-        self.model
-            .tensors
-            .iter()
-            .map(|(name, t)| {
-                let array = numpy::ndarray::ArrayD::from_shape_vec(t.shape.clone(), t.data.clone())
-                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
-                Ok((name.clone(), array.into_pyarray(py)))
-            })
-            .collect()
+        let tensors = py.detach(|| self.inner.tensors());
+        tensors_to_numpy(py, tensors)
     }
 
     fn __repr__(&self) -> String {
@@ -245,8 +255,8 @@ impl Projector {
     }
 }
 
-/// Ids (B, k) and scores (B, k) of a search.
-type Hits<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
+/// Ids (B, k) int64 and scores (B, k) float32 of a search.
+type SearchResult<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
 
 /// Exact cosine search over the rows of an embedding matrix.
 #[pyclass(module = "projroute._core", frozen)]
@@ -266,7 +276,7 @@ impl FlatIndex {
     }
 
     /// The `k` best items per query `x` (B, D): (ids int64 (B, k), scores float32 (B, k)).
-    fn search<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>, k: usize) -> PyResult<Hits<'py>> {
+    fn search<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>, k: usize) -> PyResult<SearchResult<'py>> {
         let x = as_f32_matrix(x, "queries")?;
         let view = x.as_array();
         let (ids, scores) = py.detach(|| self.inner.search(view, k)).map_err(to_py_err)?;
@@ -288,9 +298,44 @@ impl FlatIndex {
     }
 }
 
+/// Write a model file from tensors (name -> float ndarray), a JSON config string and
+/// optional extra metadata strings, serialising once; no model is built. The tensors
+/// are copied, encoded and written with the GIL released.
+///
+/// The config is checked (format, version, schema), every tensor must be a finite float
+/// array, `W` is stored at the config's `weights_dtype`, and an index tensor
+/// `index.embeddings` must have `dim_out` columns. Raises TypeError for a non-float
+/// array, ModelFormatError for a bad config or tensor, OSError if the file cannot be
+/// written.
+#[pyfunction]
+#[pyo3(signature = (tensors, config, path, metadata=None))]
+fn save_file(
+    py: Python<'_>,
+    tensors: HashMap<String, Bound<'_, PyAny>>,
+    config: &str,
+    path: PathBuf,
+    metadata: Option<BTreeMap<String, String>>,
+) -> PyResult<()> {
+    core::Config::from_json(config).map_err(to_py_err)?;
+    let arrays = readonly_tensors(tensors)?;
+    let views = arrays.iter().map(|(n, a)| (n.clone(), a.as_array())).collect();
+    py.detach(|| core::save_file(config, core_tensors(views), metadata.unwrap_or_default(), &path)).map_err(to_py_err)
+}
+
+/// The JSON config string of the model file at `path`, reading only its header.
+///
+/// Raises FileNotFoundError, or ModelFormatError for a foreign, truncated or newer file.
+#[pyfunction]
+fn read_config(py: Python<'_>, path: PathBuf) -> PyResult<String> {
+    let config = py.detach(|| core::read_config(&path)).map_err(to_py_err)?;
+    Ok(config.to_json())
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Projector>()?;
+    m.add_function(wrap_pyfunction!(save_file, m)?)?;
+    m.add_function(wrap_pyfunction!(read_config, m)?)?;
     m.add_class::<FlatIndex>()?;
     m.add("ProjrouteError", m.py().get_type::<ProjrouteError>())?;
     m.add("ModelFormatError", m.py().get_type::<ModelFormatError>())?;

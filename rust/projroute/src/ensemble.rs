@@ -8,14 +8,17 @@
 //! Tensor names follow PyTorch's `state_dict`: `router.0.*`, `router.2.*` (an
 //! `nn.Sequential`), and `students.{d}.*` for each student.
 
+use std::collections::BTreeMap;
+
 use candle_core::{Device, Tensor};
 use ndarray::{Array2, ArrayView2, Axis};
 
 use crate::dense::Dense;
 use crate::error::{format_err, Error, Result};
-use crate::format::{EnsembleConfig, ModelFile};
+use crate::format::{self as file, EnsembleConfig, ModelFile};
+use crate::model::Model;
 use crate::routing::{route, RoutingParams};
-use crate::transformer::{tensors_builder, Transformer};
+use crate::transformer::{keep, tensors_builder, Transformer};
 
 /// A `transformer_ensemble` model.
 #[derive(Clone)]
@@ -25,6 +28,8 @@ pub struct Ensemble {
     top_k: usize,
     dim_in: usize,
     dim_out: usize,
+    /// The tensors it was built from, for export (the students fold their attention).
+    source: BTreeMap<String, file::Tensor>,
 }
 
 impl std::fmt::Debug for Ensemble {
@@ -65,7 +70,8 @@ impl Ensemble {
         let students = (0..e.n_domains)
             .map(|d| Transformer::from_builder(vb.pp("students").pp(d), m))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Ensemble { router, students, top_k: e.top_k, dim_in: c.dim_in, dim_out: c.dim_out })
+        let source = keep(m, &Self::tensor_names(m));
+        Ok(Ensemble { router, students, top_k: e.top_k, dim_in: c.dim_in, dim_out: c.dim_out, source })
     }
 
     /// Input dimension.
@@ -107,5 +113,31 @@ impl Ensemble {
             }
         }
         Ok(out)
+    }
+}
+
+impl Model for Ensemble {
+    fn kind(&self) -> &'static str {
+        "transformer_ensemble"
+    }
+
+    fn dim_in(&self) -> usize {
+        self.dim_in
+    }
+
+    fn dim_out(&self) -> usize {
+        self.dim_out
+    }
+
+    fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        Ensemble::project(self, x)
+    }
+
+    fn tensor_names(&self) -> Vec<String> {
+        self.source.keys().cloned().collect()
+    }
+
+    fn tensors(&self) -> BTreeMap<String, file::Tensor> {
+        self.source.clone()
     }
 }

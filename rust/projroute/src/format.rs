@@ -16,6 +16,12 @@ use crate::precision::Precision;
 /// The tensor stored at the config's `weights_dtype`; every other tensor is f32.
 const WEIGHTS_TENSOR: &str = "W";
 
+/// Optional tensor (N, D_out) of answer embeddings stored with a model for search.
+pub const INDEX_TENSOR: &str = "index.embeddings";
+
+/// Largest safetensors header this reader accepts (the `safetensors` crate's limit).
+const MAX_HEADER_SIZE: u64 = 100_000_000;
+
 /// Newest format version this build reads and the one it writes.
 pub const FORMAT_VERSION: u32 = 1;
 /// `__metadata__` key holding the JSON config.
@@ -166,6 +172,15 @@ impl Tensor {
         Ok(Tensor { shape, data })
     }
 
+    /// A copy of an array of any rank and layout, row-major.
+    pub fn from_array<D: ndarray::Dimension>(a: ndarray::ArrayView<'_, f32, D>) -> Self {
+        let data = match a.as_slice() {
+            Some(s) => s.to_vec(),
+            None => a.iter().copied().collect(),
+        };
+        Tensor { shape: a.shape().to_vec(), data }
+    }
+
     fn view<D: ndarray::Dimension>(&self, name: &str, dim: D) -> Result<ndarray::ArrayView<'_, f32, D>> {
         if self.shape.len() != dim.ndim() {
             return format_err(format!(
@@ -209,21 +224,40 @@ pub struct ModelFile {
 }
 
 impl ModelFile {
-    /// Read a model file, memory-mapped. Checks the config, dtypes and finiteness;
-    /// the kind-specific shapes are checked when a projector is built from it.
-    /// Errors name the file.
+    /// Read a model file into memory (its tensors are copied out and packed when a
+    /// projector is built, so the file is read, not mapped). Checks the config, dtypes
+    /// and finiteness; the kind-specific shapes are checked when a projector is built
+    /// from it. Errors name the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let named = |e: Error| match e {
-            Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), format!("{}: {io}", path.display()))),
-            Error::Format(msg) => Error::Format(format!("{}: {msg}", path.display())),
-            other => other,
-        };
-        let file = std::fs::File::open(path).map_err(|e| named(e.into()))?;
-        // SAFETY: the map is read-only and dropped before this function returns; the
-        // tensors are copied out of it.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| named(e.into()))?;
-        Self::from_bytes(&mmap).map_err(named)
+        let bytes = std::fs::read(path).map_err(|e| named(path, e.into()))?;
+        Self::from_bytes(&bytes).map_err(|e| named(path, e))
+    }
+
+    /// A model file from its parts, as a writer hands them over: the config JSON string
+    /// (checked as [`Config::from_json`] does), the tensors and other metadata strings.
+    /// `W` is rounded to the config's `weights_dtype` and every tensor is checked for
+    /// finiteness, so the result equals what [`from_bytes`](Self::from_bytes) gives for
+    /// the file that [`to_bytes`](Self::to_bytes) writes of it. A metadata entry under
+    /// [`CONFIG_KEY`] is dropped (the config takes that key).
+    pub fn from_parts(
+        config_json: &str,
+        mut tensors: BTreeMap<String, Tensor>,
+        mut metadata: BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let config = Config::from_json(config_json)?;
+        let weights = config.weights_precision();
+        for (name, t) in tensors.iter_mut() {
+            if t.shape.iter().product::<usize>() != t.data.len() {
+                return invalid(format!("tensor `{name}`: shape {:?} does not match {} values", t.shape, t.data.len()));
+            }
+            if name == WEIGHTS_TENSOR && weights != Precision::F32 {
+                t.data.iter_mut().for_each(|v| *v = weights.round(*v));
+            }
+            check_finite(name, &t.data)?;
+        }
+        metadata.remove(CONFIG_KEY);
+        Ok(ModelFile { config, tensors, metadata })
     }
 
     /// Parse a model file from bytes.
@@ -283,6 +317,103 @@ impl ModelFile {
         std::fs::write(path, self.to_bytes()?)?;
         Ok(())
     }
+
+    /// Check the optional index tensor [`INDEX_TENSOR`]: 2-D, with `dim_out` columns.
+    pub fn check_index(&self) -> Result<()> {
+        if let Some(index) = self.tensors.get(INDEX_TENSOR) {
+            let d = index.view2(INDEX_TENSOR)?.ncols();
+            if d != self.config.dim_out {
+                return format_err(format!(
+                    "`{INDEX_TENSOR}` has {d} columns, expected dim_out {}",
+                    self.config.dim_out
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Write a model file from its parts (see [`ModelFile::from_parts`]) in one pass, with
+/// no model built: checks the config, the tensors' finiteness and the index tensor's
+/// width, stores `W` at the config's `weights_dtype`, then serialises once.
+pub fn save_file(
+    config_json: &str,
+    tensors: BTreeMap<String, Tensor>,
+    metadata: BTreeMap<String, String>,
+    path: impl AsRef<Path>,
+) -> Result<()> {
+    let model = ModelFile::from_parts(config_json, tensors, metadata)?;
+    model.check_index()?;
+    model.save(path)
+}
+
+/// The config of the model file at `path`, reading only its safetensors header (the
+/// 8-byte length and the header JSON), checked as [`Config::from_json`] does. A header
+/// longer than the file or than 100 MB, a data section of the wrong size or a header
+/// without a projroute config is an [`Error::Format`]; errors name the file.
+pub fn read_config(path: impl AsRef<Path>) -> Result<Config> {
+    use std::io::Read;
+    let path = path.as_ref();
+    let read = || -> Result<Config> {
+        let mut file = std::fs::File::open(path)?;
+        let file_len = file.metadata()?.len();
+        let unreadable = |why: String| Error::Format(format!("not a readable safetensors file: {why}"));
+        let mut len = [0u8; 8];
+        if file_len < 8 {
+            return Err(unreadable(format!("{file_len} bytes, shorter than the 8-byte header length")));
+        }
+        file.read_exact(&mut len)?;
+        let n = u64::from_le_bytes(len);
+        if n > MAX_HEADER_SIZE {
+            return Err(unreadable(format!("header length {n} exceeds the limit of {MAX_HEADER_SIZE} bytes")));
+        }
+        if n > file_len - 8 {
+            return Err(unreadable(format!("header length {n} runs past the end of the file ({file_len} bytes)")));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header)?;
+        let header: Value =
+            serde_json::from_slice(&header).map_err(|e| unreadable(format!("header is not valid JSON: {e}")))?;
+        let Value::Object(entries) = header else {
+            return Err(unreadable("header is not a JSON object".into()));
+        };
+        let mut data_len = 0u64;
+        let mut config = None;
+        for (name, entry) in &entries {
+            if name == "__metadata__" {
+                config = entry.get(CONFIG_KEY).map(|c| c.as_str().map(str::to_owned));
+                continue;
+            }
+            let end = entry
+                .get("data_offsets")
+                .and_then(Value::as_array)
+                .and_then(|o| o.get(1))
+                .and_then(Value::as_u64)
+                .ok_or_else(|| unreadable(format!("tensor `{name}` has no data offsets")))?;
+            data_len = data_len.max(end);
+        }
+        if 8 + n + data_len != file_len {
+            return Err(unreadable(format!(
+                "header and tensors take {} bytes, the file has {file_len} (truncated?)",
+                8 + n + data_len
+            )));
+        }
+        match config {
+            Some(Some(text)) => Config::from_json(&text),
+            Some(None) => format_err(format!("`{CONFIG_KEY}` metadata entry is not a string")),
+            None => format_err(format!("safetensors file has no `{CONFIG_KEY}` config: not a projroute model")),
+        }
+    };
+    read().map_err(|e| named(path, e))
+}
+
+/// `e` with `path` in its message (I/O and format errors).
+fn named(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), format!("{}: {io}", path.display()))),
+        Error::Format(msg) => Error::Format(format!("{}: {msg}", path.display())),
+        other => other,
+    }
 }
 
 /// The safetensors dtype a tensor stored at `precision` has.
@@ -315,10 +446,15 @@ fn read_tensor(name: &str, view: &TensorView<'_>, precision: Precision) -> Resul
         Precision::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         Precision::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
     };
+    check_finite(name, &data)?;
+    Ok(Tensor { shape: view.shape().to_vec(), data })
+}
+
+fn check_finite(name: &str, data: &[f32]) -> Result<()> {
     if !data.iter().all(|v| v.is_finite()) {
         return format_err(format!("tensor `{name}` contains NaN or infinite values"));
     }
-    Ok(Tensor { shape: view.shape().to_vec(), data })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -395,5 +531,80 @@ mod tests {
                 .unwrap();
         let err = ModelFile::from_bytes(&f64s).unwrap_err().to_string();
         assert!(err.contains("expected F32"), "{err}");
+    }
+
+    #[test]
+    fn read_config_reads_the_header_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let m = model();
+        m.save(&path).unwrap();
+        assert_eq!(read_config(&path).unwrap(), m.config);
+
+        let bytes = m.to_bytes().unwrap();
+        for cut in [0, 5, 8, 20, bytes.len() - 1] {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            match read_config(&path) {
+                Err(Error::Format(msg)) => {
+                    assert!(msg.contains("m.safetensors"), "cut {cut}: {msg}")
+                }
+                other => panic!("cut {cut}: {other:?}"),
+            }
+        }
+        let mut absurd = u64::MAX.to_le_bytes().to_vec();
+        absurd.extend_from_slice(b"{}");
+        std::fs::write(&path, absurd).unwrap();
+        let err = read_config(&path).unwrap_err().to_string();
+        assert!(err.contains("header length"), "{err}");
+
+        let foreign =
+            safetensors::serialize(vec![("x", TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap())], None)
+                .unwrap();
+        std::fs::write(&path, foreign).unwrap();
+        let err = read_config(&path).unwrap_err().to_string();
+        assert!(err.contains("m.safetensors: ") && err.contains("not a projroute model"), "{err}");
+
+        match read_config(dir.path().join("nope.safetensors")) {
+            Err(Error::Io(e)) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+                assert!(e.to_string().contains("nope.safetensors"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn from_parts_equals_the_file_it_writes() {
+        let mut c = config("global");
+        c.weights_dtype = Some("bfloat16".into());
+        let tensors = BTreeMap::from([
+            ("W".to_string(), Tensor::new(vec![2, 2], vec![1.1, 0.3, -2.7, 1e-3]).unwrap()),
+            ("bias".to_string(), Tensor::new(vec![2], vec![0.1, 0.2]).unwrap()),
+        ]);
+        let metadata = BTreeMap::from([("k".to_string(), "v".to_string()), (CONFIG_KEY.to_string(), "x".to_string())]);
+        let m = ModelFile::from_parts(&c.to_json(), tensors, metadata).unwrap();
+        assert_eq!(m.tensors["W"].data[0], Precision::BF16.round(1.1));
+        assert_eq!(m.tensors["bias"].data[0], 0.1);
+        assert_eq!(m.metadata.len(), 1);
+        assert_eq!(ModelFile::from_bytes(&m.to_bytes().unwrap()).unwrap(), m);
+
+        let nan = BTreeMap::from([("W".to_string(), Tensor::new(vec![1], vec![f32::NAN]).unwrap())]);
+        let err = ModelFile::from_parts(&c.to_json(), nan, BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("NaN or infinite"), "{err}");
+        assert!(ModelFile::from_parts("{}", BTreeMap::new(), BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn save_file_checks_the_index_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let mut tensors = model().tensors;
+        tensors.insert(INDEX_TENSOR.to_string(), Tensor::new(vec![1, 3], vec![1.0; 3]).unwrap());
+        let err = save_file(&config("global").to_json(), tensors.clone(), BTreeMap::new(), &path).unwrap_err();
+        assert!(err.to_string().contains("expected dim_out 2"), "{err}");
+        assert!(!path.exists());
+        tensors.insert(INDEX_TENSOR.to_string(), Tensor::new(vec![1, 2], vec![1.0; 2]).unwrap());
+        save_file(&config("global").to_json(), tensors.clone(), BTreeMap::new(), &path).unwrap();
+        assert_eq!(ModelFile::open(&path).unwrap().tensors, tensors);
     }
 }

@@ -1,11 +1,14 @@
 //! LDA multi-head projection (the flat-softmax teacher): each head has a centroid and
 //! an answer embedding, `p = Σ_i softmax(cos(x, c_i) / T)_i · a_i`, optionally top-k.
 
+use std::collections::BTreeMap;
+
 use ndarray::{Array2, ArrayView2};
 
 use crate::blend;
 use crate::error::{format_err, Result};
-use crate::format::ModelFile;
+use crate::format::{ModelFile, Tensor};
+use crate::model::{names, Model};
 use crate::packed::PackedMatrix;
 use crate::routing::{self, Router, Routing, RoutingParams};
 
@@ -32,7 +35,7 @@ impl Lda {
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
         let centroids = m.tensor("centroids")?.view2("centroids")?;
         let answers = m.tensor("answers")?.view2("answers")?.to_owned();
-        Self::new(centroids, answers, crate::projector::routing_params(m)?)
+        Self::new(centroids, answers, RoutingParams::from_config(&m.config)?)
     }
 
     /// Input dimension.
@@ -71,5 +74,41 @@ impl Lda {
             return Ok(self.packed.matmul(r.to_dense(k).view()));
         }
         Ok(blend::blend_vectors(&r, self.answers.view()))
+    }
+}
+
+impl Model for Lda {
+    fn kind(&self) -> &'static str {
+        "lda"
+    }
+
+    fn dim_in(&self) -> usize {
+        Lda::dim_in(self)
+    }
+
+    fn dim_out(&self) -> usize {
+        Lda::dim_out(self)
+    }
+
+    fn n_clusters(&self) -> Option<usize> {
+        Some(self.router.n_clusters())
+    }
+
+    fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        Lda::project(self, x)
+    }
+
+    fn route(&self, x: ArrayView2<f32>) -> Result<Option<Routing>> {
+        Lda::route(self, x).map(Some)
+    }
+
+    fn tensor_names(&self) -> Vec<String> {
+        names(&["centroids", "answers"])
+    }
+
+    fn tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut out: BTreeMap<String, Tensor> = self.router.tensors().into_iter().collect();
+        out.insert("answers".to_string(), Tensor::from_array(self.answers.view()));
+        out
     }
 }

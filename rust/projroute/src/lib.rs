@@ -12,17 +12,18 @@ mod error;
 mod fastmath;
 mod federated;
 mod format;
-mod global;
 mod index;
-mod keyed;
 mod lda;
 mod linalg;
+mod model;
 mod packed;
 mod precision;
+mod procrustes;
 mod projector;
 mod routing;
 #[cfg(feature = "candle")]
 mod transformer;
+mod trees;
 
 pub use blend::{blend_maps, blend_vectors};
 #[cfg(feature = "candle")]
@@ -30,15 +31,17 @@ pub use ensemble::Ensemble;
 pub use error::{Error, Result};
 pub use federated::Federated;
 pub use format::{
-    Config, EnsembleConfig, ModelFile, Tensor, TransformerConfig, CONFIG_KEY, FORMAT_NAME, FORMAT_VERSION,
+    read_config, save_file, Config, EnsembleConfig, ModelFile, Tensor, TransformerConfig, CONFIG_KEY, FORMAT_NAME,
+    FORMAT_VERSION, INDEX_TENSOR,
 };
-pub use global::Global;
 pub use index::FlatIndex;
-pub use keyed::{KeyRule, Keyed};
 pub use lda::Lda;
+pub use model::Model;
 pub use packed::PackedMatrix;
 pub use precision::Precision;
-pub use projector::{Projector, INDEX_TENSOR};
+pub use procrustes::Global;
+pub use projector::Projector;
 pub use routing::{route, softmax_rows, Router, Routing, RoutingParams};
 #[cfg(feature = "candle")]
 pub use transformer::Transformer;
+pub use trees::{KeyRule, Keyed};

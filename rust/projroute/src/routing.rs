@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::error::{format_err, invalid, Error, Result};
 use crate::fastmath;
+use crate::format::{Config, Tensor};
 use crate::linalg;
 use crate::packed::{PackedMatrix, NR};
 
@@ -30,6 +31,21 @@ pub struct RoutingParams {
 }
 
 impl RoutingParams {
+    /// The routing parameters of a routed kind's config (`temperature`, `top_k`,
+    /// `coverage`), checked against its `n_clusters`; a missing or bad field is an
+    /// [`Error::Format`].
+    pub fn from_config(c: &Config) -> Result<Self> {
+        let missing = |field: &str| Error::Format(format!("a `{}` config needs `{field}`", c.kind));
+        let params = RoutingParams {
+            temperature: c.temperature.ok_or_else(|| missing("temperature"))?,
+            top_k: c.top_k.ok_or_else(|| missing("top_k"))?,
+            coverage: c.coverage,
+        };
+        let k = c.n_clusters.ok_or_else(|| missing("n_clusters"))?;
+        params.validate(k).map_err(|e| Error::Format(format!("config: {e}")))?;
+        Ok(params)
+    }
+
     /// Check the parameters against the number of clusters `k`.
     pub fn validate(&self, n_clusters: usize) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
@@ -132,6 +148,8 @@ pub struct Router {
     /// `ln p` per point (P,).
     log_prior: Option<Vec<f32>>,
     params: RoutingParams,
+    /// The routing points (P, D) and the prior (P,) as given, for export.
+    given: (Tensor, Option<Tensor>),
 }
 
 impl Router {
@@ -139,7 +157,13 @@ impl Router {
     /// format error) and parameters valid for K clusters.
     pub fn new(centroids: ArrayView2<f32>, params: RoutingParams) -> Result<Self> {
         params.validate(centroids.nrows())?;
-        Ok(Router { points_t: pack_unit(centroids, "centroids")?, points: Points::Centroids, log_prior: None, params })
+        Ok(Router {
+            points_t: pack_unit(centroids, "centroids")?,
+            points: Points::Centroids,
+            log_prior: None,
+            params,
+            given: (Tensor::from_array(centroids), None),
+        })
     }
 
     /// Per-question routing from the training `questions` (N, D) sorted by cluster,
@@ -172,6 +196,7 @@ impl Router {
             points: Points::Questions { offsets: offsets.collect(), cluster_temperature },
             log_prior: None,
             params,
+            given: (Tensor::from_array(questions), None),
         })
     }
 
@@ -189,7 +214,20 @@ impl Router {
             return format_err("prior weights must be finite and > 0");
         }
         self.log_prior = Some(prior.iter().map(|p| p.ln()).collect());
+        self.given.1 = Some(Tensor::from_array(prior));
         Ok(self)
+    }
+
+    /// The tensors this router was built from, under their file names: `centroids` or
+    /// `questions` (as given, before normalising), and `prior` if any.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let points = match self.points {
+            Points::Centroids => "centroids",
+            Points::Questions { .. } => "questions",
+        };
+        let mut out = vec![(points.to_string(), self.given.0.clone())];
+        out.extend(self.given.1.clone().map(|p| ("prior".to_string(), p)));
+        out
     }
 
     /// Number of clusters K.
@@ -230,62 +268,7 @@ impl Router {
                 fastmath::scale_shift_max(row, inv_t, prior);
             }),
             Points::Questions { offsets, cluster_temperature } => {
-                let (k, n) = (offsets.len() - 1, self.points_t.cols());
-                let threads = rayon::current_num_threads().max(1);
-                let mut logits = Array2::<f32>::zeros((x.nrows(), k));
-                if x.nrows() < 4 * threads {
-                    // Few queries: the whole GEMM at once, split by columns over the threads.
-                    // One block spanning all columns: its segments are the clusters themselves.
-                    let mut scores = self.points_t.matmul(unit.view());
-                    let mut tmp = vec![0.0f32; k];
-                    for (row, mut out) in scores.axis_iter_mut(Axis(0)).zip(logits.axis_iter_mut(Axis(0))) {
-                        let out = out.as_slice_mut().expect("contiguous");
-                        let mut max = f32::NEG_INFINITY;
-                        let row = row.into_slice().expect("contiguous");
-                        self.add_block(row, 0, 0, offsets, &mut max, out, &mut tmp);
-                        cluster_logits(out, *cluster_temperature);
-                    }
-                } else {
-                    // Each thread takes an equal share of the queries, in chunks; a chunk is
-                    // scored block by block of columns (kept in cache), each block folded
-                    // into running per-cluster sums (an online softmax), so the (chunk, N)
-                    // scores never exist at once.
-                    let per_thread = x.nrows().div_ceil(threads);
-                    let blocks: Vec<(Range<usize>, usize, Vec<usize>)> = (0..n)
-                        .step_by(QUESTION_BLOCK)
-                        .map(|c0| {
-                            let c1 = (c0 + QUESTION_BLOCK).min(n);
-                            let (k0, local) = block_segments(offsets, c0, c1);
-                            (c0..c1, k0, local)
-                        })
-                        .collect();
-                    logits
-                        .axis_chunks_iter_mut(Axis(0), per_thread)
-                        .into_par_iter()
-                        .zip(unit.axis_chunks_iter(Axis(0), per_thread))
-                        .for_each(|(mut share, q)| {
-                            let (mut scores, mut scratch, mut tmp) = (Vec::new(), Vec::new(), vec![0.0f32; k]);
-                            let chunks = q.axis_chunks_iter(Axis(0), QUESTION_CHUNK);
-                            for (q, mut out) in chunks.zip(share.axis_chunks_iter_mut(Axis(0), QUESTION_CHUNK)) {
-                                let mut max = vec![f32::NEG_INFINITY; q.nrows()];
-                                for (cols, k0, local) in &blocks {
-                                    let width = cols.len();
-                                    scores.resize(q.nrows() * width, 0.0);
-                                    let panels = cols.start / NR..cols.end.div_ceil(NR);
-                                    self.points_t.panels_into(q, panels, &mut scores, width, &mut scratch);
-                                    let rows = scores.chunks_exact_mut(width).zip(out.axis_iter_mut(Axis(0)));
-                                    for ((row, mut o), m) in rows.zip(max.iter_mut()) {
-                                        let o = o.as_slice_mut().expect("contiguous");
-                                        self.add_block(row, cols.start, *k0, local, m, o, &mut tmp);
-                                    }
-                                }
-                                for mut o in out.axis_iter_mut(Axis(0)) {
-                                    cluster_logits(o.as_slice_mut().expect("contiguous"), *cluster_temperature);
-                                }
-                            }
-                        });
-                }
-                logits
+                self.question_logits(unit.view(), offsets, *cluster_temperature)
             }
         };
         route(logits.view(), &params)
@@ -293,6 +276,74 @@ impl Router {
 }
 
 impl Router {
+    /// Per-question routing's cluster logits (B, K) of unit queries `unit` (B, D): each
+    /// query's softmax over all routing points (logits `cos / T + ln p`), summed per
+    /// cluster (`offsets`: cluster `k` owns points `offsets[k]..offsets[k + 1]`) and
+    /// turned into logits by [`cluster_logits`].
+    fn question_logits(
+        &self,
+        unit: ArrayView2<f32>,
+        offsets: &[usize],
+        cluster_temperature: Option<f32>,
+    ) -> Array2<f32> {
+        let (k, n) = (offsets.len() - 1, self.points_t.cols());
+        let threads = rayon::current_num_threads().max(1);
+        let mut logits = Array2::<f32>::zeros((unit.nrows(), k));
+        if unit.nrows() < 4 * threads {
+            // Few queries: the whole GEMM at once, split by columns over the threads.
+            // One block spanning all columns: its segments are the clusters themselves.
+            let mut scores = self.points_t.matmul(unit);
+            let mut tmp = vec![0.0f32; k];
+            for (row, mut out) in scores.axis_iter_mut(Axis(0)).zip(logits.axis_iter_mut(Axis(0))) {
+                let out = out.as_slice_mut().expect("contiguous");
+                let mut max = f32::NEG_INFINITY;
+                let row = row.into_slice().expect("contiguous");
+                self.add_block(row, 0, 0, offsets, &mut max, out, &mut tmp);
+                cluster_logits(out, cluster_temperature);
+            }
+        } else {
+            // Each thread takes an equal share of the queries, in chunks; a chunk is
+            // scored block by block of columns (kept in cache), each block folded
+            // into running per-cluster sums (an online softmax), so the (chunk, N)
+            // scores never exist at once.
+            let per_thread = unit.nrows().div_ceil(threads);
+            let blocks: Vec<(Range<usize>, usize, Vec<usize>)> = (0..n)
+                .step_by(QUESTION_BLOCK)
+                .map(|c0| {
+                    let c1 = (c0 + QUESTION_BLOCK).min(n);
+                    let (k0, local) = block_segments(offsets, c0, c1);
+                    (c0..c1, k0, local)
+                })
+                .collect();
+            logits
+                .axis_chunks_iter_mut(Axis(0), per_thread)
+                .into_par_iter()
+                .zip(unit.axis_chunks_iter(Axis(0), per_thread))
+                .for_each(|(mut share, q)| {
+                    let (mut scores, mut scratch, mut tmp) = (Vec::new(), Vec::new(), vec![0.0f32; k]);
+                    let chunks = q.axis_chunks_iter(Axis(0), QUESTION_CHUNK);
+                    for (q, mut out) in chunks.zip(share.axis_chunks_iter_mut(Axis(0), QUESTION_CHUNK)) {
+                        let mut max = vec![f32::NEG_INFINITY; q.nrows()];
+                        for (cols, k0, local) in &blocks {
+                            let width = cols.len();
+                            scores.resize(q.nrows() * width, 0.0);
+                            let panels = cols.start / NR..cols.end.div_ceil(NR);
+                            self.points_t.panels_into(q, panels, &mut scores, width, &mut scratch);
+                            let rows = scores.chunks_exact_mut(width).zip(out.axis_iter_mut(Axis(0)));
+                            for ((row, mut o), m) in rows.zip(max.iter_mut()) {
+                                let o = o.as_slice_mut().expect("contiguous");
+                                self.add_block(row, cols.start, *k0, local, m, o, &mut tmp);
+                            }
+                        }
+                        for mut o in out.axis_iter_mut(Axis(0)) {
+                            cluster_logits(o.as_slice_mut().expect("contiguous"), cluster_temperature);
+                        }
+                    }
+                });
+        }
+        logits
+    }
+
     /// Fold one block of a query's scores, columns `c0..c0 + row.len()`, into its
     /// running maximum logit `max` and per-cluster sums `sums[k] = Σ exp(z_i - max)`;
     /// the block overlaps clusters `k0..` with boundaries `local` (relative to c0).

@@ -10,8 +10,12 @@
 //! ```
 //! Tensor names and layouts are PyTorch's `state_dict` of
 //! `projroute.distill.ProjectionTransformer` (`Linear.weight` is (out, in)).
+//!
+//! The attention is folded into other matrices at load, so the source tensors cannot
+//! be recovered from the built network: a model built from a file keeps them (they
+//! are small) for export.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Device, Tensor};
 use candle_nn::{layer_norm, LayerNorm, Module, VarBuilder};
@@ -20,8 +24,9 @@ use rayon::prelude::*;
 
 use crate::dense::{matrix, Dense};
 use crate::error::{format_err, Error, Result};
-use crate::format::{ModelFile, TransformerConfig};
+use crate::format::{self as file, ModelFile, TransformerConfig};
 use crate::linalg;
+use crate::model::Model;
 
 fn backend(e: candle_core::Error) -> Error {
     Error::Backend(e.to_string())
@@ -84,6 +89,11 @@ impl Block {
     }
 }
 
+/// Copies of the tensors of `m` called one of `names` (a built model's sources).
+pub(crate) fn keep(m: &ModelFile, names: &[String]) -> BTreeMap<String, file::Tensor> {
+    names.iter().filter_map(|n| m.tensors.get(n).map(|t| (n.clone(), t.clone()))).collect()
+}
+
 /// A candle `VarBuilder` over all tensors of a model file (CPU, f32).
 pub(crate) fn tensors_builder(m: &ModelFile) -> Result<VarBuilder<'static>> {
     let device = Device::Cpu;
@@ -105,6 +115,9 @@ pub struct Transformer {
     skip: Dense,
     dim_in: usize,
     dim_out: usize,
+    /// The tensors it was built from, for export (empty for an ensemble's student,
+    /// whose ensemble keeps them).
+    source: BTreeMap<String, file::Tensor>,
 }
 
 impl std::fmt::Debug for Transformer {
@@ -144,7 +157,9 @@ impl Transformer {
     }
 
     pub(crate) fn from_model(m: &ModelFile) -> Result<Self> {
-        Self::from_builder(tensors_builder(m)?, m)
+        let t = Self::from_builder(tensors_builder(m)?, m)?;
+        let names = m.config.transformer.as_ref().map(Self::tensor_names).unwrap_or_default();
+        Ok(Transformer { source: keep(m, &names), ..t })
     }
 
     /// Build from the tensors under `vb` with the architecture in `m`'s config.
@@ -168,6 +183,7 @@ impl Transformer {
                 skip: Dense::linear(d_in, d_out, false, vb.pp("skip"))?,
                 dim_in: d_in,
                 dim_out: d_out,
+                source: BTreeMap::new(),
             })
         };
         build().map_err(format)
@@ -216,5 +232,31 @@ impl Transformer {
         };
         let y = run().map_err(backend)?;
         Array2::from_shape_vec((b, self.dim_out), y).map_err(|e| Error::Backend(e.to_string()))
+    }
+}
+
+impl Model for Transformer {
+    fn kind(&self) -> &'static str {
+        "transformer"
+    }
+
+    fn dim_in(&self) -> usize {
+        self.dim_in
+    }
+
+    fn dim_out(&self) -> usize {
+        self.dim_out
+    }
+
+    fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        Transformer::project(self, x)
+    }
+
+    fn tensor_names(&self) -> Vec<String> {
+        self.source.keys().cloned().collect()
+    }
+
+    fn tensors(&self) -> BTreeMap<String, file::Tensor> {
+        self.source.clone()
     }
 }

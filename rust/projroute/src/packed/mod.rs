@@ -290,6 +290,11 @@ impl PackedMatrix {
             }
         }
     }
+
+    /// The matrix unpacked (k, n): the stored values, widened to f32 (for export).
+    pub(crate) fn to_array(&self) -> Array2<f32> {
+        Array2::from_shape_fn((self.k, self.n), |(row, col)| self.get(row, col))
+    }
 }
 
 /// The microkernel a product runs on.

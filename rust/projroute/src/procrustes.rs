@@ -1,10 +1,14 @@
-//! One linear map for every query: `p = x @ W + bias`.
+//! One linear map for every query: `p = x @ W + bias` (the `global` kind, fitted by
+//! `projroute.procrustes` in Python).
+
+use std::collections::BTreeMap;
 
 use ndarray::{Array1, Array2, ArrayView2};
 
 use crate::error::{format_err, Result};
-use crate::format::ModelFile;
+use crate::format::{ModelFile, Tensor};
 use crate::linalg;
+use crate::model::{names, Model};
 use crate::packed::PackedMatrix;
 use crate::precision::Precision;
 
@@ -53,5 +57,36 @@ impl Global {
             p += b;
         }
         Ok(p)
+    }
+}
+
+impl Model for Global {
+    fn kind(&self) -> &'static str {
+        "global"
+    }
+
+    fn dim_in(&self) -> usize {
+        Global::dim_in(self)
+    }
+
+    fn dim_out(&self) -> usize {
+        Global::dim_out(self)
+    }
+
+    fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        Global::project(self, x)
+    }
+
+    fn tensor_names(&self) -> Vec<String> {
+        names(&["W", "bias"])
+    }
+
+    fn tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        out.insert("W".to_string(), Tensor::from_array(self.w.to_array().view()));
+        if let Some(b) = &self.bias {
+            out.insert("bias".to_string(), Tensor::from_array(b.view()));
+        }
+        out
     }
 }

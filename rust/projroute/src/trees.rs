@@ -6,14 +6,15 @@
 //! node falls back to the root node `""`, which every model has. The queries are
 //! grouped by node and each group goes through one GEMM with its node's map.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ndarray::{Array2, ArrayView2, ArrayView3};
 
 use crate::blend;
 use crate::error::{format_err, invalid, Result};
-use crate::format::ModelFile;
+use crate::format::{ModelFile, Tensor};
 use crate::linalg;
+use crate::model::{names, stack, Model};
 use crate::packed::PackedMatrix;
 use crate::precision::Precision;
 use crate::routing::Routing;
@@ -123,6 +124,44 @@ impl Keyed {
     }
 }
 
+impl Model for Keyed {
+    fn kind(&self) -> &'static str {
+        match self.rule {
+            KeyRule::Tree => "tree",
+            KeyRule::Hierarchical => "hierarchical",
+        }
+    }
+
+    fn dim_in(&self) -> usize {
+        self.dim_in
+    }
+
+    fn dim_out(&self) -> usize {
+        self.dim_out
+    }
+
+    fn project(&self, _x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        let key = if self.rule == KeyRule::Tree { "tree id" } else { "path like `a/b/c`" };
+        invalid(format!("a `{}` model needs keys: one {key} per query", self.kind()))
+    }
+
+    fn project_keyed(&self, x: ArrayView2<f32>, keys: &[&str]) -> Result<Array2<f32>> {
+        Keyed::project_keyed(self, x, keys)
+    }
+
+    fn resolve(&self, keys: &[&str]) -> Result<Vec<String>> {
+        Ok(Keyed::resolve(self, keys).into_iter().map(|i| self.nodes[i].clone()).collect())
+    }
+
+    fn tensor_names(&self) -> Vec<String> {
+        names(&["W"])
+    }
+
+    fn tensors(&self) -> BTreeMap<String, Tensor> {
+        BTreeMap::from([("W".to_string(), stack(&self.maps, self.dim_in, self.dim_out))])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,15 +231,15 @@ mod tests {
             let tensors = [("W".to_string(), w)].into_iter().collect();
             ModelFile { config: Config::from_json(&config).unwrap(), tensors, metadata: Default::default() }
         };
-        let p = Projector::from_model(&file("hierarchical", r#"["", "a"]"#)).unwrap();
+        let p = Projector::from_model(file("hierarchical", r#"["", "a"]"#)).unwrap();
         assert_eq!((p.kind(), p.dim_in(), p.dim_out(), p.n_clusters()), ("hierarchical", 2, 2, None));
         let x = Array2::<f32>::ones((2, 2));
         assert_eq!(p.project_keyed(x.view(), &["a/b", "b"]).unwrap(), ndarray::array![[2.0, 2.0], [1.0, 1.0]]);
         let err = p.project(x.view()).unwrap_err().to_string();
         assert!(err.contains("needs keys: one path"), "{err}");
-        assert_eq!(Projector::from_model(&file("tree", r#"["", "a"]"#)).unwrap().kind(), "tree");
+        assert_eq!(Projector::from_model(file("tree", r#"["", "a"]"#)).unwrap().kind(), "tree");
         for nodes in ["null", r#"["a", "b"]"#, r#"[""]"#] {
-            assert!(matches!(Projector::from_model(&file("tree", nodes)), Err(crate::Error::Format(_))), "{nodes}");
+            assert!(matches!(Projector::from_model(file("tree", nodes)), Err(crate::Error::Format(_))), "{nodes}");
         }
     }
 }
