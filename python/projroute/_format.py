@@ -78,17 +78,3 @@ def read_config(path: PathLike, kind: str | None = None) -> dict[str, Any]:
         raise ModelFormatError(f"{path}: a {config['kind']!r} model, not a {kind!r} one")
     return config
 
-
-# TEMPORARY (removed when the Rust save_file/read_config land): the same behaviour
-# through the existing Projector API, so that Python callers can move to this module now.
-if not hasattr(_core, "save_file"):
-
-    def _save_file(tensors: dict, config: str, path: str, metadata: dict) -> None:
-        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-        _core.Projector.from_tensors(arrays, config, metadata).save(path)
-
-    def _read_config(path: str) -> str:
-        return _core.Projector.load(path).config
-
-    _core.save_file = _save_file  # type: ignore[attr-defined]
-    _core.read_config = _read_config  # type: ignore[attr-defined]
