@@ -69,6 +69,8 @@ def sample(
         elif kind == "mix":
             parts.append(mix(Q, count, rng))
         else:
+            if extra is None:
+                raise ValueError('augmentation "extra" needs extra_queries')
             parts.append(extra[rng.integers(len(extra), size=count)])
     return np.concatenate(parts) if parts else np.zeros((0, Q.shape[1]), np.float32)
 

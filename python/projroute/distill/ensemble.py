@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from projroute.clustering import kmeans_labels
 from projroute.distill import augment as augmentation
 from projroute.distill.export import save_ensemble
 from projroute.distill.loop import History, as_queries, kl_divergence, output_losses, split_queries, train
-from projroute.distill.student import TransformerEnsemble, project_numpy, top_k_softmax
+from projroute.distill.student import ProjectionTransformer, TransformerEnsemble, project_numpy, top_k_softmax
 from projroute.distill.teacher import DomainTeacher, Teacher, domain_mass, teacher_parts
 from projroute.distill.train import DistillResult, distill
 from projroute.metrics import mean_cosine
@@ -329,7 +329,9 @@ def distill_ensemble(
         domain_counts.append(len(Q_d))
 
     torch.manual_seed(seed)
-    ens = TransformerEnsemble(Q.shape[1], domain_results[0].student.dim_out, M, top_k, router_hidden, **arch)
+    # distill(student=arch) built each domain student as a ProjectionTransformer.
+    dim_out = cast(ProjectionTransformer, domain_results[0].student).dim_out
+    ens = TransformerEnsemble(Q.shape[1], dim_out, M, top_k, router_hidden, **arch)
     for d, res in enumerate(domain_results):
         ens.students[d].load_state_dict(res.student.state_dict())
     ens.eval()
@@ -399,7 +401,7 @@ def distill_ensemble(
         domain_queries=domain_counts,
         n_parameters=n_params,
         router_parameters=sum(p.numel() for p in ens.router.parameters()),
-        student_parameters=ens.students[0].n_parameters(),
+        student_parameters=cast(ProjectionTransformer, ens.students[0]).n_parameters(),
         teacher_parameters=teacher_params,
         compression=None if teacher_params is None else teacher_params / n_params,
         history=history,

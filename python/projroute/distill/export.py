@@ -30,7 +30,7 @@ PathLike = str | os.PathLike[str]
 Module = TypeVar("Module", bound=nn.Module)
 
 
-def write(module: nn.Module, path: PathLike, kind: str, **fields: Any) -> None:
+def write(module: ProjectionTransformer | TransformerEnsemble, path: PathLike, kind: str, **fields: Any) -> None:
     """Write ``module``'s ``state_dict`` as float32 under a config of ``kind`` with ``fields``."""
     tensors = {k: v.detach().cpu().float().contiguous().numpy() for k, v in module.state_dict().items()}
     _format.save(path, tensors, _format.header(kind, module.dim_in, module.dim_out, **fields))
@@ -49,7 +49,7 @@ def architecture(config: Mapping[str, Any]) -> dict[str, int]:
     return {k: v for k, v in config["transformer"].items() if k != "layer_norm_eps"}
 
 
-def save_student(student: ProjectionTransformer, path: PathLike, fit: Mapping[str, Any]) -> None:
+def save_student(student: nn.Module, path: PathLike, fit: Mapping[str, Any]) -> None:
     """Write ``student`` as one model file of kind ``"transformer"``; ``fit`` is the
     JSON-able record stored as the config's ``fit`` field (see ``DistillResult.fit_info``)."""
     if not isinstance(student, ProjectionTransformer):

@@ -12,9 +12,9 @@ import numpy as np
 
 import projroute
 from projroute import datasets
-from projroute.distill.ensemble import distill_ensemble, domain_plot
+from projroute.distill.ensemble import EnsembleResult, distill_ensemble, domain_plot
 from projroute.distill.evaluate import fidelity
-from projroute.distill.train import distill
+from projroute.distill.train import DistillResult, distill
 from projroute.embed import Encoder
 from projroute.metrics import retrieval_metrics
 
@@ -62,18 +62,22 @@ def distill_report(
         options["epochs"] = epochs
     if not augment:
         options["augment"] = ()
+    result: DistillResult | EnsembleResult
+    training: dict[str, Any]
     if domains is None:
-        result = distill(teacher, Q, **options)
-        training = {"epochs": len(result.history["train_loss"]), "best_epoch": result.best_epoch}
+        single = distill(teacher, Q, **options)
+        training = {"epochs": len(single.history["train_loss"]), "best_epoch": single.best_epoch}
+        result = single
     else:
-        result = distill_ensemble(teacher, Q, n_domains=domains, **options)
+        ens = distill_ensemble(teacher, Q, n_domains=domains, **options)
         training = {
-            "domains": result.ensemble.n_domains,
-            "domain_queries": result.domain_queries,
-            "val_cosine": result.val_cosine,
+            "domains": ens.ensemble.n_domains,
+            "domain_queries": ens.domain_queries,
+            "val_cosine": ens.val_cosine,
         }
         if plot is not None:
-            training["domain_plots"] = [str(domain_plot(plot, d)) for d in range(result.ensemble.n_domains)]
+            training["domain_plots"] = [str(domain_plot(plot, d)) for d in range(ens.ensemble.n_domains)]
+        result = ens
     result.save(output, teacher_file=Path(teacher_path).name, data=data)
     student = projroute.load(output)
     fid = fidelity(teacher, student, X, C, held.gold, k=10)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -116,11 +116,11 @@ class ProjectionTransformer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, dim_in) -> y (B, dim_out), and with ``return_attention`` the first
-        block's attention (B, n_heads, num_keys)."""
+        block's attention (B, n_heads, num_keys) (None when ``n_layers`` is 0)."""
         h = self.input(x)
-        first = None
+        first: torch.Tensor | None = None
         for layer in self.layers:
             h, att = layer(h)
             first = att if first is None else first
@@ -257,7 +257,8 @@ class TransformerEnsemble(nn.Module):
 
     def student_config(self) -> dict[str, int]:
         """The students' architecture (``ProjectionTransformer.config()``)."""
-        return self.students[0].config()
+        # Every student is a ProjectionTransformer (built in __init__).
+        return cast(ProjectionTransformer, self.students[0]).config()
 
     def config(self) -> dict[str, int]:
         """The ensemble section: n_domains, top_k, router_hidden."""
@@ -281,4 +282,5 @@ def project_numpy(student: nn.Module, X: Any, batch_size: int = 4096) -> np.ndar
         out = [student(X[s : s + batch_size]) for s in range(0, len(X), batch_size)]
     finally:
         student.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, student.dim_out), np.float32)
+    # A student has an int ``dim_out`` (as ProjectionTransformer, MLPBaseline, TransformerEnsemble do).
+    return torch.cat(out).numpy() if out else np.zeros((0, cast(int, student.dim_out)), np.float32)

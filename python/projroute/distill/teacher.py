@@ -119,7 +119,11 @@ class DomainTeacher:
     """
 
     def __init__(
-        self, kind: str, tensors: Mapping[str, np.ndarray], routing: Mapping[str, Any], clusters: Sequence[int]
+        self,
+        kind: str,
+        tensors: Mapping[str, np.ndarray],
+        routing: Mapping[str, Any],
+        clusters: Sequence[int] | np.ndarray,
     ) -> None:
         idx = np.asarray(clusters, dtype=np.int64)
         if not len(idx):

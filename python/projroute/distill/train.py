@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 from projroute.clustering import kmeans_labels
 from projroute.distill import augment as augmentation
 from projroute.distill.loop import as_queries, kl_divergence, output_losses, plot_history, split_queries, train
-from projroute.distill.student import ProjectionTransformer
+from projroute.distill.student import CrossAttentionBlock, ProjectionTransformer
 from projroute.distill.teacher import Teacher
 from projroute.reference import routing_entropy, unit_rows
 
@@ -124,7 +124,7 @@ def initialise_keys(student: ProjectionTransformer, group_centroids: np.ndarray)
     """Set the first block's first G keys to the group centroids (G, D_in) mapped the
     way a query is (``query(norm1(input(c)))``), rescaled to the keys' mean row norm,
     so that at initialisation a query near a centroid attends to that centroid's key."""
-    layer = student.layers[0]
+    layer = cast(CrossAttentionBlock, student.layers[0])
     G = min(len(group_centroids), layer.num_keys)
     c = torch.as_tensor(group_centroids[:G])
     k = layer.query(layer.norm1(student.input(c)))
@@ -144,7 +144,8 @@ def fit_skip(student: nn.Module, X: np.ndarray, T: np.ndarray) -> None:
     X, T = X.astype(np.float64), T.astype(np.float64)
     prior = np.eye(X.shape[1]) if X.shape[1] == T.shape[1] else np.zeros((X.shape[1], T.shape[1]))
     W = prior + np.linalg.lstsq(X, T - X @ prior, rcond=None)[0]
-    student.skip.weight.copy_(torch.from_numpy(W.T.astype(np.float32)))
+    skip = cast(nn.Linear, student.skip)
+    skip.weight.copy_(torch.from_numpy(W.T.astype(np.float32)))
 
 
 def build_student(student: nn.Module | Mapping[str, Any] | None, dim_in: int, dim_out: int) -> nn.Module:
@@ -167,6 +168,7 @@ def sample_losses(
     ``group_route`` (B, num_keys) is the teacher's routing summed per key group; the KL
     is against the first block's attention averaged over heads.
     """
+    kl: float | torch.Tensor
     if group_route is None:
         s = student(x)
         kl = 0.0
@@ -201,10 +203,17 @@ class Labeller:
         out = {"x": X, "t": self.teacher.project(X) if T is None else T}
         route = self.teacher.route(X) if (self.group is not None or self.entropy) else None
         if self.group is not None:
+            if route is None:
+                raise ValueError("routing targets need a teacher with routing")
             g = np.zeros((len(X), self.num_keys), np.float32)
             np.add.at(g.T, self.group, route.T)
             out["route"] = g
-        out["w"] = importance_weights(route).astype(np.float32) if self.entropy else np.ones(len(X), np.float32)
+        if self.entropy:
+            if route is None:
+                raise ValueError('importance="entropy" needs a teacher with routing')
+            out["w"] = importance_weights(route).astype(np.float32)
+        else:
+            out["w"] = np.ones(len(X), np.float32)
         return out
 
 
