@@ -298,6 +298,215 @@ impl FlatIndex {
     }
 }
 
+/// `obj` as a list of str texts; a lone str or anything else than a sequence of str is
+/// a `TypeError`.
+fn as_texts(obj: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    let fail = || PyTypeError::new_err("texts must be a list of str");
+    if obj.is_instance_of::<pyo3::types::PyString>() {
+        return Err(fail());
+    }
+    obj.extract().map_err(|_| fail())
+}
+
+fn str_refs(texts: &[String]) -> Vec<&str> {
+    texts.iter().map(String::as_str).collect()
+}
+
+/// A static (Model2Vec) text encoder: tokenise, look up, mean-pool, normalise, with
+/// the semantics of `model2vec.StaticModel.encode`.
+#[pyclass(module = "projroute._core", frozen)]
+struct StaticEncoder {
+    inner: core::StaticEncoder,
+}
+
+#[pymethods]
+impl StaticEncoder {
+    /// Load a model2vec folder (config.json, model.safetensors, tokenizer.json).
+    ///
+    /// Raises FileNotFoundError for a missing folder, ModelFormatError for a bad one.
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = py.detach(|| core::StaticEncoder::from_dir(&path)).map_err(to_py_err)?;
+        Ok(StaticEncoder { inner })
+    }
+
+    /// Embed `texts` (a list of str): (n, dim) float32. An empty text gives the zero
+    /// vector; an empty list is a ValueError.
+    fn encode<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let texts = as_texts(texts)?;
+        let out = py.detach(|| self.inner.encode(&str_refs(&texts))).map_err(to_py_err)?;
+        Ok(out.into_pyarray(py))
+    }
+
+    /// The token ids each text is pooled over (after truncation, unknown tokens dropped).
+    fn tokenize(&self, py: Python<'_>, texts: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u32>>> {
+        let texts = as_texts(texts)?;
+        py.detach(|| self.inner.tokenize(&str_refs(&texts))).map_err(to_py_err)
+    }
+
+    /// Embedding dimension.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    /// Whether outputs are L2-normalised.
+    #[getter]
+    fn normalize(&self) -> bool {
+        self.inner.normalize()
+    }
+
+    /// Most tokens per text, or None.
+    #[getter]
+    fn max_length(&self) -> Option<usize> {
+        self.inner.max_length()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("StaticEncoder(dim={}, vocab_size={})", self.inner.dim(), self.inner.vocab_size())
+    }
+}
+
+/// One search result: (id, score, text).
+type PyHit = (i64, f32, String);
+
+/// Text search: a static encoder, an optional projection, exact cosine top-k over an
+/// answer index file.
+#[pyclass(module = "projroute._core", frozen)]
+struct Searcher {
+    inner: core::Searcher,
+}
+
+#[pymethods]
+impl Searcher {
+    /// Open a static model folder, an optional model file and an index file.
+    #[staticmethod]
+    #[pyo3(signature = (encoder, model, index))]
+    fn open(py: Python<'_>, encoder: PathBuf, model: Option<PathBuf>, index: PathBuf) -> PyResult<Self> {
+        let inner = py.detach(|| core::Searcher::open(&encoder, model.as_deref(), &index)).map_err(to_py_err)?;
+        Ok(Searcher { inner })
+    }
+
+    /// Open an index file with the encoder folder and model file recorded in it;
+    /// `encoder` and `model` replace them when given.
+    #[staticmethod]
+    #[pyo3(signature = (index, *, encoder=None, model=None))]
+    fn open_index(py: Python<'_>, index: PathBuf, encoder: Option<PathBuf>, model: Option<PathBuf>) -> PyResult<Self> {
+        let inner = py
+            .detach(|| core::Searcher::open_index(&index, encoder.as_deref(), model.as_deref()))
+            .map_err(to_py_err)?;
+        Ok(Searcher { inner })
+    }
+
+    /// The `k` best answers of each query in `texts`, as lists of (id, score, text),
+    /// best first; a query with no known token gets an empty list.
+    #[pyo3(signature = (texts, k=10))]
+    fn search(&self, py: Python<'_>, texts: &Bound<'_, PyAny>, k: usize) -> PyResult<Vec<Vec<PyHit>>> {
+        let texts = as_texts(texts)?;
+        let hits = py.detach(|| self.inner.search(&str_refs(&texts), k)).map_err(to_py_err)?;
+        Ok(hits.into_iter().map(|row| row.into_iter().map(|h| (h.id, h.score, h.text)).collect()).collect())
+    }
+
+    /// Queries as searched (encoded, then projected): (n, D) float32.
+    fn embed<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let texts = as_texts(texts)?;
+        let out = py.detach(|| self.inner.embed(&str_refs(&texts))).map_err(to_py_err)?;
+        Ok(out.into_pyarray(py))
+    }
+
+    /// Dense routing weights (n, K) float32 of the queries; None without a routed model.
+    fn route<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyArray2<f32>>>> {
+        let texts = as_texts(texts)?;
+        let k = self.inner.projector().and_then(|p| p.n_clusters());
+        let dense = py
+            .detach(|| self.inner.route(&str_refs(&texts)).map(|r| r.zip(k).map(|(r, k)| r.to_dense(k))))
+            .map_err(to_py_err)?;
+        Ok(dense.map(|d| d.into_pyarray(py)))
+    }
+
+    /// The searcher's static encoder dimension.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.encoder().dim()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn __repr__(&self) -> String {
+        let model = self.inner.projector().map(|p| format!(", model={:?}", p.kind())).unwrap_or_default();
+        format!("Searcher(n={}, dim={}{model})", self.inner.len(), self.inner.encoder().dim())
+    }
+}
+
+/// Write an answer index file: `embeddings` (N, D) float, `ids` (N int, default
+/// 0..N), `texts` (N str), and the encoder folder and model file recorded for
+/// `Searcher.open_index`.
+#[pyfunction]
+#[pyo3(signature = (path, embeddings, texts, ids=None, encoder=None, model=None))]
+fn save_index(
+    py: Python<'_>,
+    path: PathBuf,
+    embeddings: &Bound<'_, PyAny>,
+    texts: &Bound<'_, PyAny>,
+    ids: Option<Vec<i64>>,
+    encoder: Option<String>,
+    model: Option<String>,
+) -> PyResult<()> {
+    let e = as_f32_matrix(embeddings, "embeddings")?;
+    let texts = as_texts(texts)?;
+    let view = e.as_array();
+    py.detach(|| {
+        let n = view.nrows();
+        let mut index = core::AnswerIndex::new(view.to_owned(), ids.unwrap_or_else(|| (0..n as i64).collect()), texts)?;
+        index.encoder = encoder;
+        index.model = model;
+        index.save(&path)
+    })
+    .map_err(to_py_err)
+}
+
+/// Embed `texts` with the static model folder `encoder` and write them as an answer
+/// index file, recording `encoder` and `model` (not applied to answers) for
+/// `Searcher.open_index`.
+#[pyfunction]
+#[pyo3(signature = (path, encoder, texts, ids=None, model=None))]
+fn build_index(
+    py: Python<'_>,
+    path: PathBuf,
+    encoder: PathBuf,
+    texts: &Bound<'_, PyAny>,
+    ids: Option<Vec<i64>>,
+    model: Option<String>,
+) -> PyResult<usize> {
+    let texts = as_texts(texts)?;
+    py.detach(|| {
+        let enc = core::StaticEncoder::from_dir(&encoder)?;
+        let mut index = core::Searcher::build_index(&enc, &str_refs(&texts), ids)?;
+        index.encoder = Some(encoder.display().to_string());
+        index.model = model;
+        index.save(&path)?;
+        Ok(index.len())
+    })
+    .map_err(to_py_err)
+}
+
+/// The JSON header of an index file, reading only the file's header.
+#[pyfunction]
+fn read_index_header(py: Python<'_>, path: PathBuf) -> PyResult<String> {
+    let header = py.detach(|| core::read_index_header(&path)).map_err(to_py_err)?;
+    Ok(serde_json::to_string(&header).expect("a header serialises"))
+}
+
+/// "model" or "index": which projroute file `path` holds, reading only its header.
+///
+/// Raises FileNotFoundError, or ModelFormatError for any other file.
+#[pyfunction]
+fn file_kind(py: Python<'_>, path: PathBuf) -> PyResult<&'static str> {
+    py.detach(|| core::file_kind(&path)).map(core::FileKind::name).map_err(to_py_err)
+}
+
 /// Write a model file from tensors (name -> float ndarray), a JSON config string and
 /// optional extra metadata strings, serialising once; no model is built. The tensors
 /// are copied, encoded and written with the GIL released.
@@ -337,6 +546,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(save_file, m)?)?;
     m.add_function(wrap_pyfunction!(read_config, m)?)?;
     m.add_class::<FlatIndex>()?;
+    m.add_class::<StaticEncoder>()?;
+    m.add_class::<Searcher>()?;
+    m.add_function(wrap_pyfunction!(save_index, m)?)?;
+    m.add_function(wrap_pyfunction!(build_index, m)?)?;
+    m.add_function(wrap_pyfunction!(read_index_header, m)?)?;
+    m.add_function(wrap_pyfunction!(file_kind, m)?)?;
     m.add("ProjrouteError", m.py().get_type::<ProjrouteError>())?;
     m.add("ModelFormatError", m.py().get_type::<ModelFormatError>())?;
     m.add("FORMAT_VERSION", core::FORMAT_VERSION)?;

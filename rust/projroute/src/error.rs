@@ -20,7 +20,7 @@ pub enum Error {
     },
     /// A file could not be read or written.
     Io(std::io::Error),
-    /// The tensor backend (candle) failed while running a model.
+    /// The tensor backend (candle) or the tokenizer failed while running a model.
     Backend(String),
 }
 

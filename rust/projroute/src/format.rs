@@ -352,63 +352,72 @@ pub fn save_file(
 /// longer than the file or than 100 MB, a data section of the wrong size or a header
 /// without a projroute config is an [`Error::Format`]; errors name the file.
 pub fn read_config(path: impl AsRef<Path>) -> Result<Config> {
-    use std::io::Read;
     let path = path.as_ref();
     let read = || -> Result<Config> {
-        let mut file = std::fs::File::open(path)?;
-        let file_len = file.metadata()?.len();
-        let unreadable = |why: String| Error::Format(format!("not a readable safetensors file: {why}"));
-        let mut len = [0u8; 8];
-        if file_len < 8 {
-            return Err(unreadable(format!("{file_len} bytes, shorter than the 8-byte header length")));
-        }
-        file.read_exact(&mut len)?;
-        let n = u64::from_le_bytes(len);
-        if n > MAX_HEADER_SIZE {
-            return Err(unreadable(format!("header length {n} exceeds the limit of {MAX_HEADER_SIZE} bytes")));
-        }
-        if n > file_len - 8 {
-            return Err(unreadable(format!("header length {n} runs past the end of the file ({file_len} bytes)")));
-        }
-        let mut header = vec![0u8; n as usize];
-        file.read_exact(&mut header)?;
-        let header: Value =
-            serde_json::from_slice(&header).map_err(|e| unreadable(format!("header is not valid JSON: {e}")))?;
-        let Value::Object(entries) = header else {
-            return Err(unreadable("header is not a JSON object".into()));
-        };
-        let mut data_len = 0u64;
-        let mut config = None;
-        for (name, entry) in &entries {
-            if name == "__metadata__" {
-                config = entry.get(CONFIG_KEY).map(|c| c.as_str().map(str::to_owned));
-                continue;
-            }
-            let end = entry
-                .get("data_offsets")
-                .and_then(Value::as_array)
-                .and_then(|o| o.get(1))
-                .and_then(Value::as_u64)
-                .ok_or_else(|| unreadable(format!("tensor `{name}` has no data offsets")))?;
-            data_len = data_len.max(end);
-        }
-        if 8 + n + data_len != file_len {
-            return Err(unreadable(format!(
-                "header and tensors take {} bytes, the file has {file_len} (truncated?)",
-                8 + n + data_len
-            )));
-        }
-        match config {
-            Some(Some(text)) => Config::from_json(&text),
-            Some(None) => format_err(format!("`{CONFIG_KEY}` metadata entry is not a string")),
+        match read_header_metadata(path)?.remove(CONFIG_KEY) {
+            Some(Value::String(text)) => Config::from_json(&text),
+            Some(_) => format_err(format!("`{CONFIG_KEY}` metadata entry is not a string")),
             None => format_err(format!("safetensors file has no `{CONFIG_KEY}` config: not a projroute model")),
         }
     };
     read().map_err(|e| named(path, e))
 }
 
+/// The `__metadata__` entries of the safetensors file at `path`, reading only its
+/// header, after checking that the header's tensors fill the rest of the file exactly
+/// (a truncated file is an [`Error::Format`]). Errors do not name the file.
+pub(crate) fn read_header_metadata(path: &Path) -> Result<Map<String, Value>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let unreadable = |why: String| Error::Format(format!("not a readable safetensors file: {why}"));
+    let mut len = [0u8; 8];
+    if file_len < 8 {
+        return Err(unreadable(format!("{file_len} bytes, shorter than the 8-byte header length")));
+    }
+    file.read_exact(&mut len)?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER_SIZE {
+        return Err(unreadable(format!("header length {n} exceeds the limit of {MAX_HEADER_SIZE} bytes")));
+    }
+    if n > file_len - 8 {
+        return Err(unreadable(format!("header length {n} runs past the end of the file ({file_len} bytes)")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)?;
+    let header: Value =
+        serde_json::from_slice(&header).map_err(|e| unreadable(format!("header is not valid JSON: {e}")))?;
+    let Value::Object(entries) = header else {
+        return Err(unreadable("header is not a JSON object".into()));
+    };
+    let mut data_len = 0u64;
+    let mut metadata = Map::new();
+    for (name, entry) in entries {
+        if name == "__metadata__" {
+            if let Value::Object(m) = entry {
+                metadata = m;
+            }
+            continue;
+        }
+        let end = entry
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .and_then(|o| o.get(1))
+            .and_then(Value::as_u64)
+            .ok_or_else(|| unreadable(format!("tensor `{name}` has no data offsets")))?;
+        data_len = data_len.max(end);
+    }
+    if 8 + n + data_len != file_len {
+        return Err(unreadable(format!(
+            "header and tensors take {} bytes, the file has {file_len} (truncated?)",
+            8 + n + data_len
+        )));
+    }
+    Ok(metadata)
+}
+
 /// `e` with `path` in its message (I/O and format errors).
-fn named(path: &Path, e: Error) -> Error {
+pub(crate) fn named(path: &Path, e: Error) -> Error {
     match e {
         Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), format!("{}: {io}", path.display()))),
         Error::Format(msg) => Error::Format(format!("{}: {msg}", path.display())),

@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod answer_index;
 mod blend;
 mod cpu;
 #[cfg(feature = "candle")]
@@ -21,10 +22,17 @@ mod precision;
 mod procrustes;
 mod projector;
 mod routing;
+#[cfg(feature = "text")]
+mod searcher;
+#[cfg(feature = "text")]
+mod static_encoder;
 #[cfg(feature = "candle")]
 mod transformer;
 mod trees;
 
+pub use answer_index::{
+    file_kind, read_index_header, AnswerIndex, FileKind, IndexHeader, INDEX_FORMAT_NAME, INDEX_FORMAT_VERSION,
+};
 pub use blend::{blend_maps, blend_vectors};
 #[cfg(feature = "candle")]
 pub use ensemble::Ensemble;
@@ -42,6 +50,10 @@ pub use precision::Precision;
 pub use procrustes::Global;
 pub use projector::Projector;
 pub use routing::{route, softmax_rows, Router, Routing, RoutingParams};
+#[cfg(feature = "text")]
+pub use searcher::{Hit, Searcher};
+#[cfg(feature = "text")]
+pub use static_encoder::StaticEncoder;
 #[cfg(feature = "candle")]
 pub use transformer::Transformer;
 pub use trees::{KeyRule, Keyed};

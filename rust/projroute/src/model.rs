@@ -92,4 +92,9 @@ const _: fn() = || {
     check::<crate::Transformer>();
     #[cfg(feature = "candle")]
     check::<crate::Ensemble>();
+    check::<crate::AnswerIndex>();
+    #[cfg(feature = "text")]
+    check::<crate::StaticEncoder>();
+    #[cfg(feature = "text")]
+    check::<crate::Searcher>();
 };

@@ -1,0 +1,467 @@
+//! [`StaticEncoder`]: text to embeddings with a static (Model2Vec) model: tokenise,
+//! look up one vector per token, mean-pool, optionally normalise. The semantics are
+//! those of Python `model2vec.StaticModel.encode` (version 0.10), step by step.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use ndarray::{Array2, ArrayViewMut1, Axis};
+use rayon::prelude::*;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde_json::Value;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::error::{format_err, invalid, Error, Result};
+use crate::format::named;
+
+/// model2vec's default `max_length` (in tokens) when `config.json` has none.
+const DEFAULT_MAX_LENGTH: usize = 512;
+
+/// A static embedding model loaded from a model2vec folder (`config.json`,
+/// `model.safetensors`, `tokenizer.json`), as written by
+/// `model2vec.StaticModel.save_pretrained` or `projroute.static.distill_vocab`.
+///
+/// [`encode`](Self::encode) gives what `StaticModel.from_pretrained(dir).encode(texts)`
+/// gives, within float rounding:
+/// 1. each text is cut to `max_length * median_token_length` characters, where the
+///    median is over the character lengths of the vocabulary's tokens (added tokens
+///    included);
+/// 2. it is tokenised without special tokens, truncated to `max_length` tokens;
+/// 3. the unknown token (the model's `unk_token`, or a Unigram model's `unk_id`) is
+///    dropped;
+/// 4. the rows of the table (through `mapping`, if the file has one), each scaled by
+///    its token's `weights` entry if the file has them, are averaged; no token gives
+///    the zero vector;
+/// 5. rows are L2-normalised when `config.json` says `"normalize": true` (a zero row
+///    stays zero).
+///
+/// `max_length: null` in `config.json` turns steps 1 and 2 off. A float16 table gives
+/// float16-rounded outputs, as model2vec's float16 output does.
+#[derive(Clone, Debug)]
+pub struct StaticEncoder {
+    tokenizer: Tokenizer,
+    /// (rows, dim), widened to f32.
+    table: Array2<f32>,
+    /// Per-token weights, indexed by token id.
+    weights: Option<Vec<f32>>,
+    /// Token id to table row (vocabulary quantisation).
+    mapping: Option<Vec<usize>>,
+    normalize: bool,
+    max_length: Option<usize>,
+    median_token_length: usize,
+    unk_id: Option<u32>,
+    /// The table is float16: outputs are rounded to float16 as model2vec's are.
+    half_output: bool,
+}
+
+impl StaticEncoder {
+    /// Load a model2vec folder. A missing folder is an [`Error::Io`] (NotFound); a
+    /// folder without the three files, or with a bad one, is an [`Error::Format`].
+    /// Errors name the folder or file.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            let kind = if dir.exists() { std::io::ErrorKind::InvalidInput } else { std::io::ErrorKind::NotFound };
+            let why = if dir.exists() { "not a directory" } else { "no such static model folder" };
+            return Err(Error::Io(std::io::Error::new(kind, format!("{}: {why}", dir.display()))));
+        }
+        let file = |name: &str| -> Result<Vec<u8>> {
+            let path = dir.join(name);
+            if !path.is_file() {
+                return format_err(format!(
+                    "{}: not a static model folder (no {name}; expected config.json, model.safetensors and \
+                     tokenizer.json)",
+                    dir.display()
+                ));
+            }
+            std::fs::read(&path).map_err(|e| named(&path, e.into()))
+        };
+        let config = file("config.json")?;
+        let tokenizer = file("tokenizer.json")?;
+        let tensors = file("model.safetensors")?;
+        let named_err = |name: &str, e: Error| named(&dir.join(name), e);
+        let (normalize, max_length) = parse_config(&config).map_err(|e| named_err("config.json", e))?;
+        let (tokenizer, unk_id) =
+            parse_tokenizer(&tokenizer, max_length).map_err(|e| named_err("tokenizer.json", e))?;
+        let mut vocab: Vec<(String, u32)> = tokenizer.get_vocab(true).into_iter().collect();
+        vocab.sort_by_key(|(_, id)| *id);
+        let n_tokens = vocab.len();
+        let median_token_length = median(vocab.iter().map(|(t, _)| t.chars().count()).collect());
+        let tables = read_tables(&tensors, n_tokens).map_err(|e| named_err("model.safetensors", e))?;
+        Ok(StaticEncoder {
+            tokenizer,
+            table: tables.table,
+            weights: tables.weights,
+            mapping: tables.mapping,
+            normalize,
+            max_length,
+            median_token_length,
+            unk_id,
+            half_output: tables.half,
+        })
+    }
+
+    /// Embedding dimension d.
+    pub fn dim(&self) -> usize {
+        self.table.ncols()
+    }
+
+    /// Number of tokens in the vocabulary (added tokens included).
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Whether outputs are L2-normalised (`normalize` in `config.json`).
+    pub fn normalize(&self) -> bool {
+        self.normalize
+    }
+
+    /// Most tokens per text (`max_length` in `config.json`, default 512); `None`: no
+    /// truncation.
+    pub fn max_length(&self) -> Option<usize> {
+        self.max_length
+    }
+
+    /// The token ids each text is pooled over (steps 1 to 3 of the type's doc).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        texts.par_iter().map(|t| self.token_ids(t)).collect()
+    }
+
+    /// Embed `texts`: (n, d) float32, one row per text (see the type's doc). An empty
+    /// list is an [`Error::InvalidInput`]; an empty text gives the zero vector.
+    pub fn encode(&self, texts: &[&str]) -> Result<Array2<f32>> {
+        if texts.is_empty() {
+            return invalid("no texts to encode (an empty list)");
+        }
+        let mut out = Array2::<f32>::zeros((texts.len(), self.dim()));
+        out.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .zip(texts.par_iter())
+            .try_for_each(|(row, text)| self.pool(&self.token_ids(text)?, row))?;
+        Ok(out)
+    }
+
+    fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let text = match self.max_length {
+            Some(n) => {
+                let chars = n.saturating_mul(self.median_token_length);
+                text.char_indices().nth(chars).map_or(text, |(i, _)| &text[..i])
+            }
+            None => text,
+        };
+        let encoding = self
+            .tokenizer
+            .encode_fast(text, false)
+            .map_err(|e| Error::Backend(format!("tokenizer failed on a text: {e}")))?;
+        let mut ids = encoding.get_ids().to_vec();
+        if let Some(unk) = self.unk_id {
+            ids.retain(|&id| id != unk);
+        }
+        Ok(ids)
+    }
+
+    /// Mean of the (weighted) rows of `ids` into `out`, then the normalisation.
+    fn pool(&self, ids: &[u32], mut out: ArrayViewMut1<f32>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let acc = out.as_slice_mut().expect("rows of a fresh array are contiguous");
+        for &id in ids {
+            let id = id as usize;
+            let r = match &self.mapping {
+                Some(m) => *m.get(id).ok_or_else(|| token_out_of_range(id))?,
+                None => id,
+            };
+            if r >= self.table.nrows() {
+                return Err(token_out_of_range(id));
+            }
+            let row = self.table.row(r);
+            let row = row.as_slice().expect("table rows are contiguous");
+            match &self.weights {
+                Some(w) => {
+                    let w = *w.get(id).ok_or_else(|| token_out_of_range(id))?;
+                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v * w);
+                }
+                None => acc.iter_mut().zip(row).for_each(|(a, v)| *a += v),
+            }
+        }
+        let n = ids.len() as f64;
+        acc.iter_mut().for_each(|a| *a = (*a as f64 / n) as f32);
+        if self.half_output {
+            acc.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32());
+        }
+        if self.normalize {
+            let norm = acc.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() as f32 + 1e-32;
+            acc.iter_mut().for_each(|a| *a /= norm);
+            if self.half_output {
+                acc.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn token_out_of_range(id: usize) -> Error {
+    Error::Format(format!("token id {id} has no row in the embedding table"))
+}
+
+/// `(normalize, max_length)` of a model2vec `config.json`: normalize defaults to
+/// false, max_length to 512 (null: no truncation).
+fn parse_config(bytes: &[u8]) -> Result<(bool, Option<usize>)> {
+    let config: Value = serde_json::from_slice(bytes).or_else(|e| format_err(format!("not valid JSON: {e}")))?;
+    let Value::Object(config) = config else {
+        return format_err("not a JSON object");
+    };
+    let normalize = match config.get("normalize") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return format_err(format!("`normalize` must be true or false, got {other}")),
+    };
+    let max_length = match config.get("max_length") {
+        None => Some(DEFAULT_MAX_LENGTH),
+        Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => Some(n as usize),
+            _ => return format_err(format!("`max_length` must be a positive integer or null, got {v}")),
+        },
+    };
+    Ok((normalize, max_length))
+}
+
+/// The tokenizer, set up as model2vec sets it (no padding; truncation to `max_length`
+/// tokens, or none), and the id of its unknown token, if it has one in its vocabulary.
+fn parse_tokenizer(bytes: &[u8], max_length: Option<usize>) -> Result<(Tokenizer, Option<u32>)> {
+    let text = std::str::from_utf8(bytes).or_else(|e| format_err(format!("not UTF-8: {e}")))?;
+    let mut tokenizer =
+        Tokenizer::from_str(text).or_else(|e| format_err(format!("not a readable HF tokenizer: {e}")))?;
+    tokenizer.with_padding(None);
+    let truncation = max_length.map(|max_length| TruncationParams { max_length, ..Default::default() });
+    tokenizer
+        .with_truncation(truncation)
+        .or_else(|e| format_err(format!("cannot truncate to max_length {max_length:?}: {e}")))?;
+    // As model2vec: the model's `unk_token` looked up in the vocabulary (WordPiece, BPE,
+    // WordLevel), or a Unigram model's `unk_id`.
+    let json: Value = serde_json::from_str(text).or_else(|e| format_err(format!("not valid JSON: {e}")))?;
+    let model = &json["model"];
+    let unk_id = if model["type"] == "Unigram" {
+        model["unk_id"].as_u64().map(|id| id as u32)
+    } else {
+        model["unk_token"].as_str().and_then(|t| tokenizer.token_to_id(t))
+    };
+    Ok((tokenizer, unk_id))
+}
+
+/// The median of `lengths` as numpy computes it, truncated to an integer as model2vec
+/// does (`int(np.median(...))`).
+fn median(mut lengths: Vec<usize>) -> usize {
+    if lengths.is_empty() {
+        return 0;
+    }
+    lengths.sort_unstable();
+    let n = lengths.len();
+    if n % 2 == 1 {
+        lengths[n / 2]
+    } else {
+        (lengths[n / 2 - 1] + lengths[n / 2]) / 2
+    }
+}
+
+struct Tables {
+    table: Array2<f32>,
+    weights: Option<Vec<f32>>,
+    mapping: Option<Vec<usize>>,
+    half: bool,
+}
+
+/// The tensors of `model.safetensors`: `embeddings` (rows, d) (float32, float16,
+/// float64, bfloat16 or int8), optional `weights` (n_tokens,) and `mapping`
+/// (n_tokens,) of row indices.
+fn read_tables(bytes: &[u8], n_tokens: usize) -> Result<Tables> {
+    let st =
+        SafeTensors::deserialize(bytes).or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
+    let embeddings = st.tensor("embeddings").or_else(|_| format_err("no `embeddings` tensor"))?;
+    let shape = embeddings.shape().to_vec();
+    if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
+        return format_err(format!("`embeddings` must be a non-empty 2-D table, got shape {shape:?}"));
+    }
+    let values = floats("embeddings", &embeddings)?;
+    let table = Array2::from_shape_vec((shape[0], shape[1]), values).or_else(|e| format_err(e.to_string()))?;
+    let vector = |name: &str| -> Result<Option<TensorView<'_>>> {
+        match st.tensor(name) {
+            Ok(t) if t.shape() == [n_tokens] => Ok(Some(t)),
+            Ok(t) => format_err(format!("`{name}` has shape {:?}, expected ({n_tokens},), one per token", t.shape())),
+            Err(_) => Ok(None),
+        }
+    };
+    let weights = vector("weights")?.map(|t| floats("weights", &t)).transpose()?;
+    let mapping = match vector("mapping")? {
+        None => None,
+        Some(t) => {
+            let ints: Vec<i64> = match t.dtype() {
+                Dtype::I64 => t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
+                Dtype::I32 => {
+                    t.data().chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64).collect()
+                }
+                other => return format_err(format!("`mapping` has dtype {other:?}, expected I64 or I32")),
+            };
+            let rows = table.nrows() as i64;
+            if let Some(bad) = ints.iter().find(|&&r| r < 0 || r >= rows) {
+                return format_err(format!("`mapping` points at row {bad}, outside the table's {rows} rows"));
+            }
+            Some(ints.into_iter().map(|r| r as usize).collect())
+        }
+    };
+    if mapping.is_none() && table.nrows() != n_tokens {
+        return format_err(format!(
+            "the table has {} rows but the tokenizer has {n_tokens} tokens (and there is no `mapping`)",
+            table.nrows()
+        ));
+    }
+    Ok(Tables { table, weights, mapping, half: embeddings.dtype() == Dtype::F16 })
+}
+
+/// A float (or int8) tensor's values widened to f32, checked finite.
+fn floats(name: &str, t: &TensorView<'_>) -> Result<Vec<f32>> {
+    let b = t.data();
+    let values: Vec<f32> = match t.dtype() {
+        Dtype::F32 => b.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => b.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => b.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::F64 => b.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+        Dtype::I8 => b.iter().map(|&v| v as i8 as f32).collect(),
+        other => return format_err(format!("`{name}` has dtype {other:?}, expected a float type or I8")),
+    };
+    if !values.iter().all(|v| v.is_finite()) {
+        return format_err(format!("`{name}` contains NaN or infinite values"));
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A WordLevel tokenizer over whitespace-split words, `[UNK]` for the rest.
+    fn tokenizer_json(words: &[&str]) -> String {
+        let vocab: serde_json::Map<String, Value> =
+            words.iter().enumerate().map(|(i, w)| (w.to_string(), Value::from(i))).collect();
+        serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+        })
+        .to_string()
+    }
+
+    fn write_model(dir: &Path, config: &str, tensors: Vec<(&str, Dtype, Vec<u8>, Vec<usize>)>) {
+        let words = ["[UNK]", "a", "bb", "ccc"];
+        std::fs::write(dir.join("tokenizer.json"), tokenizer_json(&words)).unwrap();
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        let views: Vec<_> =
+            tensors.iter().map(|(n, d, b, s)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+        std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None::<HashMap<_, _>>).unwrap())
+            .unwrap();
+    }
+
+    fn f32s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// Rows: [UNK] (never used), a, bb, ccc.
+    const TABLE: [f32; 8] = [9.0, 9.0, 1.0, 0.0, 0.0, 2.0, 3.0, 4.0];
+
+    #[test]
+    fn mean_pools_drops_unknown_and_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        write_model(
+            dir.path(),
+            r#"{"normalize": false, "max_length": 2}"#,
+            vec![("embeddings", Dtype::F32, f32s(&TABLE), vec![4, 2])],
+        );
+        let e = StaticEncoder::from_dir(dir.path()).unwrap();
+        assert_eq!((e.dim(), e.vocab_size(), e.max_length(), e.normalize()), (2, 4, Some(2), false));
+        // median token length of [UNK], a, bb, ccc is (2 + 3) / 2 = 2: texts are cut
+        // to 4 characters, then to 2 tokens.
+        assert_eq!(e.median_token_length, 2);
+        let x = e.encode(&["a bb", "zz a", "", "ccc ccc ccc", "a bb ccc"]).unwrap();
+        assert_eq!(x.row(0).to_vec(), vec![0.5, 1.0]);
+        assert_eq!(x.row(1).to_vec(), vec![1.0, 0.0]); // "zz" is unknown, dropped
+        assert_eq!(x.row(2).to_vec(), vec![0.0, 0.0]);
+        assert_eq!(x.row(3).to_vec(), vec![3.0, 4.0]); // "ccc " -> one token
+        assert_eq!(e.tokenize(&["a bb ccc"]).unwrap(), vec![vec![1, 2]]);
+        assert!(matches!(e.encode(&[]), Err(Error::InvalidInput(_))));
+    }
+
+    #[test]
+    fn weights_mapping_and_normalisation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mapping: Vec<u8> = [0i64, 1, 1, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_model(
+            dir.path(),
+            r#"{"normalize": true, "max_length": null}"#,
+            vec![
+                ("embeddings", Dtype::F32, f32s(&[0.0, 3.0, 4.0, 0.0]), vec![2, 2]),
+                ("weights", Dtype::F32, f32s(&[1.0, 1.0, 3.0, 2.0]), vec![4]),
+                ("mapping", Dtype::I64, mapping, vec![4]),
+            ],
+        );
+        let e = StaticEncoder::from_dir(dir.path()).unwrap();
+        let x = e.encode(&["a bb", "ccc", "?"]).unwrap();
+        // a: 1 * [4, 0]; bb: 3 * [4, 0] -> mean [8, 0] -> [1, 0]; ccc: 2 * [0, 3] -> [0, 1].
+        assert_eq!(x.row(0).to_vec(), vec![1.0, 0.0]);
+        assert_eq!(x.row(1).to_vec(), vec![0.0, 1.0]);
+        assert_eq!(x.row(2).to_vec(), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn bad_folders_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        match StaticEncoder::from_dir(dir.path().join("missing")) {
+            Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+            other => panic!("{other:?}"),
+        }
+        let err = StaticEncoder::from_dir(dir.path()).unwrap_err();
+        assert!(matches!(&err, Error::Format(m) if m.contains("no config.json")), "{err}");
+
+        let table = || vec![("embeddings", Dtype::F32, f32s(&TABLE), vec![4, 2])];
+        let cases: Vec<(&str, Vec<(&str, Dtype, Vec<u8>, Vec<usize>)>, &str)> = vec![
+            ("[1]", table(), "not a JSON object"),
+            (r#"{"normalize": "yes"}"#, table(), "`normalize`"),
+            (r#"{"max_length": 0}"#, table(), "`max_length`"),
+            ("{}", vec![("table", Dtype::F32, f32s(&TABLE), vec![4, 2])], "no `embeddings`"),
+            ("{}", vec![("embeddings", Dtype::F32, f32s(&TABLE[..6]), vec![3, 2])], "3 rows"),
+            ("{}", vec![("embeddings", Dtype::I32, vec![0; 32], vec![4, 2])], "dtype"),
+            ("{}", vec![("embeddings", Dtype::F32, f32s(&[f32::NAN; 8]), vec![4, 2])], "NaN"),
+            (
+                "{}",
+                vec![
+                    ("embeddings", Dtype::F32, f32s(&TABLE), vec![4, 2]),
+                    ("mapping", Dtype::I64, [7i64; 4].iter().flat_map(|v| v.to_le_bytes()).collect(), vec![4]),
+                ],
+                "outside the table",
+            ),
+        ];
+        for (config, tensors, want) in cases {
+            write_model(dir.path(), config, tensors);
+            match StaticEncoder::from_dir(dir.path()) {
+                Err(Error::Format(m)) => assert!(m.contains(want), "{want}: {m}"),
+                other => panic!("{want}: {other:?}"),
+            }
+        }
+        write_model(dir.path(), "{}", table());
+        std::fs::write(dir.path().join("tokenizer.json"), "{\"model\": 3}").unwrap();
+        let err = StaticEncoder::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json") && err.contains("not a readable HF tokenizer"), "{err}");
+        std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
+        assert!(matches!(StaticEncoder::from_dir(dir.path()), Err(Error::Format(_))));
+    }
+
+    #[test]
+    fn median_is_numpys_truncated() {
+        assert_eq!(median(vec![1, 2, 3, 10]), 2);
+        assert_eq!(median(vec![1, 4, 3]), 3);
+        assert_eq!(median(vec![]), 0);
+    }
+}
