@@ -10,9 +10,12 @@ from projroute._core import (
     ModelFormatError,
     Projector,
     ProjrouteError,
+    Searcher,
+    StaticEncoder,
     __version__,
 )
 from projroute.federated import FederatedProjection
+from projroute.index import build_index
 from projroute.lda import LdaProjection
 from projroute.procrustes import GlobalProjection
 from projroute.serving import load, with_weights_dtype
@@ -28,8 +31,11 @@ __all__ = [
     "ModelFormatError",
     "Projector",
     "ProjrouteError",
+    "Searcher",
+    "StaticEncoder",
     "TreeProjection",
     "__version__",
+    "build_index",
     "load",
     "with_weights_dtype",
 ]

@@ -67,3 +67,65 @@ class FlatIndex:
     @property
     def dim(self) -> int: ...
     def __len__(self) -> int: ...
+
+class StaticEncoder:
+    """A static (Model2Vec) text encoder with the semantics of ``model2vec.StaticModel.encode``."""
+
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> StaticEncoder: ...
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def normalize(self) -> bool: ...
+    @property
+    def max_length(self) -> int | None: ...
+
+class Searcher:
+    """Text search: a static encoder, an optional projection, exact cosine top-k over an index file."""
+
+    @staticmethod
+    def open(
+        encoder: str | os.PathLike[str], model: str | os.PathLike[str] | None, index: str | os.PathLike[str]
+    ) -> Searcher: ...
+    @staticmethod
+    def open_index(
+        index: str | os.PathLike[str],
+        *,
+        encoder: str | os.PathLike[str] | None = None,
+        model: str | os.PathLike[str] | None = None,
+    ) -> Searcher: ...
+    def search(self, texts: Sequence[str], k: int = 10) -> list[list[tuple[int, float, str]]]: ...
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
+    def route(self, texts: Sequence[str]) -> npt.NDArray[np.float32] | None: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def kind(self) -> str | None: ...
+    def __len__(self) -> int: ...
+
+def save_index(
+    path: str | os.PathLike[str],
+    embeddings: npt.NDArray[np.floating[Any]],
+    texts: Sequence[str],
+    ids: Sequence[int] | None = None,
+    encoder: str | None = None,
+    model: str | None = None,
+) -> None:
+    """Write an answer index file from vectors, texts and ids."""
+
+def build_index(
+    path: str | os.PathLike[str],
+    encoder: str | os.PathLike[str],
+    texts: Sequence[str],
+    ids: Sequence[int] | None = None,
+    model: str | None = None,
+) -> int:
+    """Embed texts with a static model folder and write them as an answer index file."""
+
+def read_index_header(path: str | os.PathLike[str]) -> str:
+    """The JSON header of an index file, reading only the file's header."""
+
+def file_kind(path: str | os.PathLike[str]) -> str:
+    """"model" or "index": which projroute file ``path`` holds, by its header."""

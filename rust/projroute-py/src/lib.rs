@@ -430,6 +430,12 @@ impl Searcher {
         self.inner.encoder().dim()
     }
 
+    /// The projecting model's kind, or None without a model.
+    #[getter]
+    fn kind(&self) -> Option<&'static str> {
+        self.inner.projector().map(|p| p.kind())
+    }
+
     fn __len__(&self) -> usize {
         self.inner.len()
     }

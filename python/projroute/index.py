@@ -1,0 +1,90 @@
+"""Answer index files for text search (``projroute-index``, see ``docs/format.md``).
+
+Serving needs only numpy and the wheel: :class:`projroute.Searcher` reads an index
+file, embeds queries with a static (Model2Vec) model in Rust, optionally projects
+them, and searches by exact cosine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from projroute import _core
+
+PathLike = str | os.PathLike[str]
+
+
+def read_corpus(path: PathLike) -> list[str]:
+    """The answers of a UTF-8 text file: one per non-blank line, stripped, in order."""
+    with open(path, encoding="utf-8") as f:
+        texts = [s.strip() for s in f if s.strip()]
+    if not texts:
+        raise ValueError(f"{path}: no answers (the file has no non-blank line)")
+    return texts
+
+
+def _absolute(path: PathLike | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def build_index(
+    texts: Sequence[str],
+    output: PathLike,
+    *,
+    encoder: PathLike,
+    model: PathLike | None = None,
+    embeddings: np.ndarray | None = None,
+    ids: Sequence[int] | None = None,
+) -> int:
+    """Write an answer index file for ``texts`` and return its size N.
+
+    Parameters
+    ----------
+    texts : sequence of str, length N
+        The answers.
+    output : path-like
+        Index file to write.
+    encoder : path-like
+        The static model folder that embeds queries (recorded in the file). Without
+        ``embeddings`` it also embeds the answers, in Rust.
+    model : path-like, optional
+        A projroute model file that projects queries into answer space (recorded in
+        the file; the answers are not projected). Checked now: keyless kinds only, its
+        ``dim_in`` the encoder's dimension, its ``dim_out`` the answers' dimension.
+    embeddings : np.ndarray of shape (N, D), float, optional
+        The answers' vectors when another encoder made them (for example MiniLM, with
+        a model that bridges static queries into its space).
+    ids : sequence of int, length N, optional
+        Answer ids (int64); default 0..N-1.
+
+    Raises FileNotFoundError for a missing folder or file, ModelFormatError for a bad
+    one, ValueError for mismatched inputs.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of str, not one str")
+    texts = list(texts)
+    ids_list = None if ids is None else [int(i) for i in ids]
+    if embeddings is None:
+        n = _core.build_index(os.fspath(output), _absolute(encoder), texts, ids_list, _absolute(model))
+    else:
+        _core.save_index(os.fspath(output), embeddings, texts, ids_list, _absolute(encoder), _absolute(model))
+        n = len(texts)
+    # Opening it checks the encoder, model and index against each other.
+    try:
+        _core.Searcher.open_index(os.fspath(output))
+    except BaseException:
+        Path(output).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def read_header(path: PathLike) -> dict[str, Any]:
+    """The JSON header of an index file (format, version, count, dim, encoder, model)."""
+    header: dict[str, Any] = json.loads(_core.read_index_header(os.fspath(path)))
+    return header
