@@ -26,16 +26,19 @@ demo: build
 
 test: test-rust test-python
 
-# The core crate with and without its optional candle feature.
+# The core crate without features, with candle, and with candle and text (the static
+# encoder and the Searcher; the wheel enables both).
 test-rust:
 	cargo test --release -p projroute
 	cargo test --release -p projroute --features candle
+	cargo test --release -p projroute --features candle,text
 
 test-python: build
 	$(PY) -m pytest -q
 
 # Every habit CI checks: ruff lint and format, the type check of the public Python
-# API (py.typed, _core.pyi), rustfmt and clippy (with and without candle).
+# API (py.typed, _core.pyi), rustfmt and clippy (without features, with candle, and
+# with candle and text).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -43,6 +46,7 @@ lint: $(STAMP)
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p projroute --all-targets --features candle -- -D warnings
+	cargo clippy -p projroute --all-targets --features candle,text -- -D warnings
 
 bench: bench-python bench-rust
 

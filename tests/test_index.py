@@ -86,8 +86,13 @@ def test_build_then_search(built, encoder_dir):
 
 def test_header_and_file_kind(built, encoder_dir, tmp_path):
     header = index.read_header(built)
-    assert header == {"format": "projroute-index", "version": 1, "count": len(ANSWERS), "dim": DIM,
-                      "encoder": str(encoder_dir.resolve())}
+    assert header == {
+        "format": "projroute-index",
+        "version": 1,
+        "count": len(ANSWERS),
+        "dim": DIM,
+        "encoder": str(encoder_dir.resolve()),
+    }
     assert _core.file_kind(built) == "index"
     assert _core.file_kind(save_model(tmp_path / "m.safetensors")) == "model"
     with pytest.raises(projroute.ModelFormatError, match="not a projroute model"):
@@ -177,8 +182,9 @@ def test_cli_build_and_search(capsys, encoder_dir, tmp_path):
     corpus.write_text("\n".join(ANSWERS) + "\n\n", "utf-8")
     out = tmp_path / "cli.index"
     model = save_model(tmp_path / "fed.safetensors", "federated")
-    r = run_json(capsys, "index", "build", "--encoder", str(encoder_dir), "--model", str(model), str(corpus),
-                 "-o", str(out))
+    r = run_json(
+        capsys, "index", "build", "--encoder", str(encoder_dir), "--model", str(model), str(corpus), "-o", str(out)
+    )
     assert r["answers"] == len(ANSWERS) and r["dim"] == DIM and r["model"] == str(model.resolve())
     r = run_json(capsys, "search", str(out), ANSWERS[3], "-k", "3", "--routing")
     assert r["kind"] == "federated" and len(r["results"]) == 3 and r["routing"]

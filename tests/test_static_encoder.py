@@ -141,5 +141,5 @@ def test_bad_input_and_folders(folder, tmp_path):
     for name in ("config.json", "tokenizer.json", "model.safetensors"):
         (tmp_path / name).write_bytes((folder / name).read_bytes())
     (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(projroute.ModelFormatError, match="model.safetensors"):
+    with pytest.raises(projroute.ModelFormatError, match=r"model\.safetensors"):
         StaticEncoder.load(tmp_path)

@@ -128,4 +128,4 @@ def read_index_header(path: str | os.PathLike[str]) -> str:
     """The JSON header of an index file, reading only the file's header."""
 
 def file_kind(path: str | os.PathLike[str]) -> str:
-    """"model" or "index": which projroute file ``path`` holds, by its header."""
+    """Which projroute file ``path`` holds, by its header: ``"model"`` or ``"index"``."""

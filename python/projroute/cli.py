@@ -177,8 +177,8 @@ def is_index(path: str) -> bool:
 def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     if is_index(args.model):
         return search_index(args)
-    if args.encoder:
-        raise ValueError("--encoder applies to an index file; a model file is searched with MiniLM queries")
+    if args.encoder or args.model_file:
+        raise ValueError("--encoder and --model apply to an index file; a model file is searched with MiniLM queries")
     model = projroute.load(args.model)
     encoder = Encoder()
     texts: list[str] | None
@@ -225,11 +225,14 @@ def search_index(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.routing:
         w = searcher.route([args.question])
-        result["routing"] = None if w is None else [
-            {"cluster": int(c), "weight": float(w[0, c])}
-            for c in np.argsort(-w[0], kind="stable")[:SHOWN_ROUTES] if w[0, c] > 0
-        ]
+        result["routing"] = None if w is None else top_routes(w[0])
     return result
+
+
+def top_routes(w: np.ndarray) -> list[dict[str, Any]]:
+    """The largest nonzero routing weights of one query, at most ``SHOWN_ROUTES``, as clusters and weights."""
+    order = np.argsort(-w, kind="stable")[:SHOWN_ROUTES]
+    return [{"cluster": int(c), "weight": float(w[c])} for c in order if w[c] > 0]
 
 
 def show_search(r: dict[str, Any]) -> str:
@@ -252,14 +255,23 @@ def cmd_index_build(args: argparse.Namespace) -> dict[str, Any]:
     texts = index.read_corpus(args.corpus)
     n = index.build_index(texts, args.output, encoder=args.encoder, model=args.model)
     header = index.read_header(args.output)
-    return {"corpus": args.corpus, "answers": n, "dim": header["dim"], "encoder": header["encoder"],
-            "model": header.get("model"), "path": args.output, "bytes": Path(args.output).stat().st_size}
+    return {
+        "corpus": args.corpus,
+        "answers": n,
+        "dim": header["dim"],
+        "encoder": header["encoder"],
+        "model": header.get("model"),
+        "path": args.output,
+        "bytes": Path(args.output).stat().st_size,
+    }
 
 
 def show_index_build(r: dict[str, Any]) -> str:
     model = f", queries projected by {r['model']}" if r["model"] else ""
-    return (f"embedded {r['answers']} answers from {r['corpus']} ({r['dim']}-d, static model {r['encoder']}{model})\n"
-            f"wrote {r['path']} ({human_size(r['bytes'])})")
+    return (
+        f"embedded {r['answers']} answers from {r['corpus']} ({r['dim']}-d, static model {r['encoder']}{model})\n"
+        f"wrote {r['path']} ({human_size(r['bytes'])})"
+    )
 
 
 # --- eval and demo --------------------------------------------------------------------
@@ -485,15 +497,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT", help=".npy of embeddings (n, D), or .jsonl/.txt of questions")
     p.add_argument("-o", "--output", required=True, metavar="OUT.npy")
 
-    p = command("search", cmd_search, show_search,
-                "answer one question from an index file (static queries) or a model's stored index (MiniLM queries)")
+    search_help = "answer one question from an index file (static queries) or a model's stored index (MiniLM queries)"
+    p = command("search", cmd_search, show_search, search_help)
     p.add_argument("model", metavar="INDEX|MODEL", help="an index file (projroute index build) or a model file")
     p.add_argument("question")
     p.add_argument("-k", type=positive_int, default=5, help="number of answers (default 5)")
     p.add_argument("--data", help="model file only: search the distinct answers of DATA instead: " + data_help)
     p.add_argument("--encoder", metavar="DIR", help="index file only: static model folder instead of the recorded one")
-    p.add_argument("--model", dest="model_file", metavar="MODEL",
-                   help="index file only: model file instead of the recorded one")
+    p.add_argument(
+        "--model", dest="model_file", metavar="MODEL", help="index file only: model file instead of the recorded one"
+    )
     p.add_argument("--routing", action="store_true", help="also print the top routing weights")
 
     p = command("eval", cmd_eval, show_eval, "compare models with raw cosine on held-out queries")
@@ -532,8 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", cmd_demo, show_demo, "fit and evaluate all three kinds on the packaged demo data")
     p.add_argument("--out", metavar="DIR", help="where to save the models (default: a new temporary folder)")
 
-    idx = sub.add_parser("index", help="answer index files for text search",
-                         description="answer index files for text search")
+    idx = sub.add_parser(
+        "index", help="answer index files for text search", description="answer index files for text search"
+    )
     idx_sub = idx.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
     build_help = "embed a corpus (one answer a line) with a static model and write an index file"
     p = idx_sub.add_parser("build", parents=[common], help=build_help, description=build_help)
@@ -541,8 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus", metavar="CORPUS", help="UTF-8 text file, one answer per non-blank line")
     p.add_argument("-o", "--output", required=True, metavar="INDEX", help="index file to write")
     p.add_argument("--encoder", required=True, metavar="DIR", help="static model folder (model2vec format)")
-    p.add_argument("--model", metavar="MODEL",
-                   help="model file projecting queries at search time (its dim_out must be the encoder's dimension)")
+    p.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="model file projecting queries at search time (its dim_out must be the encoder's dimension)",
+    )
 
     static = sub.add_parser("static", help="static embeddings (Model2Vec) distilled from the encoder",
                             description="static embeddings (Model2Vec) distilled from the encoder")

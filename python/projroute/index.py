@@ -29,8 +29,8 @@ def read_corpus(path: PathLike) -> list[str]:
     return texts
 
 
-def _absolute(path: PathLike | None) -> str | None:
-    return None if path is None else str(Path(path).resolve())
+def _absolute(path: PathLike) -> str:
+    return str(Path(path).resolve())
 
 
 def build_index(
@@ -70,10 +70,11 @@ def build_index(
         raise TypeError("texts must be a list of str, not one str")
     texts = list(texts)
     ids_list = None if ids is None else [int(i) for i in ids]
+    model_path = None if model is None else _absolute(model)
     if embeddings is None:
-        n = _core.build_index(os.fspath(output), _absolute(encoder), texts, ids_list, _absolute(model))
+        n = _core.build_index(os.fspath(output), _absolute(encoder), texts, ids_list, model_path)
     else:
-        _core.save_index(os.fspath(output), embeddings, texts, ids_list, _absolute(encoder), _absolute(model))
+        _core.save_index(os.fspath(output), embeddings, texts, ids_list, _absolute(encoder), model_path)
         n = len(texts)
     # Opening it checks the encoder, model and index against each other.
     try:

@@ -172,3 +172,60 @@ impl Searcher {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::static_encoder::tests::{f32s, write_model};
+    use safetensors::tensor::Dtype;
+
+    /// Words [UNK], a, bb, ccc with vectors -, (1, 0), (0, 1), (1, 1).
+    fn encoder(dir: &Path) -> StaticEncoder {
+        let table = [0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        write_model(dir, r#"{"normalize": true}"#, vec![("embeddings", Dtype::F32, f32s(&table), vec![4, 2])]);
+        StaticEncoder::from_dir(dir).unwrap()
+    }
+
+    #[test]
+    fn builds_saves_and_searches() {
+        let dir = tempfile::tempdir().unwrap();
+        let enc = encoder(dir.path());
+        let mut index = Searcher::build_index(&enc, &["a", "bb", "a ccc"], Some(vec![7, 8, 9])).unwrap();
+        index.encoder = Some(".".into());
+        let path = dir.path().join("x.index");
+        index.save(&path).unwrap();
+        let s = Searcher::open_index(&path, None, None).unwrap();
+        assert_eq!(s.len(), 3);
+        let hits = s.search(&["bb", "zz", "a"], 2).unwrap();
+        assert_eq!(hits[0][0], Hit { id: 8, score: 1.0, text: "bb".into() });
+        assert_eq!(hits[0][1].id, 9);
+        assert!(hits[1].is_empty()); // no known token
+        assert_eq!(hits[2][0].id, 7);
+        assert!(hits[2][0].score >= hits[2][1].score);
+        assert_eq!(s.route(&["a"]).unwrap(), None);
+        assert!(s.search(&["a"], 4).is_err() && s.search(&["a"], 0).is_err() && s.search(&[], 1).is_err());
+        assert!(Searcher::build_index(&enc, &["a", "zz"], None).unwrap_err().to_string().contains("answer 1"));
+    }
+
+    #[test]
+    fn models_must_fit_the_encoder_and_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let enc = encoder(dir.path());
+        let index = Searcher::build_index(&enc, &["a", "bb"], None).unwrap();
+        let model = |kind: &str, d_out: usize, extra: &str| {
+            let config =
+                format!(r#"{{"format":"projroute","version":1,"kind":"{kind}","dim_in":2,"dim_out":{d_out}{extra}}}"#);
+            let m = if kind == "tree" { 2 } else { 1 };
+            let shape = if kind == "tree" { vec![m, 2, d_out] } else { vec![2, d_out] };
+            let w = crate::Tensor::new(shape, vec![1.0; m * 2 * d_out]).unwrap();
+            let file = crate::ModelFile::from_parts(&config, [("W".to_string(), w)].into(), Default::default());
+            Projector::from_model(file.unwrap()).unwrap()
+        };
+        let err = Searcher::new(enc.clone(), Some(model("global", 3, "")), index.clone()).unwrap_err();
+        assert!(err.to_string().contains("queries are 3-d but the index holds 2-d"), "{err}");
+        let err = Searcher::new(enc.clone(), Some(model("tree", 2, r#","nodes":["","a"]"#)), index.clone());
+        assert!(err.unwrap_err().to_string().contains("needs a key per query"));
+        let s = Searcher::new(enc, Some(model("global", 2, "")), index).unwrap();
+        assert_eq!(s.embed(&["a"]).unwrap().row(0).to_vec(), vec![1.0, 1.0]);
+    }
+}

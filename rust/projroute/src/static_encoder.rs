@@ -338,7 +338,7 @@ fn floats(name: &str, t: &TensorView<'_>) -> Result<Vec<f32>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
@@ -355,7 +355,10 @@ mod tests {
         .to_string()
     }
 
-    fn write_model(dir: &Path, config: &str, tensors: Vec<(&str, Dtype, Vec<u8>, Vec<usize>)>) {
+    /// A tensor to write: name, dtype, bytes, shape.
+    pub(crate) type Raw = (&'static str, Dtype, Vec<u8>, Vec<usize>);
+
+    pub(crate) fn write_model(dir: &Path, config: &str, tensors: Vec<Raw>) {
         let words = ["[UNK]", "a", "bb", "ccc"];
         std::fs::write(dir.join("tokenizer.json"), tokenizer_json(&words)).unwrap();
         std::fs::write(dir.join("config.json"), config).unwrap();
@@ -365,7 +368,7 @@ mod tests {
             .unwrap();
     }
 
-    fn f32s(v: &[f32]) -> Vec<u8> {
+    pub(crate) fn f32s(v: &[f32]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
     }
 
@@ -426,7 +429,7 @@ mod tests {
         assert!(matches!(&err, Error::Format(m) if m.contains("no config.json")), "{err}");
 
         let table = || vec![("embeddings", Dtype::F32, f32s(&TABLE), vec![4, 2])];
-        let cases: Vec<(&str, Vec<(&str, Dtype, Vec<u8>, Vec<usize>)>, &str)> = vec![
+        let cases: Vec<(&str, Vec<Raw>, &str)> = vec![
             ("[1]", table(), "not a JSON object"),
             (r#"{"normalize": "yes"}"#, table(), "`normalize`"),
             (r#"{"max_length": 0}"#, table(), "`max_length`"),
