@@ -104,6 +104,14 @@ def test_header_and_file_kind(built, encoder_dir, tmp_path):
         _core.file_kind(tmp_path / "nope")
 
 
+def test_exported():
+    for name in ("Searcher", "StaticEncoder", "build_index"):
+        assert name in projroute.__all__
+    assert projroute.Searcher.__module__ == "projroute._core"
+    with pytest.raises(TypeError, match="list of str"):
+        build_index("one answer", "x.index", encoder=".")
+
+
 def test_search_errors(built):
     searcher = projroute.Searcher.open_index(built)
     with pytest.raises(ValueError, match="k must be between 1 and the index size"):
