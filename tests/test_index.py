@@ -204,6 +204,24 @@ def test_cli_build_and_search(capsys, encoder_dir, tmp_path):
     assert "--data applies to a model file" in capsys.readouterr().err
 
 
+def test_cli_minilm_answers_with_a_bridge(capsys, monkeypatch, encoder_dir, tmp_path):
+    """Asymmetric search: static queries bridged by a model into MiniLM's space, MiniLM answers."""
+    pytest.importorskip("sentence_transformers")
+    monkeypatch.setenv("PROJROUTE_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(ANSWERS), "utf-8")
+    bridge = save_model(tmp_path / "bridge.safetensors", d_out=384)
+    out = tmp_path / "minilm.index"
+    argv = ["index", "build", "--encoder", str(encoder_dir), "--model", str(bridge), str(corpus), "-o", str(out)]
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert "queries are 384-d but the index holds 32-d" in capsys.readouterr().err
+    r = run_json(capsys, *argv, "--answers", "minilm")
+    assert r["dim"] == 384 and r["answers_by"] == "minilm"
+    r = run_json(capsys, "search", str(out), "capital of France", "-k", "2")
+    assert len(r["results"]) == 2 and r["kind"] == "global"
+
+
 def test_search_index_from_the_serving_only_install(encoder_dir, built, tmp_path):
     """``projroute search INDEX`` with torch, tqdm, scikit-learn, sentence-transformers and
     model2vec unimportable, as in ``pip install projroute``."""

@@ -253,7 +253,9 @@ def show_search(r: dict[str, Any]) -> str:
 
 def cmd_index_build(args: argparse.Namespace) -> dict[str, Any]:
     texts = index.read_corpus(args.corpus)
-    n = index.build_index(texts, args.output, encoder=args.encoder, model=args.model)
+    # MiniLM answers (train extra) for a model that bridges static queries into MiniLM's space.
+    embeddings = Encoder().encode(texts) if args.answers == "minilm" else None
+    n = index.build_index(texts, args.output, encoder=args.encoder, model=args.model, embeddings=embeddings)
     header = index.read_header(args.output)
     return {
         "corpus": args.corpus,
@@ -261,6 +263,7 @@ def cmd_index_build(args: argparse.Namespace) -> dict[str, Any]:
         "dim": header["dim"],
         "encoder": header["encoder"],
         "model": header.get("model"),
+        "answers_by": args.answers,
         "path": args.output,
         "bytes": Path(args.output).stat().st_size,
     }
@@ -268,8 +271,10 @@ def cmd_index_build(args: argparse.Namespace) -> dict[str, Any]:
 
 def show_index_build(r: dict[str, Any]) -> str:
     model = f", queries projected by {r['model']}" if r["model"] else ""
+    by = "the static model" if r["answers_by"] == "static" else "MiniLM"
     return (
-        f"embedded {r['answers']} answers from {r['corpus']} ({r['dim']}-d, static model {r['encoder']}{model})\n"
+        f"embedded {r['answers']} answers from {r['corpus']} with {by} ({r['dim']}-d; queries: static model "
+        f"{r['encoder']}{model})\n"
         f"wrote {r['path']} ({human_size(r['bytes'])})"
     )
 
@@ -558,7 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         metavar="MODEL",
-        help="model file projecting queries at search time (its dim_out must be the encoder's dimension)",
+        help="model file projecting static queries at search time into the answers' space",
+    )
+    p.add_argument(
+        "--answers",
+        choices=["static", "minilm"],
+        default="static",
+        help="embed the answers with the static model (default) or with MiniLM (train extra), for a model that "
+        "bridges static queries into MiniLM's space",
     )
 
     static = sub.add_parser("static", help="static embeddings (Model2Vec) distilled from the encoder",
