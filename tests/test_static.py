@@ -56,6 +56,12 @@ def vocab_dir(tiny_teacher, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def vocab_none(tiny_teacher):
+    """Without PCA: the teacher's own width (32)."""
+    return static.distill_vocab(teacher=tiny_teacher, pca_dims=None)
+
+
+@pytest.fixture(scope="session")
 def minilm(tmp_path_factory):
     """The real teacher, with a cache of its own."""
     return Encoder(cache_dir=tmp_path_factory.mktemp("cache"))
@@ -99,9 +105,8 @@ def test_vocab_distill_loads_with_model2vec_and_projroute(vocab_dir):
     assert ours.embedding.shape == (info["vocab_size"], 8)
 
 
-def test_vocab_distill_without_pca_keeps_the_teacher_width(tiny_teacher):
-    model = static.distill_vocab(teacher=tiny_teacher, pca_dims=None, sif_coefficient=None)
-    check_encodes(model, TINY_DIM)
+def test_vocab_distill_without_pca_keeps_the_teacher_width(vocab_none):
+    check_encodes(vocab_none, TINY_DIM)
 
 
 def test_load_refuses_other_folders(tmp_path):
@@ -138,16 +143,15 @@ def test_corpus_distill_end_to_end(tmp_path, vocab_dir, minilm, head, pca_dims, 
     assert np.isfinite(info["val_loss"])
 
 
-def test_corpus_distill_without_pca_lands_in_the_teachers_space(tiny_teacher, minilm):
+def test_corpus_distill_without_pca_lands_in_the_teachers_space(vocab_none, minilm):
     """Trained on a small closed world, the folded 384-d model approximates MiniLM's own embeddings
     (far better than their mean direction does)."""
     texts = sentences(400)
-    init = static.distill_vocab(teacher=tiny_teacher, pca_dims=None)
     model = static.distill_corpus(
         texts=texts,
         use_default_corpus=False,
         pca_dims=None,
-        init=init,
+        init=vocab_none,
         encoder=minilm,
         epochs=6,
         patience=6,
