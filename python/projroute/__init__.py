@@ -15,6 +15,7 @@ from projroute._core import (
 from projroute.federated import FederatedProjection
 from projroute.lda import LdaProjection
 from projroute.procrustes import GlobalProjection
+from projroute.ridge import RidgeProjection
 from projroute.serving import load, with_weights_dtype
 from projroute.trees import HierarchicalProjection, TreeProjection
 
@@ -28,6 +29,7 @@ __all__ = [
     "ModelFormatError",
     "Projector",
     "ProjrouteError",
+    "RidgeProjection",
     "TreeProjection",
     "__version__",
     "load",
