@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from projroute._estimator import Projection, check_pairs
+from projroute._estimator import LinearProjection, check_pairs
 from projroute.validation import RetrievalTask, choose, cross_validate
 
 #: Ridge strengths tried by cross-validation, in units of the mean eigenvalue of
@@ -27,7 +27,7 @@ def ridge_map(Q: np.ndarray, A: np.ndarray, alpha: float) -> np.ndarray:
     return np.linalg.solve(G, Q64.T @ A64)
 
 
-class RidgeProjection(Projection):
+class RidgeProjection(LinearProjection):
     """``p = q @ W + b``: least squares with a ridge penalty, any dimensions.
 
     With ``center=True`` (the default) ``W`` is fitted on centred pairs and the bias
@@ -38,8 +38,6 @@ class RidgeProjection(Projection):
 
     Fitted: ``W_`` (d_q, d_a) float32, ``bias_`` (d_a,) or None, ``alpha_``, ``validation_``.
     """
-
-    kind = "global"
 
     def __init__(self, alpha: float | str = "auto", center: bool = True, cv: int = 5, random_state: int = 0) -> None:
         self.alpha = alpha
@@ -77,9 +75,6 @@ class RidgeProjection(Projection):
         self.bias_ = None if b is None else b.astype(np.float32)
         self._build(Q.shape[1], A.shape[1])
         return self
-
-    def _tensors(self) -> dict[str, np.ndarray]:
-        return {"W": self.W_} if self.bias_ is None else {"W": self.W_, "bias": self.bias_}
 
     def _config(self) -> dict[str, Any]:
         return {
