@@ -37,6 +37,31 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def embed_until(deadline: str, chunk: int = 10_000) -> float:
+    """Embed the default corpus in distill_corpus's order (seed 0) until ``deadline`` (UTC HH:MM);
+    returns the share embedded (whole chunks)."""
+    import datetime as dt
+
+    import numpy as np
+
+    from projroute import static
+    from projroute.embed import Encoder
+
+    now = dt.datetime.now(dt.timezone.utc)
+    hh, mm = map(int, deadline.split(":"))
+    end = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    sentences = static.read_corpus([static.default_corpus()])
+    order = np.random.default_rng(0).permutation(len(sentences))
+    encoder, done = Encoder(), 0
+    for s in range(0, len(sentences), chunk):
+        if dt.datetime.now(dt.timezone.utc) >= end:
+            break
+        encoder.encode([sentences[i] for i in order[s : s + chunk]])
+        done = min(s + chunk, len(sentences))
+        print(f"embedded {done} of {len(sentences)} corpus sentences", flush=True)
+    return done / len(sentences)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/projroute-static", help="folder for the models and results.json")
@@ -51,6 +76,12 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--head", choices=["fold", "drop"], default="fold")
     ap.add_argument("--vocab-size", type=int, default=0, help="corpus words added to the vocabulary")
+    ap.add_argument(
+        "--deadline",
+        metavar="HH:MM",
+        help="first embed the corpus (in its training order) until this UTC time, then use the share embedded "
+        "as the largest fraction (for slow machines: the teacher embedding is the long part)",
+    )
     ap.add_argument("--skip-minilm", action="store_true", help="do not score MiniLM itself")
     ap.add_argument("--fresh", action="store_true", help="re-distil even when a model folder exists")
     args = ap.parse_args()
@@ -127,9 +158,12 @@ def main() -> None:
             train_seconds=info["seconds"],
         )
 
-    for frac in args.fractions:
+    fractions = sorted(args.fractions)
+    if args.deadline:
+        fractions = [f for f in fractions if f < 1.0] + [embed_until(args.deadline)]
+    for frac in fractions:
         corpus(256, frac)
-    no_pca = max(args.fractions) if args.no_pca_fraction is None else args.no_pca_fraction
+    no_pca = max(fractions) if args.no_pca_fraction is None else args.no_pca_fraction
     if no_pca:
         corpus(None, no_pca)
     print(f"\nwrote {results_path}")

@@ -5,11 +5,12 @@ import json
 
 import numpy as np
 import pytest
-from helpers import config, random_model, unit
 
 import projroute as pr
 from projroute import analysis as an
 from projroute.procrustes import procrustes
+
+from helpers import config, random_model, unit
 
 pytest.importorskip("sklearn")
 

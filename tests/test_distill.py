@@ -14,8 +14,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
-from helpers import random_model, unit  # noqa: E402
-
 import projroute as pr  # noqa: E402
 from projroute.distill import (  # noqa: E402
     MLPBaseline,
@@ -35,6 +33,8 @@ from projroute.distill.train import (  # noqa: E402
     split_queries,
 )
 from projroute.metrics import mean_cosine  # noqa: E402
+
+from helpers import random_model, unit  # noqa: E402
 
 D = 32
 SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 2, "num_keys": 8, "ffn_dim": 64}

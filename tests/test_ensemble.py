@@ -12,8 +12,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import random_model, unit  # noqa: E402
-
 import projroute as pr  # noqa: E402
 from projroute.distill import (  # noqa: E402
     ProjectionTransformer,
@@ -28,6 +26,8 @@ from projroute.distill.student import top_k_softmax  # noqa: E402
 from projroute.distill.teacher import DomainTeacher, domain_mass  # noqa: E402
 from projroute.metrics import mean_cosine  # noqa: E402
 from projroute.reference import route_weights  # noqa: E402
+
+from helpers import random_model, unit  # noqa: E402
 
 ARCH = dict(d_model=32, n_heads=4, n_layers=2, num_keys=8, ffn_dim=48)
 D_IN, D_OUT = 24, 20

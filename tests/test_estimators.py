@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from helpers import unit
 
 import projroute as pr
 from projroute import reference as ref
@@ -13,6 +12,8 @@ from projroute.metrics import retrieval_metrics
 from projroute.procrustes import cluster_delta, least_squares_scale, procrustes
 from projroute.serving import stored_index
 from projroute.validation import SHRINKAGE_GRID
+
+from helpers import unit
 
 
 def rotation(rng, d, det=1.0):

@@ -5,9 +5,10 @@ import struct
 
 import numpy as np
 import pytest
-from helpers import config, random_model, unit
 
 import projroute as pr
+
+from helpers import config, random_model, unit
 
 
 @pytest.mark.parametrize("kind", ["global", "federated", "lda"])

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from helpers import config, random_model, unit
 
 import projroute as pr
+
+from helpers import config, random_model, unit
 
 
 @pytest.fixture(params=["global", "federated", "lda"])

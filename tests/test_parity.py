@@ -7,12 +7,13 @@ the threshold with negligible probability.
 
 import numpy as np
 import pytest
-from helpers import config, random_model, unit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import projroute as pr
 from projroute import reference as ref
+
+from helpers import config, random_model, unit
 
 RTOL, ATOL = 1e-4, 1e-5
 

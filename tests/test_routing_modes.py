@@ -6,12 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from helpers import config, unit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import projroute as pr
 from projroute import reference as ref
+
+from helpers import config, unit
 
 RTOL, ATOL = 1e-4, 1e-5
 

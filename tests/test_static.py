@@ -56,6 +56,12 @@ def vocab_dir(tiny_teacher, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def vocab_none(tiny_teacher):
+    """Without PCA: the teacher's own width (32)."""
+    return static.distill_vocab(teacher=tiny_teacher, pca_dims=None)
+
+
+@pytest.fixture(scope="session")
 def minilm(tmp_path_factory):
     """The real teacher, with a cache of its own."""
     return Encoder(cache_dir=tmp_path_factory.mktemp("cache"))
@@ -99,9 +105,8 @@ def test_vocab_distill_loads_with_model2vec_and_projroute(vocab_dir):
     assert ours.embedding.shape == (info["vocab_size"], 8)
 
 
-def test_vocab_distill_without_pca_keeps_the_teacher_width(tiny_teacher):
-    model = static.distill_vocab(teacher=tiny_teacher, pca_dims=None, sif_coefficient=None)
-    check_encodes(model, TINY_DIM)
+def test_vocab_distill_without_pca_keeps_the_teacher_width(vocab_none):
+    check_encodes(vocab_none, TINY_DIM)
 
 
 def test_load_refuses_other_folders(tmp_path):
@@ -138,16 +143,15 @@ def test_corpus_distill_end_to_end(tmp_path, vocab_dir, minilm, head, pca_dims, 
     assert np.isfinite(info["val_loss"])
 
 
-def test_corpus_distill_without_pca_lands_in_the_teachers_space(tiny_teacher, minilm):
+def test_corpus_distill_without_pca_lands_in_the_teachers_space(vocab_none, minilm):
     """Trained on a small closed world, the folded 384-d model approximates MiniLM's own embeddings
     (far better than their mean direction does)."""
     texts = sentences(400)
-    init = static.distill_vocab(teacher=tiny_teacher, pca_dims=None)
     model = static.distill_corpus(
         texts=texts,
         use_default_corpus=False,
         pca_dims=None,
-        init=init,
+        init=vocab_none,
         encoder=minilm,
         epochs=6,
         patience=6,
@@ -169,10 +173,10 @@ def test_corpus_distill_rejects_tiny_corpora(vocab_dir, minilm):
 def test_cli_static_distill(tmp_path, tiny_teacher, monkeypatch, capsys):
     monkeypatch.setenv("PROJROUTE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "vocab"
-    args = f"static distill --vocab-only --teacher {tiny_teacher} --pca-dims 8 -o {out} --json"
+    args = f"static distill --vocab-only --teacher {tiny_teacher} --pca-dims 8 -o {out} --json --stsb"
     assert main(args.split()) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["method"] == "vocab" and r["dim"] == 8 and r["output"] == str(out) and r["stsb"] is None
+    assert r["method"] == "vocab" and r["dim"] == 8 and r["output"] == str(out) and -1 <= r["stsb"] <= 1
     check_encodes(static.load(out), 8)
 
     corpus = tmp_path / "corpus.txt"
@@ -181,7 +185,7 @@ def test_cli_static_distill(tmp_path, tiny_teacher, monkeypatch, capsys):
     args = f"static distill --corpus {corpus} --no-default-corpus --teacher {tiny_teacher} --pca-dims 8 --epochs 1"
     assert main([*args.split(), "-o", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "from 200 corpus sentences" in text and str(out) in text
+    assert "from 200 corpus sentences" in text and str(out) in text and "STS-B" not in text
     check_encodes(model2vec.StaticModel.from_pretrained(str(out)), 8)
 
 

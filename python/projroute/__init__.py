@@ -18,6 +18,7 @@ from projroute.federated import FederatedProjection
 from projroute.index import build_index
 from projroute.lda import LdaProjection
 from projroute.procrustes import GlobalProjection
+from projroute.ridge import RidgeProjection
 from projroute.serving import load, with_weights_dtype
 from projroute.trees import HierarchicalProjection, TreeProjection
 
@@ -31,6 +32,7 @@ __all__ = [
     "ModelFormatError",
     "Projector",
     "ProjrouteError",
+    "RidgeProjection",
     "Searcher",
     "StaticEncoder",
     "TreeProjection",

@@ -99,6 +99,17 @@ class Projection:
         return f"{type(self).__name__}({params})"
 
 
+class LinearProjection(Projection):
+    """Base of the kinds served as one linear map, ``p = q @ W_ + bias_`` (``global``)."""
+
+    kind = "global"
+    W_: np.ndarray
+    bias_: np.ndarray | None
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        return {"W": self.W_} if self.bias_ is None else {"W": self.W_, "bias": self.bias_}
+
+
 class RoutedProjection(Projection):
     """Base of the kinds that route a query over K clusters by softmax (federated, lda)."""
 

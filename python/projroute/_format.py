@@ -77,4 +77,3 @@ def read_config(path: PathLike, kind: str | None = None) -> dict[str, Any]:
     if kind is not None and config["kind"] != kind:
         raise ModelFormatError(f"{path}: a {config['kind']!r} model, not a {kind!r} one")
     return config
-

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from projroute._estimator import Projection, check_pairs
+from projroute._estimator import LinearProjection, check_pairs
 from projroute.validation import SHRINKAGE_GRID, RetrievalTask, choose_shrinkage
 
 
@@ -43,7 +43,7 @@ def cluster_delta(Qc: np.ndarray, Ac: np.ndarray, base: np.ndarray) -> np.ndarra
     return Uq @ (u @ vt - Uq.T @ base)
 
 
-class GlobalProjection(Projection):
+class GlobalProjection(LinearProjection):
     """One orthogonal Procrustes map for every query, shrunk toward the identity.
 
     ``W = (1 - alpha) * I + alpha * s * R`` where ``R`` is the Procrustes rotation,
@@ -59,8 +59,6 @@ class GlobalProjection(Projection):
     scale : bool, fit the isotropic scale ``s`` (else 1)
     center : bool, centre Q and A before fitting and keep a bias
     """
-
-    kind = "global"
 
     def __init__(
         self,
@@ -108,9 +106,6 @@ class GlobalProjection(Projection):
         self.bias_ = (mu_a - mu_q @ self.W_).astype(np.float32) if self.center else None
         self._build(Q.shape[1], A.shape[1])
         return self
-
-    def _tensors(self) -> dict[str, np.ndarray]:
-        return {"W": self.W_} if self.bias_ is None else {"W": self.W_, "bias": self.bias_}
 
     def _config(self) -> dict[str, Any]:
         return {
