@@ -139,11 +139,14 @@ def cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def show_fit(r: dict[str, Any]) -> str:
-    details = [f"{k}={r[k]}" for k in ("n_clusters", "temperature", "top_k", "coverage", "shrinkage")
-               if r[k] is not None]
+    details = [
+        f"{k}={r[k]}" for k in ("n_clusters", "temperature", "top_k", "coverage", "shrinkage") if r[k] is not None
+    ]
     index = f"an index of {r['index']} answers" if r["index"] else "no answer index"
-    return (f"fitted {r['kind']} on {r['pairs']} pairs from {r['data']} ({', '.join(details)})\n"
-            f"wrote {r['path']} ({human_size(r['bytes'])}) with {index}")
+    return (
+        f"fitted {r['kind']} on {r['pairs']} pairs from {r['data']} ({', '.join(details)})\n"
+        f"wrote {r['path']} ({human_size(r['bytes'])}) with {index}"
+    )
 
 
 # --- project --------------------------------------------------------------------------
@@ -154,8 +157,13 @@ def cmd_project(args: argparse.Namespace) -> dict[str, Any]:
     P = np.asarray(model.project(read_queries(Path(args.input))), dtype=np.float32)
     with open(args.output, "wb") as f:
         np.save(f, P)
-    return {"model": args.model, "input": args.input, "output": args.output,
-            "shape": list(P.shape), "dtype": str(P.dtype)}
+    return {
+        "model": args.model,
+        "input": args.input,
+        "output": args.output,
+        "shape": list(P.shape),
+        "dtype": str(P.dtype),
+    }
 
 
 def show_project(r: dict[str, Any]) -> str:
@@ -196,15 +204,22 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         "query": args.question,
         "model": args.model,
         "kind": model.kind,
-        "results": [{"rank": r, "id": int(i), "score": float(s), "text": None if texts is None else texts[i]}
-                    for r, (i, s) in enumerate(zip(ids[0], scores[0]), 1)],
+        "results": [
+            {"rank": r, "id": int(i), "score": float(s), "text": None if texts is None else texts[i]}
+            for r, (i, s) in enumerate(zip(ids[0], scores[0]), 1)
+        ],
     }
     if args.routing:
         w = model.route(x)
-        result["routing"] = None if w is None else [
-            {"cluster": int(k), "weight": float(w[0, k])}
-            for k in np.argsort(-w[0], kind="stable")[:SHOWN_ROUTES] if w[0, k] > 0
-        ]
+        result["routing"] = (
+            None
+            if w is None
+            else [
+                {"cluster": int(k), "weight": float(w[0, k])}
+                for k in np.argsort(-w[0], kind="stable")[:SHOWN_ROUTES]
+                if w[0, k] > 0
+            ]
+        )
     return result
 
 
@@ -236,8 +251,7 @@ def top_routes(w: np.ndarray) -> list[dict[str, Any]]:
 
 
 def show_search(r: dict[str, Any]) -> str:
-    lines = [f"{h['rank']:>3}  {h['score']:.3f}  " + one_line(h["text"] or f"answer #{h['id']}")
-             for h in r["results"]]
+    lines = [f"{h['rank']:>3}  {h['score']:.3f}  " + one_line(h["text"] or f"answer #{h['id']}") for h in r["results"]]
     if "routing" in r:
         if r["routing"] is None:
             what = "no model" if r["kind"] is None else f"{r['kind']} model: one map for every query"
@@ -309,28 +323,45 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         paths[kind] = str(out / f"{kind}.safetensors")
         est.save(paths[kind], answers=C, answer_texts=texts)
         fitted.append((kind, est))
-    return {"dir": str(out), "models": paths, "pairs": len(pairs), "queries": len(ev),
-            "corpus": len(ev.corpus), "rows": evaluate(fitted, ev, encoder)}
+    return {
+        "dir": str(out),
+        "models": paths,
+        "pairs": len(pairs),
+        "queries": len(ev),
+        "corpus": len(ev.corpus),
+        "rows": evaluate(fitted, ev, encoder),
+    }
 
 
 def show_demo(r: dict[str, Any]) -> str:
-    return "\n".join([
-        f"demo data: fitted on {r['pairs']} question/answer pairs; "
-        f"evaluated on {r['queries']} held-out paraphrases against {r['corpus']} answers",
-        "",
-        format_table(r["rows"]),
-        "",
-        f"models saved in {r['dir']}: {', '.join(Path(p).name for p in r['models'].values())}",
-        f'try: projroute search {r["models"]["federated"]} "how do I install it?" --routing',
-    ])
+    return "\n".join(
+        [
+            f"demo data: fitted on {r['pairs']} question/answer pairs; "
+            f"evaluated on {r['queries']} held-out paraphrases against {r['corpus']} answers",
+            "",
+            format_table(r["rows"]),
+            "",
+            f"models saved in {r['dir']}: {', '.join(Path(p).name for p in r['models'].values())}",
+            f'try: projroute search {r["models"]["federated"]} "how do I install it?" --routing',
+        ]
+    )
 
 
 def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
     from projroute.distill.report import distill_report
 
-    return distill_report(args.teacher, args.data, args.output, epochs=args.epochs, augment=not args.no_augment,
-                          importance=args.importance, domains=args.domains, plot=args.plot, seed=args.seed,
-                          progress=True)
+    return distill_report(
+        args.teacher,
+        args.data,
+        args.output,
+        epochs=args.epochs,
+        augment=not args.no_augment,
+        importance=args.importance,
+        domains=args.domains,
+        plot=args.plot,
+        seed=args.seed,
+        progress=True,
+    )
 
 
 def show_distill(r: dict[str, Any]) -> str:
@@ -345,8 +376,16 @@ def show_distill(r: dict[str, Any]) -> str:
 def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
     from projroute import analysis
 
-    return analysis.analyze(args.model, args.data, plot=args.plot, meta=args.meta, method=args.method,
-                            merge=args.merge, output=args.output, seed=args.seed)
+    return analysis.analyze(
+        args.model,
+        args.data,
+        plot=args.plot,
+        meta=args.meta,
+        method=args.method,
+        merge=args.merge,
+        output=args.output,
+        seed=args.seed,
+    )
 
 
 def show_analyze(r: dict[str, Any]) -> str:
@@ -366,17 +405,23 @@ def show_analyze(r: dict[str, Any]) -> str:
         f"routing granularity ({g['queries']} held-out queries, full softmax at T={g['temperature']}):",
         f"  mean k for 50% / 80% / 95% of the weight: {k['50%']:.1f} / {k['80%']:.1f} / {k['95%']:.1f}",
         f"  mean top-1 weight {g['top1']:.3f}; the served top-{g['top_k']} hold {g['top_k_weight']:.3f}",
-        "  centroid cosine: " + ("none (one cluster)" if cos is None else
-                                 f"min {cos['min']:.3f}, mean {cos['mean']:.3f}, max {cos['max']:.3f}; "
-                                 f"{g['duplicate_centroids']} duplicate an earlier centroid"),
+        "  centroid cosine: "
+        + (
+            "none (one cluster)"
+            if cos is None
+            else f"min {cos['min']:.3f}, mean {cos['mean']:.3f}, max {cos['max']:.3f}; "
+            f"{g['duplicate_centroids']} duplicate an earlier centroid"
+        ),
     ]
     if r["plot"]:
         lines.append(f"coverage plot: {r['plot']}")
     if r["precision"]:
         lines += ["", "reduced-precision W (computed in float32; cos: mean cosine to the float32 model's outputs):"]
-        lines += [f"  {dtype:9s} W {human_size(p['w_bytes'])} (float32 {human_size(2 * p['w_bytes'])}): "
-                  f"1 - cos {1 - p['cosine']:.1e}, hit@1 {p['hit@1']:.3f}, mrr {p['mrr']:.3f}"
-                  for dtype, p in r["precision"].items()]
+        lines += [
+            f"  {dtype:9s} W {human_size(p['w_bytes'])} (float32 {human_size(2 * p['w_bytes'])}): "
+            f"1 - cos {1 - p['cosine']:.1e}, hit@1 {p['hit@1']:.3f}, mrr {p['mrr']:.3f}"
+            for dtype, p in r["precision"].items()
+        ]
     if m is None:
         return "\n".join(lines)
     rule = "mean top-1 >= 0.5 or k80 <= 10" + ("" if m["met"] else "; no candidate met it, so the smallest")
@@ -384,13 +429,17 @@ def show_analyze(r: dict[str, Any]) -> str:
     if m["pair_labels"] == "nearest centroid":
         lines.append("  refit pairs go to their nearest centroid by question cosine (the file stores no labels)")
     header = f"{'model':12s} {'K':>5s} {'top-1':>6s} {'k80':>6s} {'cos':>6s} {'hit@1':>6s} {'mrr':>6s}"
-    rows = [f"{'raw cosine':12s} {'-':>5s} {'-':>6s} {'-':>6s} {'-':>6s} "
-            f"{m['raw']['hit@1']:6.3f} {m['raw']['mrr']:6.3f}",
-            f"{'original':12s} {g['n_clusters']:5d} {g['top1']:6.3f} {k['80%']:6.1f} {1:6.3f} "
-            f"{m['original']['hit@1']:6.3f} {m['original']['mrr']:6.3f}"]
-    rows += [f"{'merged' + (' *' if row['n_meta'] == m['suggested'] else ''):12s} {row['n_meta']:5d} "
-             f"{row['top1']:6.3f} {row['mean_k']['80%']:6.1f} {row['cosine']:6.3f} "
-             f"{row['hit@1']:6.3f} {row['mrr']:6.3f}" for row in m["rows"]]
+    rows = [
+        f"{'raw cosine':12s} {'-':>5s} {'-':>6s} {'-':>6s} {'-':>6s} {m['raw']['hit@1']:6.3f} {m['raw']['mrr']:6.3f}",
+        f"{'original':12s} {g['n_clusters']:5d} {g['top1']:6.3f} {k['80%']:6.1f} {1:6.3f} "
+        f"{m['original']['hit@1']:6.3f} {m['original']['mrr']:6.3f}",
+    ]
+    rows += [
+        f"{'merged' + (' *' if row['n_meta'] == m['suggested'] else ''):12s} {row['n_meta']:5d} "
+        f"{row['top1']:6.3f} {row['mean_k']['80%']:6.1f} {row['cosine']:6.3f} "
+        f"{row['hit@1']:6.3f} {row['mrr']:6.3f}"
+        for row in m["rows"]
+    ]
     lines += [header, *rows, "(K: clusters; cos: mean cosine to the original model's outputs; * suggested)"]
     if m["output"]:
         lines.append(f"wrote the merged model (K'={m['suggested']}) to {m['output']}")
@@ -408,13 +457,23 @@ def cmd_static_distill(args: argparse.Namespace) -> dict[str, Any]:
     if not args.vocab_only and args.no_default_corpus and not args.corpus:
         raise ValueError("--no-default-corpus needs --corpus FILE")
     if args.vocab_only:
-        model = static.distill_vocab(args.output, teacher=args.teacher, pca_dims=args.pca_dims,
-                                     sif_coefficient=args.sif)
+        model = static.distill_vocab(
+            args.output, teacher=args.teacher, pca_dims=args.pca_dims, sif_coefficient=args.sif
+        )
     else:
-        model = static.distill_corpus(args.output, args.corpus or (), use_default_corpus=not args.no_default_corpus,
-                                      fraction=args.fraction, pca_dims=args.pca_dims, sif_coefficient=args.sif,
-                                      teacher=args.teacher, vocab_size=args.vocab_size, head=args.head,
-                                      epochs=args.epochs, seed=args.seed)
+        model = static.distill_corpus(
+            args.output,
+            args.corpus or (),
+            use_default_corpus=not args.no_default_corpus,
+            fraction=args.fraction,
+            pca_dims=args.pca_dims,
+            sif_coefficient=args.sif,
+            teacher=args.teacher,
+            vocab_size=args.vocab_size,
+            head=args.head,
+            epochs=args.epochs,
+            seed=args.seed,
+        )
     info = json.loads((Path(args.output) / "distill.json").read_text("utf-8"))
     info.pop("history", None)
     return {**info, "output": args.output, "stsb": static.stsb_spearman(model) if args.stsb else None}
@@ -422,11 +481,17 @@ def cmd_static_distill(args: argparse.Namespace) -> dict[str, Any]:
 
 def show_static_distill(r: dict[str, Any]) -> str:
     pca = "no PCA" if r["pca_dims"] is None else f"PCA {r['pca_dims']}"
-    what = (f"from {r['sentences']} corpus sentences ({r['epochs']} epochs, best {r['best_epoch']}, "
-            f"validation MSE {r['val_loss']:.3g}, head {r['head']})" if r["method"] == "corpus" else "vocabulary only")
-    lines = [f"distilled a static model {what}: {r['vocab_size']} tokens x {r['dim']} ({pca}, "
-             f"SIF {r['sif_coefficient']}) in {r['seconds']:.0f} s",
-             f"wrote {r['output']} (loads with model2vec.StaticModel.from_pretrained)"]
+    what = (
+        f"from {r['sentences']} corpus sentences ({r['epochs']} epochs, best {r['best_epoch']}, "
+        f"validation MSE {r['val_loss']:.3g}, head {r['head']})"
+        if r["method"] == "corpus"
+        else "vocabulary only"
+    )
+    lines = [
+        f"distilled a static model {what}: {r['vocab_size']} tokens x {r['dim']} ({pca}, "
+        f"SIF {r['sif_coefficient']}) in {r['seconds']:.0f} s",
+        f"wrote {r['output']} (loads with model2vec.StaticModel.from_pretrained)",
+    ]
     if r["stsb"] is not None:
         lines.append(f"STS-B test Spearman: {r['stsb']:.4f}")
     return "\n".join(lines)
@@ -465,7 +530,8 @@ def fraction(s: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="projroute", description="Map question embeddings into answer space, then search by cosine.")
+        prog="projroute", description="Map question embeddings into answer space, then search by cosine."
+    )
     parser.add_argument("--version", action="version", version=f"projroute {projroute.__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -481,21 +547,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", metavar="DATA", help=data_help)
     p.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write")
     p.add_argument("--kind", required=True, choices=list(ESTIMATORS), help="which projection to fit")
-    p.add_argument("--n-clusters", type=auto_or(positive_int), metavar="K",
-                   help="auto or INT (federated, lda; default auto)")
-    p.add_argument("--temperature", type=float, metavar="T",
-                   help="routing softmax temperature (federated, lda; default 0.1)")
+    p.add_argument(
+        "--n-clusters", type=auto_or(positive_int), metavar="K", help="auto or INT (federated, lda; default auto)"
+    )
+    p.add_argument(
+        "--temperature", type=float, metavar="T", help="routing softmax temperature (federated, lda; default 0.1)"
+    )
     topk = p.add_mutually_exclusive_group()
-    topk.add_argument("--top-k", type=positive_int, metavar="K",
-                      help="route over the k best clusters (default: 10 for federated, all for lda)")
-    topk.add_argument("--coverage", type=fraction, metavar="C",
-                      help="route over the fewest best clusters holding this share of the weight")
-    p.add_argument("--shrinkage", type=auto_or(float), metavar="S",
-                   help="auto or FLOAT in [0, 1] (global, federated; default auto)")
+    topk.add_argument(
+        "--top-k",
+        type=positive_int,
+        metavar="K",
+        help="route over the k best clusters (default: 10 for federated, all for lda)",
+    )
+    topk.add_argument(
+        "--coverage",
+        type=fraction,
+        metavar="C",
+        help="route over the fewest best clusters holding this share of the weight",
+    )
+    p.add_argument(
+        "--shrinkage",
+        type=auto_or(float),
+        metavar="S",
+        help="auto or FLOAT in [0, 1] (global, federated; default auto)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed for k-means and cross-validation")
     p.add_argument("--no-index", action="store_true", help="do not store the training answers in the model")
-    p.add_argument("--weights-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="storage type of the maps W (computed in float32 either way)")
+    p.add_argument(
+        "--weights-dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="storage type of the maps W (computed in float32 either way)",
+    )
 
     p = command("project", cmd_project, show_project, "project query embeddings into answer space")
     p.add_argument("model", metavar="MODEL")
@@ -518,34 +602,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("data", metavar="DATA", help=data_help)
 
-    p = command("distill", cmd_distill, show_distill,
-                "distil a teacher model file into a small transformer and report its fidelity")
+    p = command(
+        "distill",
+        cmd_distill,
+        show_distill,
+        "distil a teacher model file into a small transformer and report its fidelity",
+    )
     p.add_argument("teacher", metavar="TEACHER", help="any projroute model file")
     p.add_argument("data", metavar="DATA", help="training questions and held-out queries: " + data_help)
     p.add_argument("-o", "--output", required=True, metavar="STUDENT", help="student file to write")
     p.add_argument("--epochs", type=positive_int, help="most training epochs (early stopping may end sooner)")
     p.add_argument("--no-augment", action="store_true", help="train on the training questions only")
-    p.add_argument("--importance", choices=["uniform", "entropy"], default="uniform",
-                   help="per-sample loss weights (entropy: the teacher's normalised routing entropy)")
-    p.add_argument("--domains", type=positive_int, metavar="N",
-                   help="N domain students mixed by a router (a federated or lda teacher; default: one student)")
+    p.add_argument(
+        "--importance",
+        choices=["uniform", "entropy"],
+        default="uniform",
+        help="per-sample loss weights (entropy: the teacher's normalised routing entropy)",
+    )
+    p.add_argument(
+        "--domains",
+        type=positive_int,
+        metavar="N",
+        help="N domain students mixed by a router (a federated or lda teacher; default: one student)",
+    )
     p.add_argument("--plot", metavar="PNG", help="save the loss curve here (with --domains: one per domain)")
     p.add_argument("--seed", type=int, default=0)
 
-    p = command("analyze", cmd_analyze, show_analyze,
-                "suggest a cluster count, measure a routed model's granularity, and merge its clusters")
+    p = command(
+        "analyze",
+        cmd_analyze,
+        show_analyze,
+        "suggest a cluster count, measure a routed model's granularity, and merge its clusters",
+    )
     p.add_argument("model", metavar="MODEL", help="a federated or lda model file")
     p.add_argument("data", metavar="DATA", help="training pairs and held-out queries: " + data_help)
     p.add_argument("--plot", metavar="PNG", help="save the routing-weight coverage curve here")
-    p.add_argument("--meta", nargs="+", type=auto_or(positive_int), metavar="K",
-                   help="meta-cluster into K' clusters: auto (powers of two below K) or a list of ints")
-    p.add_argument("--method", choices=["kmeans", "agglomerative"], default="kmeans",
-                   help="how to group the centroids (default kmeans)")
-    p.add_argument("--merge", choices=["average", "refit"], default="average",
-                   help="average the members' maps, or refit Procrustes on the merged pairs (default average)")
+    p.add_argument(
+        "--meta",
+        nargs="+",
+        type=auto_or(positive_int),
+        metavar="K",
+        help="meta-cluster into K' clusters: auto (powers of two below K) or a list of ints",
+    )
+    p.add_argument(
+        "--method",
+        choices=["kmeans", "agglomerative"],
+        default="kmeans",
+        help="how to group the centroids (default kmeans)",
+    )
+    p.add_argument(
+        "--merge",
+        choices=["average", "refit"],
+        default="average",
+        help="average the members' maps, or refit Procrustes on the merged pairs (default average)",
+    )
     p.add_argument("-o", "--output", metavar="MODEL", help="write the merged model at the suggested K' here")
-    p.add_argument("--seed", type=int, default=0,
-                   help="random seed for k-means and the refit's base map (the fit's --seed reproduces it)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed for k-means and the refit's base map (the fit's --seed reproduces it)",
+    )
 
     p = command("demo", cmd_demo, show_demo, "fit and evaluate all three kinds on the packaged demo data")
     p.add_argument("--out", metavar="DIR", help="where to save the models (default: a new temporary folder)")
@@ -573,29 +690,64 @@ def build_parser() -> argparse.ArgumentParser:
         "bridges static queries into MiniLM's space",
     )
 
-    static = sub.add_parser("static", help="static embeddings (Model2Vec) distilled from the encoder",
-                            description="static embeddings (Model2Vec) distilled from the encoder")
+    static = sub.add_parser(
+        "static",
+        help="static embeddings (Model2Vec) distilled from the encoder",
+        description="static embeddings (Model2Vec) distilled from the encoder",
+    )
     static_sub = static.add_subparsers(dest="static_command", required=True, metavar="COMMAND")
     static_help = "distil a static model from the bundled all-MiniLM-L6-v2 (vocabulary, then tokenlearn on a corpus)"
     p = static_sub.add_parser("distill", parents=[common], help=static_help, description=static_help)
     p.set_defaults(run=cmd_static_distill, show=show_static_distill)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="model2vec folder to write")
-    p.add_argument("--corpus", action="extend", nargs="+", metavar="FILE",
-                   help="text files, one sentence a line, added to the default corpus")
-    p.add_argument("--no-default-corpus", action="store_true",
-                   help="train on the --corpus files only, not $PROJROUTE_DATA/corpus/sentences.txt")
+    p.add_argument(
+        "--corpus",
+        action="extend",
+        nargs="+",
+        metavar="FILE",
+        help="text files, one sentence a line, added to the default corpus",
+    )
+    p.add_argument(
+        "--no-default-corpus",
+        action="store_true",
+        help="train on the --corpus files only, not $PROJROUTE_DATA/corpus/sentences.txt",
+    )
     p.add_argument("--vocab-only", action="store_true", help="vocabulary distillation only (no corpus, no training)")
-    p.add_argument("--pca-dims", type=lambda s: None if s == "none" else positive_int(s), default=256, metavar="N",
-                   help="output dimension after PCA, or none: 384, in MiniLM's own space (default 256)")
-    p.add_argument("--sif", type=lambda s: None if s == "none" else float(s), default=1e-4, metavar="A",
-                   help="SIF (Zipf) coefficient in (0, 1), or none (default 1e-4)")
-    p.add_argument("--fraction", type=float, default=1.0, metavar="F",
-                   help="train on this share of the corpus sentences (default 1)")
+    p.add_argument(
+        "--pca-dims",
+        type=lambda s: None if s == "none" else positive_int(s),
+        default=256,
+        metavar="N",
+        help="output dimension after PCA, or none: 384, in MiniLM's own space (default 256)",
+    )
+    p.add_argument(
+        "--sif",
+        type=lambda s: None if s == "none" else float(s),
+        default=1e-4,
+        metavar="A",
+        help="SIF (Zipf) coefficient in (0, 1), or none (default 1e-4)",
+    )
+    p.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="train on this share of the corpus sentences (default 1)",
+    )
     p.add_argument("--epochs", type=positive_int, default=20, help="most epochs (early stopping; default 20)")
-    p.add_argument("--vocab-size", type=int, default=0, metavar="N",
-                   help="add the corpus's N most frequent words to the vocabulary (default 0: none)")
-    p.add_argument("--head", choices=["fold", "drop"], default="fold",
-                   help="fold the trained linear head into the table, or drop it as tokenlearn does (default fold)")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add the corpus's N most frequent words to the vocabulary (default 0: none)",
+    )
+    p.add_argument(
+        "--head",
+        choices=["fold", "drop"],
+        default="fold",
+        help="fold the trained linear head into the table, or drop it as tokenlearn does (default fold)",
+    )
     p.add_argument("--teacher", metavar="DIR", help="teacher model folder (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--stsb", action="store_true", help="report STS-B test Spearman ($PROJROUTE_DATA/stsb)")
     p.add_argument("--seed", type=int, default=0)
