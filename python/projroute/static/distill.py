@@ -337,7 +337,7 @@ def distill_corpus(
     if output is not None:
         out = Path(output)
         result.save_pretrained(str(out))
-        best = min(history, key=lambda h: h["val_loss"])
+        best = next(h for h in history if h.get("restored"))
         _write_info(
             out,
             {
@@ -430,8 +430,11 @@ def _train(
             else:
                 val_loss = float(np.mean(losses))
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
-        if val_loss < best * (1 - 1e-3):
+        if val_loss < best * (1 - 1e-3):  # an improvement of at least 0.1%
             best, best_state, bad = val_loss, copy.deepcopy(net.state_dict()), 0
+            for h in history:
+                h["restored"] = False
+            history[-1]["restored"] = True
         else:
             bad += 1
             if bad >= patience:
