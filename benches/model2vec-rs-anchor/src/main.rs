@@ -1,0 +1,111 @@
+//! projroute's `StaticEncoder` against `model2vec-rs` on one model2vec folder: the
+//! STS-B test sentences (both columns, the first 1,024), encoded as one batch of 1,024
+//! and as 1,024 single-text calls, median of repeated rounds. Prints one line per
+//! measurement and a JSON summary. Threads: rayon's global pool (RAYON_NUM_THREADS),
+//! shared by both.
+
+use std::time::{Duration, Instant};
+
+use model2vec_rs::model::StaticModel;
+use projroute::StaticEncoder;
+
+fn sentences(path: &str, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut out = Vec::new();
+    for line in text.lines() {
+        // sentence1,sentence2,score; a quoted field may hold commas and "" escapes.
+        let mut fields = Vec::new();
+        let (mut cur, mut quoted, mut chars) = (String::new(), false, line.chars().peekable());
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    cur.push('"');
+                    chars.next();
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => fields.push(std::mem::take(&mut cur)),
+                _ => cur.push(c),
+            }
+        }
+        fields.push(cur);
+        out.extend(fields.into_iter().take(2));
+        if out.len() >= n {
+            break;
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+fn median(mut f: impl FnMut(), min_time: Duration, min_rounds: usize) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let (start, mut times) = (Instant::now(), Vec::new());
+    while times.len() < min_rounds || start.elapsed() < min_time {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = args.get(1).expect("usage: model2vec-rs-anchor MODEL_DIR [STSB_TEST_CSV]");
+    let data = std::env::var("PROJROUTE_DATA").unwrap_or_else(|_| "../shared/data".into());
+    let csv = args.get(2).cloned().unwrap_or_else(|| format!("{data}/stsb/test.csv"));
+    let texts = sentences(&csv, 1024);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ours = StaticEncoder::from_dir(dir).expect("projroute StaticEncoder");
+    let theirs = StaticModel::from_pretrained(dir, None, None, None).expect("model2vec-rs StaticModel");
+    let max_length = ours.max_length();
+
+    // Same vectors (within float rounding) before timing anything.
+    let a = ours.encode(&refs).unwrap();
+    let b = theirs.encode_flat_with_args(&texts, max_length);
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    println!("{} sentences, dim {}, max |projroute - model2vec-rs| = {diff:.2e}", texts.len(), ours.dim());
+    println!("rayon threads: {}", rayon::current_num_threads());
+
+    let batch = Duration::from_secs(3);
+    let single = Duration::from_secs(2);
+    let mut it = 0usize;
+    let ours_b1024 = median(|| drop(ours.encode(&refs).unwrap()), batch, 20);
+    let theirs_b1024 = median(|| drop(theirs.encode_flat_with_args(&texts, max_length)), batch, 20);
+    let ours_b1 = median(
+        || {
+            it += 1;
+            drop(ours.encode(&refs[it % refs.len()..][..1]).unwrap())
+        },
+        single,
+        1000,
+    );
+    let theirs_b1 = median(
+        || {
+            it += 1;
+            drop(theirs.encode_flat_with_args(&texts[it % texts.len()..][..1], max_length))
+        },
+        single,
+        1000,
+    );
+    let n = texts.len() as f64;
+    for (name, b1024, b1) in [("projroute", ours_b1024, ours_b1), ("model2vec-rs", theirs_b1024, theirs_b1)] {
+        println!(
+            "{name:13} B=1024 median {:8.3} ms ({:9.0} sentences/s)   B=1 median {:7.2} us",
+            b1024 * 1e3,
+            n / b1024,
+            b1 * 1e6
+        );
+    }
+    println!(
+        "projroute / model2vec-rs speed: {:.2}x at B=1024, {:.2}x at B=1",
+        theirs_b1024 / ours_b1024,
+        theirs_b1 / ours_b1
+    );
+    println!(
+        "{{\"projroute_b1024_s\": {ours_b1024:e}, \"model2vec_rs_b1024_s\": {theirs_b1024:e}, \
+         \"projroute_b1_s\": {ours_b1:e}, \"model2vec_rs_b1_s\": {theirs_b1:e}, \"max_abs_diff\": {diff:e}}}"
+    );
+}
