@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{format_err, invalid, Error, Result};
-use crate::format::{named, read_header_metadata, CONFIG_KEY};
+use crate::format::{named, read_header_metadata, versioned_json, CONFIG_KEY};
 
 /// `__metadata__` key holding an index file's JSON header, and its `format` value.
 pub const INDEX_FORMAT_NAME: &str = "projroute-index";
@@ -43,21 +43,7 @@ pub struct IndexHeader {
 
 impl IndexHeader {
     fn from_json(text: &str) -> Result<Self> {
-        let value: Value =
-            serde_json::from_str(text).or_else(|e| format_err(format!("index header is not valid JSON: {e}")))?;
-        if value.get("format").and_then(Value::as_str) != Some(INDEX_FORMAT_NAME) {
-            return format_err(format!("index header `format` is not \"{INDEX_FORMAT_NAME}\""));
-        }
-        let version = value
-            .get("version")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| Error::Format("index header has no integer `version`".into()))?;
-        if version > INDEX_FORMAT_VERSION as u64 {
-            return Err(Error::UnsupportedVersion {
-                found: version.min(u32::MAX as u64) as u32,
-                supported: INDEX_FORMAT_VERSION,
-            });
-        }
+        let value = versioned_json(text, "index header", INDEX_FORMAT_NAME, INDEX_FORMAT_VERSION)?;
         serde_json::from_value(value).or_else(|e| format_err(format!("bad index header: {e}")))
     }
 }

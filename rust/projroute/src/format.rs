@@ -119,21 +119,7 @@ impl Config {
     /// Parse and check a config JSON string (format name and version first, so that a
     /// newer file is reported as such rather than as a schema mismatch).
     pub fn from_json(text: &str) -> Result<Self> {
-        let value: Value =
-            serde_json::from_str(text).or_else(|e| format_err(format!("config is not valid JSON: {e}")))?;
-        if value.get("format").and_then(Value::as_str) != Some(FORMAT_NAME) {
-            return format_err(format!("config `format` is not \"{FORMAT_NAME}\""));
-        }
-        let version = value
-            .get("version")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| Error::Format("config has no integer `version`".into()))?;
-        if version > FORMAT_VERSION as u64 {
-            return Err(Error::UnsupportedVersion {
-                found: version.min(u32::MAX as u64) as u32,
-                supported: FORMAT_VERSION,
-            });
-        }
+        let value = versioned_json(text, "config", FORMAT_NAME, FORMAT_VERSION)?;
         let config: Config = serde_json::from_value(value).or_else(|e| format_err(format!("bad config: {e}")))?;
         if let Some(name) = &config.weights_dtype {
             if Precision::from_name(name).is_none() {
@@ -345,6 +331,24 @@ pub fn save_file(
     let model = ModelFile::from_parts(config_json, tensors, metadata)?;
     model.check_index()?;
     model.save(path)
+}
+
+/// `text` parsed as the JSON header of a projroute file, checked for `format` equal
+/// to `format_name` and an integer `version` at most `newest` (first, so that a newer
+/// file is reported as such rather than as a schema mismatch); `what` names it in errors.
+pub(crate) fn versioned_json(text: &str, what: &str, format_name: &str, newest: u32) -> Result<Value> {
+    let value: Value = serde_json::from_str(text).or_else(|e| format_err(format!("{what} is not valid JSON: {e}")))?;
+    if value.get("format").and_then(Value::as_str) != Some(format_name) {
+        return format_err(format!("{what} `format` is not \"{format_name}\""));
+    }
+    let version = value
+        .get("version")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| Error::Format(format!("{what} has no integer `version`")))?;
+    if version > newest as u64 {
+        return Err(Error::UnsupportedVersion { found: version.min(u32::MAX as u64) as u32, supported: newest });
+    }
+    Ok(value)
 }
 
 /// The config of the model file at `path`, reading only its safetensors header (the
