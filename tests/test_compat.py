@@ -40,3 +40,13 @@ def test_save_load_round_trip_is_bit_identical(name, tmp_path):
     for key, value in model.tensors().items():
         np.testing.assert_array_equal(back.tensors()[key], value, err_msg=key)
     np.testing.assert_array_equal(project(back), EXPECTED[name])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_index_reads_the_stored_answers_alone(name):
+    model = pr.load(FIXTURES / f"{name}.safetensors")
+    stored = model.tensors().get("index.embeddings")
+    if stored is None:
+        assert model.index is None
+    else:
+        np.testing.assert_array_equal(model.index, stored)

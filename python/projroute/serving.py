@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
-
 from projroute import _format
 from projroute._core import FlatIndex, Projector
 
@@ -32,9 +30,10 @@ def with_weights_dtype(model: Projector, weights_dtype: str) -> Projector:
 
 
 def stored_index(model: Projector) -> tuple[FlatIndex, list[str] | None] | None:
-    """The answer corpus saved with a model, as (index, texts), or None."""
-    tensors = model.tensors()
-    if _format.INDEX_TENSOR not in tensors:
+    """The answer corpus saved with a model, as (index, texts), or None. Reads the
+    index alone (``model.tensors()`` would also unpack every map)."""
+    answers = model.index
+    if answers is None:
         return None
     texts = model.metadata.get(_format.INDEX_TEXTS)
-    return FlatIndex(np.asarray(tensors[_format.INDEX_TENSOR])), None if texts is None else json.loads(texts)
+    return FlatIndex(answers), None if texts is None else json.loads(texts)

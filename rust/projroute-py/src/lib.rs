@@ -237,6 +237,15 @@ impl Projector {
         self.inner.metadata().clone()
     }
 
+    /// The answer embeddings (N, dim_out) stored with the model for search, as a
+    /// float32 copy, or None; unlike `tensors()` it exports nothing else.
+    #[getter]
+    fn index<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
+        let Some(index) = self.inner.index() else { return Ok(None) };
+        let tensors = BTreeMap::from([(String::new(), index.clone())]);
+        Ok(tensors_to_numpy(py, tensors)?.into_values().next())
+    }
+
     /// The model's tensors as float32 arrays (copies): exactly those it was built from
     /// (a half-precision `W` as the widened values its file holds), index included.
     fn tensors<'py>(&self, py: Python<'py>) -> PyResult<BTreeMap<String, Bound<'py, PyArrayDyn<f32>>>> {
