@@ -23,8 +23,9 @@ def with_weights_dtype(model: Projector, weights_dtype: str) -> Projector:
     bfloat16; rounded to nearest even), still computed in float32. Kinds without ``W``
     are returned unchanged."""
     tensors = model.tensors()
-    config = _format.with_weights_dtype(json.loads(model.config), tensors, weights_dtype)
-    if config == json.loads(model.config):
+    current = json.loads(model.config)
+    config = _format.with_weights_dtype(current, tensors, weights_dtype)
+    if config == current:
         return model
     return Projector.from_tensors(tensors, json.dumps(config), model.metadata)
 
