@@ -31,17 +31,6 @@ ANSWERS = [
 HEAVY = ("torch", "tqdm", "sentence_transformers", "sklearn", "transformers", "model2vec", "tokenlearn", "scipy")
 
 
-@pytest.fixture(scope="session")
-def encoder_dir(tmp_path_factory):
-    """A model2vec folder over MiniLM's tokenizer with a random 32-d table."""
-    tokenizer = tokenizers.Tokenizer.from_file(os.path.join(gt_minilm.get_model_path(), "tokenizer.json"))
-    rng = np.random.default_rng(1)
-    vectors = rng.normal(size=(tokenizer.get_vocab_size(), DIM)).astype(np.float32)
-    out = tmp_path_factory.mktemp("static") / "m2v"
-    model2vec.StaticModel(vectors, tokenizer, normalize=True).save_pretrained(out)
-    return out
-
-
 def save_model(path, kind="global", d_out=DIM, seed=0):
     rng = np.random.default_rng(seed)
     if kind == "global":

@@ -14,6 +14,7 @@ from projroute._core import (
     StaticEncoder,
     __version__,
 )
+from projroute.bridge import BridgedProjection
 from projroute.federated import FederatedProjection
 from projroute.index import build_index
 from projroute.lda import LdaProjection
@@ -24,6 +25,7 @@ from projroute.trees import HierarchicalProjection, TreeProjection
 
 __all__ = [
     "FORMAT_VERSION",
+    "BridgedProjection",
     "FederatedProjection",
     "FlatIndex",
     "GlobalProjection",

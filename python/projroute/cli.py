@@ -21,6 +21,8 @@ import numpy as np
 
 import projroute
 from projroute import datasets, index, serving
+from projroute._estimator import Projection
+from projroute.bridge import BridgedProjection, Estimator
 from projroute.embed import Encoder, embed_pairs
 from projroute.evaluation import evaluate, format_table
 from projroute.federated import FederatedProjection
@@ -33,6 +35,8 @@ ESTIMATORS: dict[str, type[GlobalProjection | FederatedProjection | LdaProjectio
     "lda": LdaProjection,
 }
 SHOWN_ROUTES = 5
+#: Corpus sentences that fit a bridge by default (MiniLM embeds them once; cached).
+BRIDGE_SENTENCES = 50_000
 USER_ERRORS = (OSError, ValueError, ImportError, projroute.ProjrouteError)
 
 
@@ -111,13 +115,14 @@ def make_estimator(args: argparse.Namespace) -> GlobalProjection | FederatedProj
 
 
 def cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
-    est = make_estimator(args)
+    model = make_estimator(args)
     folder = Path(args.output).absolute().parent
     if not folder.is_dir():
         raise FileNotFoundError(f"no such directory for the model file: {folder}")
     pairs = datasets.load_pairs(args.data)
-    Q, A, texts, C = embed_pairs(pairs, Encoder())
-    est.fit(Q, A)
+    encoder = Encoder()
+    Q, A, texts, C = embed_pairs(pairs, encoder)
+    est: Projection = fit_bridge(args, model, pairs, A, encoder) if args.query_encoder else model.fit(Q, A)
     if args.no_index:
         est.save(args.output, weights_dtype=args.weights_dtype)
     else:
@@ -132,10 +137,27 @@ def cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
         "top_k": config.get("top_k"),
         "coverage": config.get("coverage"),
         "shrinkage": config["fit"].get("shrinkage"),
+        "query_encoder": args.query_encoder,
+        "bridge": config["fit"].get("bridge"),
         "index": 0 if args.no_index else len(texts),
         "path": args.output,
         "bytes": Path(args.output).stat().st_size,
     }
+
+
+def fit_bridge(
+    args: argparse.Namespace, model: Estimator, pairs: datasets.Pairs, A: np.ndarray, encoder: Encoder
+) -> BridgedProjection:
+    """``model`` behind a bridge from ``--query-encoder`` (a static model) into MiniLM's space,
+    fitted on the first ``--bridge-sentences`` of the shuffled ``--bridge-corpus`` lines."""
+    from projroute.static import default_corpus, read_corpus  # reads text only; no model2vec
+
+    static = projroute.StaticEncoder.load(args.query_encoder)
+    sentences = read_corpus(args.bridge_corpus or [default_corpus()])
+    order = np.random.default_rng(args.seed).permutation(len(sentences))[: args.bridge_sentences]
+    sentences = [sentences[i] for i in order]
+    corpus = (static.encode(sentences), encoder.encode(sentences))
+    return BridgedProjection(model, random_state=args.seed).fit(static.encode(pairs.questions), A, corpus)
 
 
 def show_fit(r: dict[str, Any]) -> str:
@@ -143,8 +165,15 @@ def show_fit(r: dict[str, Any]) -> str:
         f"{k}={r[k]}" for k in ("n_clusters", "temperature", "top_k", "coverage", "shrinkage") if r[k] is not None
     ]
     index = f"an index of {r['index']} answers" if r["index"] else "no answer index"
+    bridge = r["bridge"]
+    bridged = (
+        f"queries from {r['query_encoder']}, bridged into MiniLM's space "
+        f"(ridge alpha={bridge['alpha']:g} on {bridge['corpus_sentences']} corpus sentences)\n"
+        if bridge
+        else ""
+    )
     return (
-        f"fitted {r['kind']} on {r['pairs']} pairs from {r['data']} ({', '.join(details)})\n"
+        f"fitted {r['kind']} on {r['pairs']} pairs from {r['data']} ({', '.join(details)})\n{bridged}"
         f"wrote {r['path']} ({human_size(r['bytes'])}) with {index}"
     )
 
@@ -579,6 +608,25 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["float32", "float16", "bfloat16"],
         default="float32",
         help="storage type of the maps W (computed in float32 either way)",
+    )
+    p.add_argument(
+        "--query-encoder",
+        metavar="DIR",
+        help="static model folder embedding the queries; the model bridges them into MiniLM's answer space",
+    )
+    p.add_argument(
+        "--bridge-corpus",
+        action="append",
+        metavar="FILE",
+        help="with --query-encoder: sentences (one a line) embedded by both encoders to fit the bridge; "
+        "repeatable (default: $PROJROUTE_DATA/corpus/sentences.txt)",
+    )
+    p.add_argument(
+        "--bridge-sentences",
+        type=positive_int,
+        default=BRIDGE_SENTENCES,
+        metavar="N",
+        help=f"with --query-encoder: corpus sentences used, a seeded random sample (default {BRIDGE_SENTENCES:,})",
     )
 
     p = command("project", cmd_project, show_project, "project query embeddings into answer space")

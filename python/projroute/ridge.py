@@ -18,13 +18,19 @@ from projroute.validation import RetrievalTask, choose, cross_validate
 RIDGE_GRID = (100.0, 10.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.001)
 
 
+def ridge_solve(gram: np.ndarray, cross: np.ndarray, alpha: float) -> np.ndarray:
+    """``W = (G + alpha * m * I)^-1 C`` (float64) from ``G = Q^T Q`` (d_q, d_q) and
+    ``C = Q^T A`` (d_q, d_a), ``m`` the mean eigenvalue of ``G``."""
+    G = np.array(gram, dtype=np.float64)
+    G[np.diag_indices_from(G)] += alpha * np.trace(G) / len(G)
+    return np.linalg.solve(G, np.asarray(cross, np.float64))
+
+
 def ridge_map(Q: np.ndarray, A: np.ndarray, alpha: float) -> np.ndarray:
     """``W`` (d_q, d_a) minimising ``||Q W - A||^2 + alpha * m * ||W||^2``, with ``m``
     the mean eigenvalue of ``Q^T Q`` (so ``alpha`` is relative). Computed in float64."""
     Q64, A64 = np.asarray(Q, np.float64), np.asarray(A, np.float64)
-    G = Q64.T @ Q64
-    G[np.diag_indices_from(G)] += alpha * np.trace(G) / len(G)
-    return np.linalg.solve(G, Q64.T @ A64)
+    return ridge_solve(Q64.T @ Q64, Q64.T @ A64, alpha)
 
 
 class RidgeProjection(LinearProjection):

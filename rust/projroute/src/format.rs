@@ -40,7 +40,7 @@ pub struct Config {
     /// Model kind: `global`, `federated`, `lda`, `tree`, `hierarchical`, `transformer`
     /// or `transformer_ensemble`.
     pub kind: String,
-    /// Dimension of the input (question) embeddings.
+    /// Dimension of the input (question) embeddings the kind's tensors take.
     pub dim_in: usize,
     /// Dimension of the output (answer-space) embeddings.
     pub dim_out: usize,
@@ -77,6 +77,11 @@ pub struct Config {
     /// Mixture of students (`transformer_ensemble` kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<EnsembleConfig>,
+    /// A bridged model: queries of this dimension (another encoder's, e.g. a static
+    /// model's) are first mapped by the tensors `input.W` (input_dim, dim_in) and
+    /// optional `input.bias` (dim_in,), then served by the kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_dim: Option<usize>,
     /// Free-form record of how the model was fitted; not read by the core.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub fit: Map<String, Value>,
@@ -491,6 +496,7 @@ mod tests {
             nodes: None,
             transformer: None,
             ensemble: None,
+            input_dim: None,
             fit: Map::new(),
         }
     }

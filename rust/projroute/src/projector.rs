@@ -12,8 +12,13 @@ use ndarray::{Array2, ArrayView2};
 use crate::error::{format_err, Result};
 use crate::format::{Config, ModelFile, Tensor, INDEX_TENSOR};
 use crate::model::Model;
+use crate::precision::Precision;
 use crate::routing::Routing;
 use crate::{Federated, Global, KeyRule, Keyed, Lda};
+
+/// Tensors of a bridged model's input map (see [`Config::input_dim`]).
+const INPUT_W: &str = "input.W";
+const INPUT_BIAS: &str = "input.bias";
 
 /// The registry: the model of `m`'s kind, built from its tensors and config.
 fn build(m: &ModelFile) -> Result<Box<dyn Model>> {
@@ -35,11 +40,35 @@ fn build(m: &ModelFile) -> Result<Box<dyn Model>> {
     })
 }
 
+/// The input map of a bridged model, `x @ input.W + input.bias` (float32), if its
+/// config has `input_dim`; `input.*` tensors without it are left for the caller to
+/// reject as unexpected.
+fn input_map(m: &ModelFile) -> Result<Option<Global>> {
+    let Some(dim) = m.config.input_dim else { return Ok(None) };
+    let w = m.tensor(INPUT_W)?.view2(INPUT_W)?;
+    if w.dim() != (dim, m.config.dim_in) {
+        return format_err(format!(
+            "tensor `{INPUT_W}` has shape {:?}, the config says ({dim}, {})",
+            w.shape(),
+            m.config.dim_in
+        ));
+    }
+    let bias = match m.tensors.get(INPUT_BIAS) {
+        Some(t) => Some(t.view1(INPUT_BIAS)?.to_owned()),
+        None => None,
+    };
+    Global::new(w.to_owned(), bias, Precision::F32).map(Some)
+}
+
 /// A loaded model of any kind, with its config, other metadata and optional search
 /// index. Cloning is cheap (the model is shared).
+///
+/// A bridged model (config `input_dim`) first maps queries from another encoder's
+/// space by its input map; every method then takes `input_dim`-wide queries.
 #[derive(Clone, Debug)]
 pub struct Projector {
     model: Arc<dyn Model>,
+    input: Option<Arc<Global>>,
     config: Config,
     metadata: BTreeMap<String, String>,
     index: Option<Tensor>,
@@ -56,8 +85,12 @@ impl Projector {
     /// so a loaded model holds its weights once.
     pub fn from_model(mut m: ModelFile) -> Result<Self> {
         let model = build(&m)?;
+        let input = input_map(&m)?;
         let c = &m.config;
-        let expected = model.tensor_names();
+        let mut expected = model.tensor_names();
+        if input.is_some() {
+            expected.extend([INPUT_W.to_string(), INPUT_BIAS.to_string()]);
+        }
         if let Some(extra) = m.tensors.keys().find(|k| !expected.contains(k) && *k != INDEX_TENSOR) {
             return format_err(format!("unexpected tensor `{extra}` in a `{}` model", c.kind));
         }
@@ -77,7 +110,13 @@ impl Projector {
             }
         }
         let index = m.tensors.remove(INDEX_TENSOR);
-        Ok(Projector { model: Arc::from(model), config: m.config, metadata: m.metadata, index })
+        Ok(Projector {
+            model: Arc::from(model),
+            input: input.map(Arc::new),
+            config: m.config,
+            metadata: m.metadata,
+            index,
+        })
     }
 
     /// Export as a model file: exactly the tensors the model was built from (maps
@@ -90,6 +129,11 @@ impl Projector {
     /// The tensors of [`to_model`](Self::to_model), by name.
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
         let mut tensors = self.model.tensors();
+        if let Some(input) = &self.input {
+            for (name, t) in input.tensors() {
+                tensors.insert(format!("input.{name}"), t);
+            }
+        }
         if let Some(index) = &self.index {
             tensors.insert(INDEX_TENSOR.to_string(), index.clone());
         }
@@ -126,9 +170,9 @@ impl Projector {
         self.model.kind()
     }
 
-    /// Input dimension.
+    /// Input dimension (a bridged model's `input_dim`).
     pub fn dim_in(&self) -> usize {
-        self.model.dim_in()
+        self.input.as_ref().map_or(self.model.dim_in(), |i| i.dim_in())
     }
 
     /// Output dimension.
@@ -144,13 +188,19 @@ impl Projector {
     /// Project queries `x` (B, D_in) to (B, D_out). Keyed kinds need
     /// [`project_keyed`](Self::project_keyed) instead.
     pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        self.model.project(x)
+        match &self.input {
+            Some(input) => self.model.project(input.project(x)?.view()),
+            None => self.model.project(x),
+        }
     }
 
     /// Project queries `x` (B, D_in) with one key per query (tree ids or paths) to
     /// (B, D_out); only for keyed kinds (`tree`, `hierarchical`).
     pub fn project_keyed(&self, x: ArrayView2<f32>, keys: &[&str]) -> Result<Array2<f32>> {
-        self.model.project_keyed(x, keys)
+        match &self.input {
+            Some(input) => self.model.project_keyed(input.project(x)?.view(), keys),
+            None => self.model.project_keyed(x, keys),
+        }
     }
 
     /// The key of the node that serves each of `keys` (keyed kinds only): the key
@@ -161,7 +211,10 @@ impl Projector {
 
     /// Routing weights of queries `x` (B, D_in); `None` for unrouted kinds.
     pub fn route(&self, x: ArrayView2<f32>) -> Result<Option<Routing>> {
-        self.model.route(x)
+        match &self.input {
+            Some(input) => self.model.route(input.project(x)?.view()),
+            None => self.model.route(x),
+        }
     }
 }
 
@@ -241,6 +294,39 @@ mod tests {
         );
         assert_eq!(m.tensors["W"].data[0], crate::Precision::F16.round(values(1, 2)[0]));
         assert_round_trip(m);
+    }
+
+    #[test]
+    fn bridged_model_maps_its_input_first() {
+        let config = r#"{"format":"projroute","version":1,"kind":"federated","dim_in":12,"dim_out":7,
+            "n_clusters":3,"temperature":0.1,"top_k":2,"input_dim":5}"#;
+        let tensors = [
+            ("centroids", tensor(&[3, 12], 1)),
+            ("W", tensor(&[3, 12, 7], 2)),
+            ("input.W", tensor(&[5, 12], 3)),
+            ("input.bias", tensor(&[12], 4)),
+        ];
+        let m = file(config, &tensors);
+        let p = Projector::from_model(m.clone()).unwrap();
+        assert_eq!((p.dim_in(), p.dim_out()), (5, 7));
+        let x = Array2::from_shape_vec((4, 5), values(20, 9)).unwrap();
+        let inner = Projector::from_model(file(&config.replace(r#","input_dim":5"#, ""), &tensors[..2])).unwrap();
+        let bridged = x.dot(&tensors[2].1.view2("W").unwrap()) + &tensors[3].1.view1("b").unwrap();
+        let close = |got: Array2<f32>, want: Array2<f32>| {
+            assert_eq!(got.dim(), want.dim());
+            assert!(got.iter().zip(want.iter()).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())));
+        };
+        close(p.project(x.view()).unwrap(), inner.project(bridged.view()).unwrap());
+        let dense = |p: &Projector, x: &Array2<f32>| p.route(x.view()).unwrap().unwrap().to_dense(3);
+        close(dense(&p, &x), dense(&inner, &bridged));
+        assert!(p.project(bridged.view()).unwrap_err().to_string().contains("columns"));
+        assert_round_trip(m);
+        // An input map needs `input_dim`, and `input_dim` needs a map of the right shape.
+        let no_dim = file(&config.replace(r#","input_dim":5"#, ""), &tensors);
+        assert!(Projector::from_model(no_dim).unwrap_err().to_string().contains("unexpected tensor `input.W`"));
+        let wrong = file(&config.replace(r#""input_dim":5"#, r#""input_dim":6"#), &tensors);
+        assert!(Projector::from_model(wrong).unwrap_err().to_string().contains("input.W"));
+        assert!(Projector::from_model(file(config, &tensors[..2])).is_err());
     }
 
     #[test]
