@@ -93,7 +93,7 @@ def test_save_load_round_trip(fitted, tmp_path):
     config = json.loads(loaded.config)
     assert config["input_dim"] == D_Q and config["weights_dtype"] == "float16"
     tensors = loaded.tensors()
-    np.testing.assert_array_equal(tensors["input.W"], fitted.W_in_)  # the bridge stays float32
+    np.testing.assert_array_equal(tensors["bridge.W"], fitted.W_in_)  # the bridge stays float32
     X = unit(np.random.default_rng(6), 10, D_Q)
     np.testing.assert_allclose(loaded.project(X), fitted.project(X), rtol=1e-2, atol=1e-2)
     with pytest.raises(ValueError, match="columns"):

@@ -20,8 +20,8 @@ from projroute.metrics import mean_cosine
 from projroute.ridge import RIDGE_GRID, ridge_solve
 from projroute.validation import choose
 
-INPUT_W = "input.W"
-INPUT_BIAS = "input.bias"
+BRIDGE_W = "bridge.W"
+BRIDGE_BIAS = "bridge.bias"
 HEADER_FIELDS = ("format", "version", "kind", "dim_in", "dim_out")
 
 
@@ -78,7 +78,7 @@ class BridgedProjection(Projection):
     fitted, in place, on the bridged questions and the answers.
 
     Saved as the model's kind with ``input_dim`` in its config and the bridge as the
-    tensors ``input.W`` (d_q, d_a) and ``input.bias`` (d_a,); the Rust core applies
+    tensors ``bridge.W`` (d_q, d_a) and ``bridge.bias`` (d_a,); the Rust core applies
     it before routing and projecting.
 
     Fitted: ``W_in_`` (d_q, d_a), ``b_in_`` (d_a,) float32, ``alpha_``,
@@ -128,7 +128,7 @@ class BridgedProjection(Projection):
         return self
 
     def _tensors(self) -> dict[str, np.ndarray]:
-        return {**self.model_._tensors(), INPUT_W: self.W_in_, INPUT_BIAS: self.b_in_}
+        return {**self.model_._tensors(), BRIDGE_W: self.W_in_, BRIDGE_BIAS: self.b_in_}
 
     def _config(self) -> dict[str, Any]:
         inner = {k: v for k, v in self.model_.config_.items() if k not in HEADER_FIELDS}

@@ -78,8 +78,8 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<EnsembleConfig>,
     /// A bridged model: queries of this dimension (another encoder's, e.g. a static
-    /// model's) are first mapped by the tensors `input.W` (input_dim, dim_in) and
-    /// optional `input.bias` (dim_in,), then served by the kind.
+    /// model's) are first mapped by the tensors `bridge.W` (input_dim, dim_in) and
+    /// optional `bridge.bias` (dim_in,), then served by the kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_dim: Option<usize>,
     /// Free-form record of how the model was fitted; not read by the core.

@@ -17,8 +17,8 @@ use crate::routing::Routing;
 use crate::{Federated, Global, KeyRule, Keyed, Lda};
 
 /// Tensors of a bridged model's input map (see [`Config::input_dim`]).
-const INPUT_W: &str = "input.W";
-const INPUT_BIAS: &str = "input.bias";
+const BRIDGE_W: &str = "bridge.W";
+const BRIDGE_BIAS: &str = "bridge.bias";
 
 /// The registry: the model of `m`'s kind, built from its tensors and config.
 fn build(m: &ModelFile) -> Result<Box<dyn Model>> {
@@ -40,21 +40,21 @@ fn build(m: &ModelFile) -> Result<Box<dyn Model>> {
     })
 }
 
-/// The input map of a bridged model, `x @ input.W + input.bias` (float32), if its
-/// config has `input_dim`; `input.*` tensors without it are left for the caller to
+/// The input map of a bridged model, `x @ bridge.W + bridge.bias` (float32), if its
+/// config has `input_dim`; `bridge.*` tensors without it are left for the caller to
 /// reject as unexpected.
 fn input_map(m: &ModelFile) -> Result<Option<Global>> {
     let Some(dim) = m.config.input_dim else { return Ok(None) };
-    let w = m.tensor(INPUT_W)?.view2(INPUT_W)?;
+    let w = m.tensor(BRIDGE_W)?.view2(BRIDGE_W)?;
     if w.dim() != (dim, m.config.dim_in) {
         return format_err(format!(
-            "tensor `{INPUT_W}` has shape {:?}, the config says ({dim}, {})",
+            "tensor `{BRIDGE_W}` has shape {:?}, the config says ({dim}, {})",
             w.shape(),
             m.config.dim_in
         ));
     }
-    let bias = match m.tensors.get(INPUT_BIAS) {
-        Some(t) => Some(t.view1(INPUT_BIAS)?.to_owned()),
+    let bias = match m.tensors.get(BRIDGE_BIAS) {
+        Some(t) => Some(t.view1(BRIDGE_BIAS)?.to_owned()),
         None => None,
     };
     Global::new(w.to_owned(), bias, Precision::F32).map(Some)
@@ -89,7 +89,7 @@ impl Projector {
         let c = &m.config;
         let mut expected = model.tensor_names();
         if input.is_some() {
-            expected.extend([INPUT_W.to_string(), INPUT_BIAS.to_string()]);
+            expected.extend([BRIDGE_W.to_string(), BRIDGE_BIAS.to_string()]);
         }
         if let Some(extra) = m.tensors.keys().find(|k| !expected.contains(k) && *k != INDEX_TENSOR) {
             return format_err(format!("unexpected tensor `{extra}` in a `{}` model", c.kind));
@@ -131,7 +131,7 @@ impl Projector {
         let mut tensors = self.model.tensors();
         if let Some(input) = &self.input {
             for (name, t) in input.tensors() {
-                tensors.insert(format!("input.{name}"), t);
+                tensors.insert(format!("bridge.{name}"), t);
             }
         }
         if let Some(index) = &self.index {
@@ -303,8 +303,8 @@ mod tests {
         let tensors = [
             ("centroids", tensor(&[3, 12], 1)),
             ("W", tensor(&[3, 12, 7], 2)),
-            ("input.W", tensor(&[5, 12], 3)),
-            ("input.bias", tensor(&[12], 4)),
+            ("bridge.W", tensor(&[5, 12], 3)),
+            ("bridge.bias", tensor(&[12], 4)),
         ];
         let m = file(config, &tensors);
         let p = Projector::from_model(m.clone()).unwrap();
@@ -323,9 +323,9 @@ mod tests {
         assert_round_trip(m);
         // An input map needs `input_dim`, and `input_dim` needs a map of the right shape.
         let no_dim = file(&config.replace(r#","input_dim":5"#, ""), &tensors);
-        assert!(Projector::from_model(no_dim).unwrap_err().to_string().contains("unexpected tensor `input.W`"));
+        assert!(Projector::from_model(no_dim).unwrap_err().to_string().contains("unexpected tensor `bridge.W`"));
         let wrong = file(&config.replace(r#""input_dim":5"#, r#""input_dim":6"#), &tensors);
-        assert!(Projector::from_model(wrong).unwrap_err().to_string().contains("input.W"));
+        assert!(Projector::from_model(wrong).unwrap_err().to_string().contains("bridge.W"));
         assert!(Projector::from_model(file(config, &tensors[..2])).is_err());
     }
 
