@@ -241,7 +241,7 @@ mod tests {
         for (i, mut row) in z.axis_iter_mut(Axis(0)).enumerate() {
             row += &centres.row(i * 7919 % clusters);
         }
-        z.dot(&map) + Array2::from_shape_simple_fn((n, d), || gauss())
+        z.dot(&map) + Array2::from_shape_simple_fn((n, d), gauss)
     }
 
     fn recall(got: &Array2<u32>, want: &Array2<u32>) -> f64 {

@@ -45,7 +45,7 @@ enum Answers {
     /// A graph, and the exact index, built on first use.
     #[cfg(feature = "ann")]
     Approximate {
-        ann: AnnIndex,
+        ann: Box<AnnIndex>,
         exact: OnceLock<FlatIndex>,
     },
 }
@@ -92,7 +92,9 @@ impl Searcher {
         }
         let answers = match &index.ann {
             #[cfg(feature = "ann")]
-            Some(graph) => Answers::Approximate { ann: AnnIndex::load(graph, index.view())?, exact: OnceLock::new() },
+            Some(graph) => {
+                Answers::Approximate { ann: Box::new(AnnIndex::load(graph, index.view())?), exact: OnceLock::new() }
+            }
             _ => Answers::Exact(FlatIndex::new(index.view())?),
         };
         Ok(Searcher { encoder, projector, answers, ids: index.ids, texts: index.texts })
