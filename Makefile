@@ -26,19 +26,21 @@ demo: build
 
 test: test-rust test-python
 
-# The core crate without features, with candle, and with candle and text (the static
-# encoder and the Searcher; the wheel enables both).
+# The core crate without features, with candle, with candle and text (the static
+# encoder and the Searcher), and with ann too (approximate indexes, usearch's C++; the
+# wheel enables all three).
 test-rust:
 	cargo test --release -p projroute
 	cargo test --release -p projroute --features candle
 	cargo test --release -p projroute --features candle,text
+	cargo test --release -p projroute --features candle,text,ann
 
 test-python: build
 	$(PY) -m pytest -q
 
 # Every habit CI checks: ruff lint and format, the type check of the public Python
-# API (py.typed, _core.pyi), rustfmt and clippy (without features, with candle, and
-# with candle and text).
+# API (py.typed, _core.pyi), rustfmt and clippy (without features, with candle, with
+# candle and text, and with ann too).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -47,6 +49,7 @@ lint: $(STAMP)
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p projroute --all-targets --features candle -- -D warnings
 	cargo clippy -p projroute --all-targets --features candle,text -- -D warnings
+	cargo clippy -p projroute --all-targets --features candle,text,ann -- -D warnings
 
 bench: bench-python bench-rust
 

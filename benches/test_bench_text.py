@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import os
 import platform
+import time
 
 THREADS = int(os.environ.get("PROJROUTE_BENCH_THREADS", "2"))
 # Before any rayon pool starts (projroute's, and the tokenizers package's under model2vec).
@@ -344,3 +345,59 @@ def test_text_top10(benchmark, record, medians, threads, model_dir, sentences, c
         base = medians.get(benchmark.group, {}).get("numpy")
         if impl == "rust_searcher" and base:
             benchmark.extra_info["speedup_vs_numpy"] = base / med
+
+
+# ---------------------------------------------------------------------------------
+# text -> top-10 through the approximate (HNSW) index
+
+
+def corpus_texts(n: int) -> list[str]:
+    """n distinct texts from $PROJROUTE_DATA/corpus/sentences.txt: each sentence, then
+    pairs of sentences joined deterministically (sentence i with sentence i + offset, a
+    new offset per pass) until there are n."""
+    path = os.path.join(data_dir(), "corpus", "sentences.txt")
+    if not os.path.exists(path):
+        pytest.skip(f"no corpus at {path} (set PROJROUTE_DATA)")
+    with open(path, encoding="utf-8") as f:
+        sentences = list(dict.fromkeys(s.strip() for s in f if s.strip()))
+    m, offsets = len(sentences), [7919, 104729, 1299709, 15485863]
+    texts = sentences[:n]
+    for i in range(max(0, n - m)):
+        texts.append(sentences[i % m] + " " + sentences[(i + offsets[i // m % 4]) % m])
+    return texts
+
+
+@pytest.fixture(scope="module")
+def ann_corpus(tmp_path_factory, model_dir):
+    """An approximate index over ANN_N corpus texts embedded by the static model, its
+    build time, and the exact Searcher over the same file (``exact=True``)."""
+    n = int(os.environ.get("PROJROUTE_BENCH_ANN_N", str(N_LARGE)))
+    texts = corpus_texts(n)
+    path = tmp_path_factory.mktemp("ann") / f"ann{n}.index"
+    started = time.perf_counter()
+    projroute.build_index(texts, path, encoder=model_dir, approximate=True)
+    build_s = time.perf_counter() - started
+    return projroute.Searcher.open_index(path), n, build_s
+
+
+@pytest.mark.skipif(
+    os.environ.get("PROJROUTE_BENCH_ANN") != "1",
+    reason="the approximate index over 10^6 answers takes tens of minutes to build on 2 cores; "
+    "set PROJROUTE_BENCH_ANN=1 (and PROJROUTE_BENCH_ANN_N for another size)",
+)
+def test_text_top10_approximate(benchmark, record, medians, threads, model_dir, sentences, ann_corpus):
+    """Latency of text -> top-10 at B=1 through the HNSW graph, with its recall@10
+    against exact search over the same answers, and the build time."""
+    searcher, n, build_s = ann_corpus
+    benchmark.group = G_TOP.format(n, 1)
+    probe = sentences[:256]
+    exact = searcher.search(probe, TOP_K, exact=True)
+    got = searcher.search(probe, TOP_K)
+    recall = float(np.mean([len({h[0] for h in a} & {h[0] for h in b}) / TOP_K for a, b in zip(got, exact) if b]))
+    call = _cycled([[s] for s in sentences])(lambda texts: searcher.search(texts, TOP_K))
+    call()
+    _info(benchmark, threads, model_dir, "rust_searcher_ann", 1, answers=n, top_k=TOP_K)
+    benchmark.extra_info.update(recall_at_10=recall, build_s=build_s, ann=searcher.ann)
+    benchmark(call)
+    record(benchmark, medians, "rust_searcher_ann")
+    print(f"\napproximate index over {n:,} answers: recall@10 {recall:.4f} against exact, built in {build_s:.0f} s")

@@ -225,3 +225,106 @@ def test_search_index_from_the_serving_only_install(encoder_dir, built, tmp_path
     assert done.returncode == 0, done.stderr
     r = json.loads(done.stdout)
     assert r["results"][0]["text"] == "Paris is the capital of France."
+
+
+# --- approximate (HNSW) indexes ---------------------------------------------------------
+
+
+def same_hits(a, b):
+    """The same ids and texts in the same order, scores equal to float rounding."""
+    return all(
+        [(i, t) for i, _, t in x] == [(i, t) for i, _, t in y]
+        and np.allclose([h[1] for h in x], [h[1] for h in y], atol=1e-5)
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus_sentences(data_root):
+    """5,000 distinct real sentences from $PROJROUTE_DATA/corpus/sentences.txt."""
+    path = data_root / "corpus" / "sentences.txt"
+    if not path.exists():
+        pytest.skip(f"no corpus at {path}")
+    seen: dict[str, None] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                seen.setdefault(line.strip())
+            if len(seen) == 5000:
+                break
+    return list(seen)
+
+
+def test_approximate_index_recall_and_exact_search(encoder_dir, corpus_sentences, tmp_path):
+    """Recall@10 against exact search on static embeddings of real sentences, queried by
+    other real sentences; exact search stays available; the header records the graph."""
+    answers, queries = corpus_sentences[:4500], corpus_sentences[4500:4800]
+    path = tmp_path / "ann.index"
+    build_index(answers, path, encoder=encoder_dir, ann={"connectivity": 12, "ef_search": 48})
+    header = index.read_header(path)
+    assert header["version"] == 2 and header["ann"]["connectivity"] == 12 and header["ann"]["ef_search"] == 48
+    assert header["ann"]["method"] == "hnsw" and header["ann"]["metric"] == "ip"
+    searcher = projroute.Searcher.open_index(path)
+    assert searcher.ann == header["ann"]
+    exact = searcher.search(queries, 10, exact=True)
+    got = searcher.search(queries, 10)
+    recall = np.mean([len({h[0] for h in a} & {h[0] for h in b}) / 10 for a, b in zip(got, exact) if b])
+    assert recall >= 0.95, recall
+    # Scores are exact cosines: a hit found by both has the same score.
+    found = {(i, h[0]): h[1] for i, row in enumerate(exact) for h in row}
+    assert all(abs(found.get((i, h[0]), h[1]) - h[1]) < 1e-6 for i, row in enumerate(got) for h in row)
+    assert searcher.search(queries, 10, ef=400) != searcher.search(queries, 10, ef=10)
+    # The exact index written from the same answers searches the same as exact=True.
+    build_index(answers, tmp_path / "exact.index", encoder=encoder_dir)
+    plain = projroute.Searcher.open_index(tmp_path / "exact.index")
+    assert plain.ann is None and same_hits(plain.search(queries[:20], 10), exact[:20])
+
+
+def test_approximate_index_errors(encoder_dir, tmp_path):
+    path = tmp_path / "ann.index"
+    build_index(ANSWERS, path, encoder=encoder_dir, approximate=True)
+    searcher = projroute.Searcher.open_index(path)
+    assert searcher.ann["connectivity"] == 16 and searcher.ann["ef_search"] == 64
+    assert same_hits(searcher.search(ANSWERS, 8), searcher.search(ANSWERS, 8, exact=True))
+    with pytest.raises(ValueError, match="k must be between 1 and the index size"):
+        searcher.search(["x"], k=len(ANSWERS) + 1)
+    with pytest.raises(ValueError, match="ef must be at least 1"):
+        searcher.search(["x"], k=1, ef=0)
+    with pytest.raises(ValueError, match="ef applies to approximate search"):
+        searcher.search(["x"], k=1, exact=True, ef=8)
+    with pytest.raises(ValueError, match="ef applies to approximate search"):
+        projroute.Searcher.open_index(tmp_path / "ann.index").search(["x"], 1, exact=True, ef=3)
+    with pytest.raises(ValueError, match='unknown ann option "M"'):
+        build_index(ANSWERS, tmp_path / "bad.index", encoder=encoder_dir, ann={"M": 8})
+    with pytest.raises(ValueError, match="connectivity >= 2"):
+        build_index(ANSWERS, tmp_path / "bad.index", encoder=encoder_dir, ann={"connectivity": 1})
+    with pytest.raises(ValueError, match="NaN"):
+        build_index(
+            ["a", "b"],
+            tmp_path / "nan.index",
+            encoder=encoder_dir,
+            embeddings=np.full((2, DIM), np.nan),
+            approximate=True,
+        )
+    assert not (tmp_path / "bad.index").exists()
+
+
+def test_cli_approximate_build_and_search(capsys, encoder_dir, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(ANSWERS) + "\n", "utf-8")
+    out = tmp_path / "cli.index"
+    argv = ["index", "build", "--encoder", str(encoder_dir), str(corpus), "-o", str(out)]
+    r = run_json(capsys, *argv, "--approximate", "--connectivity", "8", "--ef-search", "32")
+    assert r["ann"]["connectivity"] == 8 and r["ann"]["ef_search"] == 32 and r["seconds"] >= 0
+    assert cli.main([*argv, "--approximate"]) == 0
+    assert "approximate (HNSW) graph: connectivity 16" in capsys.readouterr().out
+    r = run_json(capsys, "search", str(out), ANSWERS[3], "-k", "3", "--ef", "16")
+    assert r["search"] == "approximate" and r["results"][0]["text"] == ANSWERS[3]
+    r = run_json(capsys, "search", str(out), ANSWERS[3], "-k", "3", "--exact")
+    assert r["search"] == "exact" and r["results"][0]["text"] == ANSWERS[3]
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--ef-search", "8"])
+    assert "apply with --approximate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["search", str(out), "x", "--exact", "--ef", "8"])
+    assert "--ef applies to an index built with --approximate" in capsys.readouterr().err

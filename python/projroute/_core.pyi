@@ -1,7 +1,7 @@
 """Type stub of the Rust extension module ``projroute._core``."""
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,7 +85,8 @@ class StaticEncoder:
     def max_length(self) -> int | None: ...
 
 class Searcher:
-    """Text search: a static encoder, an optional projection, exact cosine top-k over an index file."""
+    """Text search: a static encoder, an optional projection, cosine top-k over an index file
+    (exact, or approximate when the file holds an HNSW graph)."""
 
     @staticmethod
     def open(
@@ -98,13 +99,17 @@ class Searcher:
         encoder: str | os.PathLike[str] | None = None,
         model: str | os.PathLike[str] | None = None,
     ) -> Searcher: ...
-    def search(self, texts: Sequence[str], k: int = 10) -> list[list[tuple[int, float, str]]]: ...
+    def search(
+        self, texts: Sequence[str], k: int = 10, *, exact: bool = False, ef: int | None = None
+    ) -> list[list[tuple[int, float, str]]]: ...
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
     def route(self, texts: Sequence[str]) -> npt.NDArray[np.float32] | None: ...
     @property
     def dim(self) -> int: ...
     @property
     def kind(self) -> str | None: ...
+    @property
+    def ann(self) -> dict[str, str | int] | None: ...
     def __len__(self) -> int: ...
 
 def save_index(
@@ -114,6 +119,7 @@ def save_index(
     ids: Sequence[int] | None = None,
     encoder: str | None = None,
     model: str | None = None,
+    ann: Mapping[str, int] | None = None,
 ) -> None:
     """Write an answer index file from vectors, texts and ids."""
 
@@ -123,6 +129,7 @@ def build_index(
     texts: Sequence[str],
     ids: Sequence[int] | None = None,
     model: str | None = None,
+    ann: Mapping[str, int] | None = None,
 ) -> int:
     """Embed texts with a static model folder and write them as an answer index file."""
 

@@ -13,6 +13,7 @@ import inspect
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -258,13 +259,16 @@ def search_index(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--data applies to a model file; an index file holds its answers")
     searcher = projroute.Searcher.open_index(args.model, encoder=args.encoder, model=args.model_file)
     k = min(args.k, len(searcher))
-    hits = searcher.search([args.question], k)[0]
+    if args.ef is not None and (args.exact or searcher.ann is None):
+        raise ValueError("--ef applies to an index built with --approximate, searched without --exact")
+    hits = searcher.search([args.question], k, exact=args.exact, ef=args.ef)[0]
     model = args.model_file or index.read_header(args.model).get("model")
     result: dict[str, Any] = {
         "query": args.question,
         "index": args.model,
         "model": model,
         "kind": searcher.kind,
+        "search": "exact" if args.exact or searcher.ann is None else "approximate",
         "results": [{"rank": r, "id": i, "score": s, "text": t} for r, (i, s, t) in enumerate(hits, 1)],
     }
     if args.routing:
@@ -298,7 +302,20 @@ def cmd_index_build(args: argparse.Namespace) -> dict[str, Any]:
     texts = index.read_corpus(args.corpus)
     # MiniLM answers (train extra) for a model that bridges static queries into MiniLM's space.
     embeddings = Encoder().encode(texts) if args.answers == "minilm" else None
-    n = index.build_index(texts, args.output, encoder=args.encoder, model=args.model, embeddings=embeddings)
+    given = {"connectivity": args.connectivity, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
+    ann = {k: v for k, v in given.items() if v is not None}
+    if ann and not args.approximate:
+        raise ValueError("--connectivity, --ef-construction and --ef-search apply with --approximate")
+    started = time.perf_counter()
+    n = index.build_index(
+        texts,
+        args.output,
+        encoder=args.encoder,
+        model=args.model,
+        embeddings=embeddings,
+        ann=ann if args.approximate else None,
+    )
+    seconds = time.perf_counter() - started
     header = index.read_header(args.output)
     return {
         "corpus": args.corpus,
@@ -307,6 +324,8 @@ def cmd_index_build(args: argparse.Namespace) -> dict[str, Any]:
         "encoder": header["encoder"],
         "model": header.get("model"),
         "answers_by": args.answers,
+        "ann": header.get("ann"),
+        "seconds": seconds,
         "path": args.output,
         "bytes": Path(args.output).stat().st_size,
     }
@@ -315,10 +334,17 @@ def cmd_index_build(args: argparse.Namespace) -> dict[str, Any]:
 def show_index_build(r: dict[str, Any]) -> str:
     model = f", queries projected by {r['model']}" if r["model"] else ""
     by = "the static model" if r["answers_by"] == "static" else "MiniLM"
+    graph = ""
+    if r["ann"]:
+        a = r["ann"]
+        graph = (
+            f" with an approximate (HNSW) graph: connectivity {a['connectivity']}, "
+            f"ef_construction {a['ef_construction']}, ef_search {a['ef_search']}"
+        )
     return (
         f"embedded {r['answers']} answers from {r['corpus']} with {by} ({r['dim']}-d; queries: static model "
         f"{r['encoder']}{model})\n"
-        f"wrote {r['path']} ({human_size(r['bytes'])})"
+        f"wrote {r['path']} ({human_size(r['bytes'])}){graph} in {r['seconds']:.1f} s"
     )
 
 
@@ -645,6 +671,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", dest="model_file", metavar="MODEL", help="index file only: model file instead of the recorded one"
     )
     p.add_argument("--routing", action="store_true", help="also print the top routing weights")
+    p.add_argument("--exact", action="store_true", help="index file only: search exactly even if it has a graph")
+    p.add_argument(
+        "--ef", type=positive_int, metavar="N", help="index file only: graph candidates per query (approximate search)"
+    )
 
     p = command("eval", cmd_eval, show_eval, "compare models with raw cosine on held-out queries")
     p.add_argument("models", nargs="+", metavar="MODEL")
@@ -737,6 +767,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="embed the answers with the static model (default) or with MiniLM (train extra), for a model that "
         "bridges static queries into MiniLM's space",
     )
+    p.add_argument(
+        "--approximate",
+        action="store_true",
+        help="also store an approximate (HNSW) graph: searches take about 1-2 ms over a million answers, "
+        "at a recall@10 of about 0.95-0.99 against exact search",
+    )
+    p.add_argument("--connectivity", type=positive_int, metavar="M", help="graph links per node (default 16)")
+    p.add_argument("--ef-construction", type=positive_int, metavar="N", help="candidates while building (default 128)")
+    p.add_argument("--ef-search", type=positive_int, metavar="N", help="candidates per query (default 64)")
 
     static = sub.add_parser(
         "static",

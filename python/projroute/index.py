@@ -2,14 +2,15 @@
 
 Serving needs only numpy and the wheel: :class:`projroute.Searcher` reads an index
 file, embeds queries with a static (Model2Vec) model in Rust, optionally projects
-them, and searches by exact cosine.
+them, and searches by cosine: exactly, or through an approximate (HNSW) graph stored
+in the same file when the index was built with ``approximate=True``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ def build_index(
     model: PathLike | None = None,
     embeddings: np.ndarray | None = None,
     ids: Sequence[int] | None = None,
+    approximate: bool = False,
+    ann: Mapping[str, int] | None = None,
 ) -> int:
     """Write an answer index file for ``texts`` and return its size N.
 
@@ -62,6 +65,15 @@ def build_index(
         a model that bridges static queries into its space).
     ids : sequence of int, length N, optional
         Answer ids (int64); default 0..N-1.
+    approximate : bool, default False
+        Also build an approximate (HNSW, usearch) graph over the answers and store it in
+        the file: searches then go through it (about 1-2 ms over 10^6 answers instead of
+        about 90 ms), at a recall@10 against exact search of about 0.95-0.99 (see the
+        README); ``Searcher.search(..., exact=True)`` still searches exactly.
+    ann : mapping, optional
+        The graph's parameters (implies ``approximate``): ``connectivity`` (HNSW's M,
+        default 16), ``ef_construction`` (default 128) and ``ef_search`` (candidates per
+        query, default 64; ``Searcher.search(..., ef=N)`` overrides it).
 
     Raises FileNotFoundError for a missing folder or file, ModelFormatError for a bad
     one, ValueError for mismatched inputs.
@@ -71,10 +83,11 @@ def build_index(
     texts = list(texts)
     ids_list = None if ids is None else [int(i) for i in ids]
     model_path = None if model is None else _absolute(model)
+    graph = dict(ann) if ann is not None else {} if approximate else None
     if embeddings is None:
-        n = _core.build_index(os.fspath(output), _absolute(encoder), texts, ids_list, model_path)
+        n = _core.build_index(os.fspath(output), _absolute(encoder), texts, ids_list, model_path, graph)
     else:
-        _core.save_index(os.fspath(output), embeddings, texts, ids_list, _absolute(encoder), model_path)
+        _core.save_index(os.fspath(output), embeddings, texts, ids_list, _absolute(encoder), model_path, graph)
         n = len(texts)
     # Opening it checks the encoder, model and index against each other.
     try:
@@ -86,6 +99,7 @@ def build_index(
 
 
 def read_header(path: PathLike) -> dict[str, Any]:
-    """The JSON header of an index file (format, version, count, dim, encoder, model)."""
+    """The JSON header of an index file (format, version, count, dim, encoder, model, and
+    ann: the approximate graph's parameters, when it has one)."""
     header: dict[str, Any] = json.loads(_core.read_index_header(os.fspath(path)))
     return header

@@ -13,6 +13,7 @@ use projroute as core;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 create_exception!(projroute._core, ProjrouteError, PyException, "Base class of projroute's own errors.");
 create_exception!(
@@ -379,8 +380,8 @@ impl StaticEncoder {
 /// One search result: (id, score, text).
 type PyHit = (i64, f32, String);
 
-/// Text search: a static encoder, an optional projection, exact cosine top-k over an
-/// answer index file.
+/// Text search: a static encoder, an optional projection, cosine top-k over an answer
+/// index file (exact, or approximate when the file holds an HNSW graph).
 #[pyclass(module = "projroute._core", frozen)]
 struct Searcher {
     inner: core::Searcher,
@@ -408,11 +409,20 @@ impl Searcher {
     }
 
     /// The `k` best answers of each query in `texts`, as lists of (id, score, text),
-    /// best first; a query with no known token gets an empty list.
-    #[pyo3(signature = (texts, k=10))]
-    fn search(&self, py: Python<'_>, texts: &Bound<'_, PyAny>, k: usize) -> PyResult<Vec<Vec<PyHit>>> {
+    /// best first; a query with no known token gets an empty list. `exact` searches
+    /// exactly over an approximate index; `ef` sets its graph candidates per query.
+    #[pyo3(signature = (texts, k=10, *, exact=false, ef=None))]
+    fn search(
+        &self,
+        py: Python<'_>,
+        texts: &Bound<'_, PyAny>,
+        k: usize,
+        exact: bool,
+        ef: Option<usize>,
+    ) -> PyResult<Vec<Vec<PyHit>>> {
         let texts = as_texts(texts)?;
-        let hits = py.detach(|| self.inner.search(&str_refs(&texts), k)).map_err(to_py_err)?;
+        let options = core::SearchOptions { exact, ef };
+        let hits = py.detach(|| self.inner.search_with(&str_refs(&texts), k, options)).map_err(to_py_err)?;
         Ok(hits.into_iter().map(|row| row.into_iter().map(|h| (h.id, h.score, h.text)).collect()).collect())
     }
 
@@ -445,6 +455,29 @@ impl Searcher {
         self.inner.projector().map(|p| p.kind())
     }
 
+    /// The approximate graph's parameters (method, library, library_version, metric,
+    /// vectors, connectivity, ef_construction, ef_search), or None when searches are exact.
+    #[getter]
+    fn ann<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(p) = self.inner.ann_params() else { return Ok(None) };
+        let d = PyDict::new(py);
+        for (key, value) in [
+            ("method", &p.method),
+            ("library", &p.library),
+            ("library_version", &p.library_version),
+            ("metric", &p.metric),
+            ("vectors", &p.vectors),
+        ] {
+            d.set_item(key, value)?;
+        }
+        for (key, value) in
+            [("connectivity", p.connectivity), ("ef_construction", p.ef_construction), ("ef_search", p.ef_search)]
+        {
+            d.set_item(key, value)?;
+        }
+        Ok(Some(d))
+    }
+
     fn __len__(&self) -> usize {
         self.inner.len()
     }
@@ -455,11 +488,29 @@ impl Searcher {
     }
 }
 
+/// HNSW parameters from `connectivity`, `ef_construction` and `ef_search` (each
+/// optional, defaults 16, 128, 64).
+fn ann_params(mut options: HashMap<String, usize>) -> core::Result<core::AnnParams> {
+    let default = core::AnnParams::default();
+    let (m, ef_c, ef_s) = (
+        options.remove("connectivity").unwrap_or(default.connectivity),
+        options.remove("ef_construction").unwrap_or(default.ef_construction),
+        options.remove("ef_search").unwrap_or(default.ef_search),
+    );
+    if let Some(name) = options.keys().next() {
+        return Err(core::Error::InvalidInput(format!(
+            "unknown ann option {name:?}; the options are connectivity, ef_construction and ef_search"
+        )));
+    }
+    core::AnnParams::new(m, ef_c, ef_s)
+}
+
 /// Write an answer index file: `embeddings` (N, D) float, `ids` (N int, default
-/// 0..N), `texts` (N str), and the encoder folder and model file recorded for
-/// `Searcher.open_index`.
+/// 0..N), `texts` (N str), the encoder folder and model file recorded for
+/// `Searcher.open_index`, and an approximate graph when `ann` (HNSW options) is given.
 #[pyfunction]
-#[pyo3(signature = (path, embeddings, texts, ids=None, encoder=None, model=None))]
+#[pyo3(signature = (path, embeddings, texts, ids=None, encoder=None, model=None, ann=None))]
+#[allow(clippy::too_many_arguments)]
 fn save_index(
     py: Python<'_>,
     path: PathBuf,
@@ -468,6 +519,7 @@ fn save_index(
     ids: Option<Vec<i64>>,
     encoder: Option<String>,
     model: Option<String>,
+    ann: Option<HashMap<String, usize>>,
 ) -> PyResult<()> {
     let e = as_f32_matrix(embeddings, "embeddings")?;
     let texts = as_texts(texts)?;
@@ -477,6 +529,9 @@ fn save_index(
         let mut index = core::AnswerIndex::new(view.to_owned(), ids.unwrap_or_else(|| (0..n as i64).collect()), texts)?;
         index.encoder = encoder;
         index.model = model;
+        if let Some(options) = ann {
+            index.build_ann(&ann_params(options)?)?;
+        }
         index.save(&path)
     })
     .map_err(to_py_err)
@@ -484,9 +539,9 @@ fn save_index(
 
 /// Embed `texts` with the static model folder `encoder` and write them as an answer
 /// index file, recording `encoder` and `model` (not applied to answers) for
-/// `Searcher.open_index`.
+/// `Searcher.open_index`, with an approximate graph when `ann` (HNSW options) is given.
 #[pyfunction]
-#[pyo3(signature = (path, encoder, texts, ids=None, model=None))]
+#[pyo3(signature = (path, encoder, texts, ids=None, model=None, ann=None))]
 fn build_index(
     py: Python<'_>,
     path: PathBuf,
@@ -494,6 +549,7 @@ fn build_index(
     texts: &Bound<'_, PyAny>,
     ids: Option<Vec<i64>>,
     model: Option<String>,
+    ann: Option<HashMap<String, usize>>,
 ) -> PyResult<usize> {
     let texts = as_texts(texts)?;
     py.detach(|| {
@@ -501,6 +557,9 @@ fn build_index(
         let mut index = core::Searcher::build_index(&enc, &str_refs(&texts), ids)?;
         index.encoder = Some(encoder.display().to_string());
         index.model = model;
+        if let Some(options) = ann {
+            index.build_ann(&ann_params(options)?)?;
+        }
         index.save(&path)?;
         Ok(index.len())
     })

@@ -14,13 +14,70 @@ use crate::format::{named, read_header_metadata, versioned_json, CONFIG_KEY};
 
 /// `__metadata__` key holding an index file's JSON header, and its `format` value.
 pub const INDEX_FORMAT_NAME: &str = "projroute-index";
-/// Newest index format version this build reads and the one it writes.
-pub const INDEX_FORMAT_VERSION: u32 = 1;
+/// Newest index format version this build reads. Version 2 added the approximate
+/// graph; a file without one is still written as version 1, which older builds read.
+pub const INDEX_FORMAT_VERSION: u32 = 2;
 
 const EMBEDDINGS: &str = "embeddings";
 const IDS: &str = "ids";
 const TEXTS: &str = "texts";
 const TEXT_OFFSETS: &str = "text_offsets";
+const ANN_GRAPH: &str = "ann_graph";
+
+/// Parameters of an approximate (HNSW) graph, recorded in the index header under `ann`.
+/// The graph is `usearch`'s, over the unit answer vectors stored as float16, with the
+/// inner product as similarity (the cosine, on unit vectors).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnParams {
+    /// Always `"hnsw"`.
+    pub method: String,
+    /// The library that wrote (and reads) the graph: `"usearch"`.
+    pub library: String,
+    /// `usearch`'s version that wrote the graph, e.g. `"2.26.6"`.
+    pub library_version: String,
+    /// Similarity: `"ip"`, the inner product of unit vectors.
+    pub metric: String,
+    /// Precision of the graph's copy of the vectors: `"f16"`. Candidates are re-scored
+    /// exactly on the float32 `embeddings`.
+    pub vectors: String,
+    /// Links per node and layer (HNSW's M; the bottom layer holds 2M).
+    pub connectivity: usize,
+    /// Candidates kept while inserting (HNSW's ef_construction).
+    pub ef_construction: usize,
+    /// Candidates kept while searching, by default (HNSW's ef): the graph returns
+    /// max(k, ef_search) candidates, re-scored exactly, of which the best k are kept.
+    pub ef_search: usize,
+}
+
+impl AnnParams {
+    /// Check what this build can read: hnsw, usearch, ip, f16, connectivity >= 2 and
+    /// both ef >= 1.
+    pub fn check(&self) -> Result<()> {
+        let fixed = [("method", &self.method, "hnsw"), ("library", &self.library, "usearch")];
+        let fixed = fixed.into_iter().chain([("metric", &self.metric, "ip"), ("vectors", &self.vectors, "f16")]);
+        for (field, got, want) in fixed {
+            if got != want {
+                return format_err(format!("`ann.{field}` is {got:?}; this projroute reads {want:?}"));
+            }
+        }
+        if self.connectivity < 2 || self.ef_construction == 0 || self.ef_search == 0 {
+            return format_err(format!(
+                "`ann` needs connectivity >= 2 and ef_construction, ef_search >= 1, got {}, {}, {}",
+                self.connectivity, self.ef_construction, self.ef_search
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An approximate graph as stored: its parameters and `usearch`'s serialised bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnnGraph {
+    /// The parameters, as in the header.
+    pub params: AnnParams,
+    /// `usearch`'s serialised index (graph and float16 vectors), keyed by answer position.
+    pub bytes: Vec<u8>,
+}
 
 /// The JSON header of an index file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,12 +96,19 @@ pub struct IndexHeader {
     /// The projroute model file that projects queries for this index, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The approximate graph's parameters, when the file holds one (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ann: Option<AnnParams>,
 }
 
 impl IndexHeader {
     fn from_json(text: &str) -> Result<Self> {
         let value = versioned_json(text, "index header", INDEX_FORMAT_NAME, INDEX_FORMAT_VERSION)?;
-        serde_json::from_value(value).or_else(|e| format_err(format!("bad index header: {e}")))
+        let header: Self = serde_json::from_value(value).or_else(|e| format_err(format!("bad index header: {e}")))?;
+        if let Some(ann) = &header.ann {
+            ann.check()?;
+        }
+        Ok(header)
     }
 }
 
@@ -105,6 +169,8 @@ pub struct AnswerIndex {
     pub encoder: Option<String>,
     /// Query-side model file recorded in the header, if any.
     pub model: Option<String>,
+    /// The approximate (HNSW) graph over the answers, if built.
+    pub ann: Option<AnnGraph>,
 }
 
 impl AnswerIndex {
@@ -124,7 +190,7 @@ impl AnswerIndex {
         if let Some(i) = embeddings.rows().into_iter().position(|r| !r.iter().all(|v| v.is_finite())) {
             return invalid(format!("answer vector {i} contains NaN or infinite values"));
         }
-        Ok(AnswerIndex { embeddings, ids, texts, encoder: None, model: None })
+        Ok(AnswerIndex { embeddings, ids, texts, encoder: None, model: None, ann: None })
     }
 
     /// Number of answers N.
@@ -146,11 +212,12 @@ impl AnswerIndex {
     pub fn header(&self) -> IndexHeader {
         IndexHeader {
             format: INDEX_FORMAT_NAME.into(),
-            version: INDEX_FORMAT_VERSION,
+            version: if self.ann.is_some() { INDEX_FORMAT_VERSION } else { 1 },
             count: self.len(),
             dim: self.dim(),
             encoder: self.encoder.clone(),
             model: self.model.clone(),
+            ann: self.ann.as_ref().map(|g| g.params.clone()),
         }
     }
 
@@ -204,12 +271,22 @@ impl AnswerIndex {
                     .or_else(|_| format_err(format!("text {i} is not valid UTF-8")))
             })
             .collect::<Result<Vec<_>>>()?;
+        let ann = match (header.ann, st.tensor(ANN_GRAPH).ok()) {
+            (None, None) => None,
+            (Some(params), Some(graph)) if graph.dtype() == Dtype::U8 && graph.shape().len() == 1 => {
+                Some(AnnGraph { params, bytes: graph.data().to_vec() })
+            }
+            (Some(_), Some(_)) => return format_err(format!("tensor `{ANN_GRAPH}` must be 1-D U8")),
+            (Some(_), None) => return format_err(format!("the header has `ann` but there is no tensor `{ANN_GRAPH}`")),
+            (None, Some(_)) => return format_err(format!("a tensor `{ANN_GRAPH}` but no `ann` in the header")),
+        };
         let mut index = AnswerIndex::new(embeddings, ids, texts).map_err(|e| match e {
             Error::InvalidInput(m) => Error::Format(m),
             other => other,
         })?;
         index.encoder = header.encoder;
         index.model = header.model;
+        index.ann = ann;
         Ok(index)
     }
 
@@ -227,12 +304,15 @@ impl AnswerIndex {
         let view = |dtype, shape: Vec<usize>, data| {
             TensorView::new(dtype, shape, data).or_else(|e| invalid(format!("cannot serialise the index: {e}")))
         };
-        let views = vec![
+        let mut views = vec![
             (EMBEDDINGS, view(Dtype::F32, vec![self.len(), self.dim()], &e)?),
             (IDS, view(Dtype::I64, vec![self.len()], &ids)?),
             (TEXTS, view(Dtype::U8, vec![blob.len()], &blob)?),
             (TEXT_OFFSETS, view(Dtype::I64, vec![self.len() + 1], &offsets)?),
         ];
+        if let Some(graph) = &self.ann {
+            views.push((ANN_GRAPH, view(Dtype::U8, vec![graph.bytes.len()], &graph.bytes)?));
+        }
         let header = serde_json::to_string(&self.header()).expect("a header always serialises");
         let metadata = HashMap::from([(INDEX_FORMAT_NAME.to_string(), header)]);
         safetensors::serialize(views, Some(metadata)).or_else(|e| invalid(format!("cannot serialise the index: {e}")))
@@ -280,6 +360,75 @@ mod tests {
         assert_eq!(read_index_header(&path).unwrap(), index.header());
         assert_eq!(file_kind(&path).unwrap(), FileKind::Index);
         assert!(crate::read_config(&path).unwrap_err().to_string().contains("not a projroute model"));
+    }
+
+    #[test]
+    fn a_graph_round_trips_and_must_match_the_header() {
+        let mut index = index();
+        let params = AnnParams {
+            method: "hnsw".into(),
+            library: "usearch".into(),
+            library_version: "2.26.6".into(),
+            metric: "ip".into(),
+            vectors: "f16".into(),
+            connectivity: 8,
+            ef_construction: 32,
+            ef_search: 16,
+        };
+        index.ann = Some(AnnGraph { params: params.clone(), bytes: vec![1, 2, 3] });
+        let bytes = index.to_bytes().unwrap();
+        let back = AnswerIndex::from_bytes(&bytes).unwrap();
+        assert_eq!(back, index);
+        assert_eq!((back.header().version, back.header().ann), (2, Some(params.clone())));
+
+        let mut other = params.clone();
+        other.metric = "l2".into();
+        index.ann = Some(AnnGraph { params: other, bytes: vec![1] });
+        let err = AnswerIndex::from_bytes(&index.to_bytes().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("`ann.metric` is \"l2\""), "{err}");
+        // A header without its graph, a graph without its header.
+        let plain = self::index();
+        let mut header = plain.header();
+        header.ann = Some(params);
+        let graph = [7u8; 4];
+        let file = |header: &IndexHeader, with_graph: bool| {
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let mut views: Vec<(String, TensorView<'_>)> =
+                st.tensors().into_iter().filter(|(name, _)| name != ANN_GRAPH).collect();
+            if with_graph {
+                views.push((ANN_GRAPH.into(), TensorView::new(Dtype::U8, vec![4], &graph[..]).unwrap()));
+            }
+            let meta = HashMap::from([(INDEX_FORMAT_NAME.to_string(), serde_json::to_string(header).unwrap())]);
+            AnswerIndex::from_bytes(&safetensors::serialize(views, Some(meta)).unwrap())
+        };
+        assert!(file(&header, true).is_ok());
+        let err = file(&header, false).unwrap_err().to_string();
+        assert!(err.contains("no tensor `ann_graph`"), "{err}");
+        let err = file(&plain.header(), true).unwrap_err().to_string();
+        assert!(err.contains("no `ann` in the header"), "{err}");
+    }
+
+    /// A file written before approximate indexes (tests/fixtures/index_v1, commit
+    /// 74630a5) reads the same and ranks its answers as it did then.
+    #[test]
+    fn an_exact_index_of_format_version_1_still_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/index_v1");
+        let index = AnswerIndex::open(dir.join("answers.index")).unwrap();
+        assert_eq!((index.len(), index.dim(), index.ann.is_none()), (40, 12, true));
+        assert_eq!((index.ids[0], index.ids[39], index.texts[2].as_str()), (1000, 1117, "answer 2 · ünïcödé"));
+        assert_eq!(read_index_header(dir.join("answers.index")).unwrap().version, 1);
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let rows = |key: &str| -> Vec<Vec<f64>> { serde_json::from_value(expected[key].clone()).unwrap() };
+        let queries = rows("queries");
+        let q = Array2::from_shape_fn((queries.len(), 12), |(i, j)| queries[i][j] as f32);
+        let (ids, scores) = crate::FlatIndex::new(index.view()).unwrap().search(q.view(), 5).unwrap();
+        for (i, (want_ids, want_scores)) in rows("ranked").iter().zip(rows("scores")).enumerate() {
+            assert_eq!(ids.row(i).iter().map(|&v| v as f64).collect::<Vec<_>>(), *want_ids);
+            assert!(scores.row(i).iter().zip(want_scores).all(|(a, b)| (*a as f64 - b).abs() < 1e-6));
+        }
+        // Written again by this code, it is still version 1 (older readers open it).
+        assert_eq!(AnswerIndex::from_bytes(&index.to_bytes().unwrap()).unwrap().header().version, 1);
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub enum Error {
     },
     /// A file could not be read or written.
     Io(std::io::Error),
-    /// The tensor backend (candle) or the tokenizer failed while running a model.
+    /// The tensor backend (candle), the tokenizer or the approximate index library
+    /// (usearch) failed.
     Backend(String),
 }
 

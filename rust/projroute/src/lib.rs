@@ -2,6 +2,8 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "ann")]
+mod ann;
 mod answer_index;
 mod blend;
 mod cpu;
@@ -30,8 +32,11 @@ mod static_encoder;
 mod transformer;
 mod trees;
 
+#[cfg(feature = "ann")]
+pub use ann::AnnIndex;
 pub use answer_index::{
-    file_kind, read_index_header, AnswerIndex, FileKind, IndexHeader, INDEX_FORMAT_NAME, INDEX_FORMAT_VERSION,
+    file_kind, read_index_header, AnnGraph, AnnParams, AnswerIndex, FileKind, IndexHeader, INDEX_FORMAT_NAME,
+    INDEX_FORMAT_VERSION,
 };
 pub use blend::{blend_maps, blend_vectors};
 #[cfg(feature = "candle")]
@@ -51,7 +56,7 @@ pub use procrustes::Global;
 pub use projector::Projector;
 pub use routing::{route, softmax_rows, Router, Routing, RoutingParams};
 #[cfg(feature = "text")]
-pub use searcher::{Hit, Searcher};
+pub use searcher::{Hit, SearchOptions, Searcher};
 #[cfg(feature = "text")]
 pub use static_encoder::StaticEncoder;
 #[cfg(feature = "candle")]

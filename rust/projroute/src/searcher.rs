@@ -1,12 +1,17 @@
 //! [`Searcher`]: text in, answers out. Queries go through a [`StaticEncoder`], then
-//! optionally a [`Projector`] of any keyless kind, then exact top-k cosine search over
-//! an [`AnswerIndex`].
+//! optionally a [`Projector`] of any keyless kind, then top-k cosine search over an
+//! [`AnswerIndex`]: exact, or approximate when the index holds an HNSW graph (feature
+//! `ann`).
 
 use std::path::{Path, PathBuf};
+#[cfg(feature = "ann")]
+use std::sync::OnceLock;
 
-use ndarray::{Array2, Axis};
+use ndarray::{Array2, ArrayView2, Axis};
 
-use crate::answer_index::AnswerIndex;
+#[cfg(feature = "ann")]
+use crate::ann::AnnIndex;
+use crate::answer_index::{AnnParams, AnswerIndex};
 use crate::error::{invalid, Result};
 use crate::routing::Routing;
 use crate::{FlatIndex, Projector, StaticEncoder};
@@ -22,13 +27,36 @@ pub struct Hit {
     pub text: String,
 }
 
-/// Text search over an answer index: static encoder, optional projection, exact
-/// cosine top-k. `Send + Sync`: one searcher serves many threads.
+/// How [`Searcher::search_with`] searches; the default is what the index was built for
+/// (approximate over an index with a graph, else exact).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SearchOptions {
+    /// Search exactly even when the index has an approximate graph (to measure recall).
+    pub exact: bool,
+    /// Graph candidates per query (HNSW's ef; at least k are taken), instead of the
+    /// index's `ef_search`. Approximate search only.
+    pub ef: Option<usize>,
+}
+
+/// The answers' vectors as searched.
+#[derive(Debug)]
+enum Answers {
+    Exact(FlatIndex),
+    /// A graph, and the exact index, built on first use.
+    #[cfg(feature = "ann")]
+    Approximate {
+        ann: Box<AnnIndex>,
+        exact: OnceLock<FlatIndex>,
+    },
+}
+
+/// Text search over an answer index: static encoder, optional projection, cosine
+/// top-k. `Send + Sync`: one searcher serves many threads.
 #[derive(Debug)]
 pub struct Searcher {
     encoder: StaticEncoder,
     projector: Option<Projector>,
-    index: FlatIndex,
+    answers: Answers,
     ids: Vec<i64>,
     texts: Vec<String>,
 }
@@ -37,7 +65,9 @@ impl Searcher {
     /// A searcher over `index` for queries embedded by `encoder` then, if given,
     /// projected by `projector` (a keyless kind whose `dim_in` is the encoder's
     /// dimension). The index's dimension must be the projector's `dim_out` (or the
-    /// encoder's, without a projector), and no answer vector may be zero.
+    /// encoder's, without a projector), and no answer vector may be zero. An index with
+    /// an approximate graph is searched through it (with feature `ann`; without it,
+    /// exactly).
     pub fn new(encoder: StaticEncoder, projector: Option<Projector>, index: AnswerIndex) -> Result<Self> {
         let mut query_dim = encoder.dim();
         if let Some(p) = &projector {
@@ -60,8 +90,14 @@ impl Searcher {
         if index.dim() != query_dim {
             return invalid(format!("queries are {query_dim}-d but the index holds {}-d answers", index.dim()));
         }
-        let flat = FlatIndex::new(index.view())?;
-        Ok(Searcher { encoder, projector, index: flat, ids: index.ids, texts: index.texts })
+        let answers = match &index.ann {
+            #[cfg(feature = "ann")]
+            Some(graph) => {
+                Answers::Approximate { ann: Box::new(AnnIndex::load(graph, index.view())?), exact: OnceLock::new() }
+            }
+            _ => Answers::Exact(FlatIndex::new(index.view())?),
+        };
+        Ok(Searcher { encoder, projector, answers, ids: index.ids, texts: index.texts })
     }
 
     /// Open a static model folder, an optional model file and an index file.
@@ -92,9 +128,10 @@ impl Searcher {
         Self::new(encoder, projector, index)
     }
 
-    /// Embed an answer corpus with `encoder` into an index (no projection: answers
-    /// live in the encoder's space). `ids` default to the line numbers 0..N. A text
-    /// with no known token (an all-zero vector) is an error naming it.
+    /// Embed an answer corpus with `encoder` into an (exact) index (no projection:
+    /// answers live in the encoder's space). `ids` default to the line numbers 0..N. A
+    /// text with no known token (an all-zero vector) is an error naming it. Add a graph
+    /// with [`AnswerIndex::build_ann`].
     pub fn build_index(encoder: &StaticEncoder, texts: &[&str], ids: Option<Vec<i64>>) -> Result<AnswerIndex> {
         let embeddings = encoder.encode(texts)?;
         if let Some(i) = embeddings.axis_iter(Axis(0)).position(|r| r.iter().all(|&v| v == 0.0)) {
@@ -124,6 +161,15 @@ impl Searcher {
         self.ids.is_empty()
     }
 
+    /// The approximate graph's parameters, when searches go through one.
+    pub fn ann_params(&self) -> Option<&AnnParams> {
+        match &self.answers {
+            Answers::Exact(_) => None,
+            #[cfg(feature = "ann")]
+            Answers::Approximate { ann, .. } => Some(ann.params()),
+        }
+    }
+
     /// Queries as searched: encoded, then projected, (B, D).
     pub fn embed(&self, texts: &[&str]) -> Result<Array2<f32>> {
         let x = self.encoder.encode(texts)?;
@@ -146,11 +192,21 @@ impl Searcher {
     }
 
     /// The `k` best answers of each query, best first (ties to the lower position in
-    /// the index). A query with no known token (a zero vector) gets no hits. `k` must
-    /// be in 1..=N and `texts` non-empty.
+    /// the index): exact, or approximate over an index with a graph. A query with no
+    /// known token (a zero vector) gets no hits. `k` must be in 1..=N and `texts`
+    /// non-empty.
     pub fn search(&self, texts: &[&str], k: usize) -> Result<Vec<Vec<Hit>>> {
+        self.search_with(texts, k, SearchOptions::default())
+    }
+
+    /// [`Searcher::search`] with options: exact search over an approximate index, or
+    /// another candidate count `ef`.
+    pub fn search_with(&self, texts: &[&str], k: usize, options: SearchOptions) -> Result<Vec<Vec<Hit>>> {
         if k == 0 || k > self.len() {
             return invalid(format!("k must be between 1 and the index size ({}), got {k}", self.len()));
+        }
+        if options.ef.is_some() && (options.exact || self.ann_params().is_none()) {
+            return invalid("ef applies to approximate search; this search is exact");
         }
         let x = self.embed(texts)?;
         let live: Vec<usize> = (0..x.nrows())
@@ -160,7 +216,7 @@ impl Searcher {
         if live.is_empty() {
             return Ok(out);
         }
-        let (ids, scores) = self.index.search(x.select(Axis(0), &live).view(), k)?;
+        let (ids, scores) = self.top_k(x.select(Axis(0), &live).view(), k, options)?;
         for (row, &q) in live.iter().enumerate() {
             out[q] = ids
                 .row(row)
@@ -170,6 +226,22 @@ impl Searcher {
                 .collect();
         }
         Ok(out)
+    }
+
+    fn top_k(&self, x: ArrayView2<f32>, k: usize, options: SearchOptions) -> Result<(Array2<u32>, Array2<f32>)> {
+        match &self.answers {
+            Answers::Exact(flat) => flat.search(x, k),
+            #[cfg(feature = "ann")]
+            Answers::Approximate { ann, .. } if !options.exact => ann.search(x, k, options.ef),
+            #[cfg(feature = "ann")]
+            Answers::Approximate { ann, exact } => match exact.get() {
+                Some(flat) => flat.search(x, k),
+                None => {
+                    let flat = FlatIndex::new(ann.unit())?;
+                    exact.get_or_init(|| flat).search(x, k)
+                }
+            },
+        }
     }
 }
 
@@ -205,6 +277,45 @@ mod tests {
         assert_eq!(s.route(&["a"]).unwrap(), None);
         assert!(s.search(&["a"], 4).is_err() && s.search(&["a"], 0).is_err() && s.search(&[], 1).is_err());
         assert!(Searcher::build_index(&enc, &["a", "zz"], None).unwrap_err().to_string().contains("answer 1"));
+    }
+
+    #[test]
+    fn ef_is_for_approximate_search_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let enc = encoder(dir.path());
+        let s = Searcher::new(enc.clone(), None, Searcher::build_index(&enc, &["a", "bb"], None).unwrap()).unwrap();
+        assert_eq!(s.ann_params(), None);
+        let ef = SearchOptions { exact: false, ef: Some(8) };
+        assert!(s.search_with(&["a"], 1, ef).unwrap_err().to_string().contains("ef applies to approximate search"));
+        assert_eq!(
+            s.search_with(&["a"], 1, SearchOptions { exact: true, ef: None }).unwrap(),
+            s.search(&["a"], 1).unwrap()
+        );
+    }
+
+    #[cfg(feature = "ann")]
+    #[test]
+    fn an_approximate_index_round_trips_and_still_searches_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let enc = encoder(dir.path());
+        let texts = ["a", "bb", "a ccc", "bb ccc", "a bb", "ccc"];
+        let mut index = Searcher::build_index(&enc, &texts, None).unwrap();
+        index.build_ann(&AnnParams::new(4, 16, 8).unwrap()).unwrap();
+        index.encoder = Some(".".into());
+        let path = dir.path().join("x.index");
+        index.save(&path).unwrap();
+        let s = Searcher::open_index(&path, None, None).unwrap();
+        assert_eq!(s.ann_params().map(|p| (p.connectivity, p.ef_search)), Some((4, 8)));
+        let exact = SearchOptions { exact: true, ef: None };
+        let queries = ["a", "bb ccc", "ccc a a", "zz"];
+        // Six answers: the graph finds them all, with the exact scores.
+        assert_eq!(s.search(&queries, 6).unwrap(), s.search_with(&queries, 6, exact).unwrap());
+        let wide = SearchOptions { exact: false, ef: Some(32) };
+        assert_eq!(s.search_with(&queries, 3, wide).unwrap(), s.search_with(&queries, 3, exact).unwrap());
+        let both = SearchOptions { exact: true, ef: Some(32) };
+        assert!(s.search_with(&queries, 3, both).is_err());
+        assert!(s.search_with(&queries, 3, SearchOptions { exact: false, ef: Some(0) }).is_err());
+        assert!(s.search(&queries, 7).is_err() && s.search(&queries, 0).is_err() && s.search(&[], 1).is_err());
     }
 
     #[test]
