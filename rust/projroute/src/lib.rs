@@ -29,6 +29,8 @@ mod static_encoder;
 #[cfg(feature = "candle")]
 mod transformer;
 mod trees;
+#[cfg(feature = "text")]
+mod wordpiece;
 
 pub use answer_index::{
     file_kind, read_index_header, AnswerIndex, FileKind, IndexHeader, INDEX_FORMAT_NAME, INDEX_FORMAT_VERSION,

@@ -13,9 +13,14 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{format_err, invalid, Error, Result};
 use crate::format::named;
+use crate::wordpiece::{self, WordPiece};
 
 /// model2vec's default `max_length` (in tokens) when `config.json` has none.
 const DEFAULT_MAX_LENGTH: usize = 512;
+
+/// Smaller batches are encoded on the calling thread: a text takes about a
+/// microsecond, less than handing work to rayon's threads.
+const PARALLEL_MIN_TEXTS: usize = 8;
 
 /// A static embedding model loaded from a model2vec folder (`config.json`,
 /// `model.safetensors`, `tokenizer.json`), as written by
@@ -37,9 +42,15 @@ const DEFAULT_MAX_LENGTH: usize = 512;
 ///
 /// `max_length: null` in `config.json` turns steps 1 and 2 off. A float16 table gives
 /// float16-rounded outputs, as model2vec's float16 output does.
+///
+/// A plain BERT WordPiece `tokenizer.json` (BertNormalizer, BertPreTokenizer, WordPiece)
+/// is run by the crate's own tokenizer, which gives HF's ids faster and stops at
+/// `max_length` tokens; any other goes through HF `tokenizers`.
 #[derive(Clone, Debug)]
 pub struct StaticEncoder {
     tokenizer: Tokenizer,
+    /// The fast path for `tokenizer`, when it is a plain BERT WordPiece one.
+    wordpiece: Option<WordPiece>,
     /// (rows, dim), widened to f32.
     table: Array2<f32>,
     /// Per-token weights, indexed by token id.
@@ -89,6 +100,7 @@ impl StaticEncoder {
         let median_token_length = median(vocab.iter().map(|(t, _)| t.chars().count()).collect());
         let tables = read_tables(&tensors, n_tokens).map_err(|e| named_err("model.safetensors", e))?;
         Ok(StaticEncoder {
+            wordpiece: WordPiece::from_tokenizer(&tokenizer),
             tokenizer,
             table: tables.table,
             weights: tables.weights,
@@ -124,7 +136,13 @@ impl StaticEncoder {
 
     /// The token ids each text is pooled over (steps 1 to 3 of the type's doc).
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        texts.par_iter().map(|t| self.token_ids(t)).collect()
+        texts
+            .par_iter()
+            .map_init(Scratch::default, |scratch, text| {
+                self.token_ids(text, scratch)?;
+                Ok(scratch.ids.clone())
+            })
+            .collect()
     }
 
     /// Embed `texts`: (n, d) float32, one row per text (see the type's doc). An empty
@@ -134,30 +152,52 @@ impl StaticEncoder {
             return invalid("no texts to encode (an empty list)");
         }
         let mut out = Array2::<f32>::zeros((texts.len(), self.dim()));
-        out.axis_iter_mut(Axis(0))
-            .into_par_iter()
-            .zip(texts.par_iter())
-            .try_for_each(|(row, text)| self.pool(&self.token_ids(text)?, row))?;
+        let embed = |scratch: &mut Scratch, (row, text): (ArrayViewMut1<f32>, &&str)| {
+            self.token_ids(text, scratch)?;
+            self.pool(&scratch.ids, row)
+        };
+        if texts.len() < PARALLEL_MIN_TEXTS {
+            let mut scratch = Scratch::default();
+            out.axis_iter_mut(Axis(0)).zip(texts).try_for_each(|job| embed(&mut scratch, job))?;
+        } else {
+            out.axis_iter_mut(Axis(0))
+                .into_par_iter()
+                .zip(texts.par_iter())
+                .try_for_each_init(Scratch::default, embed)?;
+        }
         Ok(out)
     }
 
-    fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+    /// The ids of `text` into `scratch.ids`: steps 1 to 3 of the type's doc.
+    fn token_ids(&self, text: &str, scratch: &mut Scratch) -> Result<()> {
         let text = match self.max_length {
             Some(n) => {
                 let chars = n.saturating_mul(self.median_token_length);
-                text.char_indices().nth(chars).map_or(text, |(i, _)| &text[..i])
+                // A text of at most `chars` bytes has at most `chars` characters.
+                if text.len() <= chars {
+                    text
+                } else {
+                    text.char_indices().nth(chars).map_or(text, |(i, _)| &text[..i])
+                }
             }
             None => text,
         };
-        let encoding = self
-            .tokenizer
-            .encode_fast(text, false)
-            .map_err(|e| Error::Backend(format!("tokenizer failed on a text: {e}")))?;
-        let mut ids = encoding.get_ids().to_vec();
+        let ids = &mut scratch.ids;
+        match &self.wordpiece {
+            Some(wp) => wp.tokenize(text, self.max_length.unwrap_or(usize::MAX), &mut scratch.wordpiece, ids),
+            None => {
+                let encoding = self
+                    .tokenizer
+                    .encode_fast(text, false)
+                    .map_err(|e| Error::Backend(format!("tokenizer failed on a text: {e}")))?;
+                ids.clear();
+                ids.extend_from_slice(encoding.get_ids());
+            }
+        }
         if let Some(unk) = self.unk_id {
             ids.retain(|&id| id != unk);
         }
-        Ok(ids)
+        Ok(())
     }
 
     /// Mean of the (weighted) rows of `ids` into `out`, then the normalisation.
@@ -199,6 +239,13 @@ impl StaticEncoder {
         }
         Ok(())
     }
+}
+
+/// Buffers one thread reuses from text to text.
+#[derive(Default)]
+struct Scratch {
+    ids: Vec<u32>,
+    wordpiece: wordpiece::Scratch,
 }
 
 fn token_out_of_range(id: usize) -> Error {
