@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{format_err, invalid, Error, Result};
+use crate::fastmath;
 use crate::format::named;
 use crate::wordpiece::{self, WordPiece};
 
@@ -206,32 +207,28 @@ impl StaticEncoder {
             return Ok(());
         }
         let acc = out.as_slice_mut().expect("rows of a fresh array are contiguous");
-        for &id in ids {
-            let id = id as usize;
-            let r = match &self.mapping {
-                Some(m) => *m.get(id).ok_or_else(|| token_out_of_range(id))?,
-                None => id,
-            };
-            if r >= self.table.nrows() {
-                return Err(token_out_of_range(id));
-            }
-            let row = self.table.row(r);
-            let row = row.as_slice().expect("table rows are contiguous");
-            match &self.weights {
-                Some(w) => {
-                    let w = *w.get(id).ok_or_else(|| token_out_of_range(id))?;
-                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v * w);
-                }
-                None => acc.iter_mut().zip(row).for_each(|(a, v)| *a += v),
-            }
+        // Four rows at a time: four loads in flight and one update of `acc`.
+        let mut quads = ids.chunks_exact(4);
+        for quad in &mut quads {
+            let [(a, wa), (b, wb), (c, wc), (d, wd)] = [
+                self.weighted_row(quad[0])?,
+                self.weighted_row(quad[1])?,
+                self.weighted_row(quad[2])?,
+                self.weighted_row(quad[3])?,
+            ];
+            fastmath::add_weighted_rows4(acc, [a, b, c, d], [wa, wb, wc, wd]);
         }
-        let n = ids.len() as f64;
-        acc.iter_mut().for_each(|a| *a = (*a as f64 / n) as f32);
+        for &id in quads.remainder() {
+            let (row, w) = self.weighted_row(id)?;
+            fastmath::add_weighted_row(acc, row, w);
+        }
+        let n = ids.len() as f32;
+        acc.iter_mut().for_each(|a| *a /= n);
         if self.half_output {
             acc.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32());
         }
         if self.normalize {
-            let norm = acc.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() as f32 + 1e-32;
+            let norm = sum_of_squares(acc).sqrt() as f32 + 1e-32;
             acc.iter_mut().for_each(|a| *a /= norm);
             if self.half_output {
                 acc.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32());
@@ -239,6 +236,38 @@ impl StaticEncoder {
         }
         Ok(())
     }
+
+    /// The table row of token `id` and its weight (1 without weights).
+    #[inline]
+    fn weighted_row(&self, id: u32) -> Result<(&[f32], f32)> {
+        let id = id as usize;
+        let r = match &self.mapping {
+            Some(m) => *m.get(id).ok_or_else(|| token_out_of_range(id))?,
+            None => id,
+        };
+        let dim = self.table.ncols();
+        let table = self.table.as_slice().expect("the table is built in standard layout");
+        let row = table.get(r * dim..(r + 1) * dim).ok_or_else(|| token_out_of_range(id))?;
+        let w = match &self.weights {
+            Some(w) => *w.get(id).ok_or_else(|| token_out_of_range(id))?,
+            None => 1.0,
+        };
+        Ok((row, w))
+    }
+}
+
+/// The sum of the squares of `v`, in float64, in four interleaved partial sums (so
+/// that it vectorises).
+fn sum_of_squares(v: &[f32]) -> f64 {
+    let mut lanes = [0f64; 4];
+    let mut chunks = v.chunks_exact(4);
+    for c in &mut chunks {
+        for (s, &x) in lanes.iter_mut().zip(c) {
+            *s += x as f64 * x as f64;
+        }
+    }
+    let rest: f64 = chunks.remainder().iter().map(|&x| x as f64 * x as f64).sum();
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + rest
 }
 
 /// Buffers one thread reuses from text to text.
