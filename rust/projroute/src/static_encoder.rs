@@ -2,6 +2,7 @@
 //! look up one vector per token, mean-pool, optionally normalise. The semantics are
 //! those of Python `model2vec.StaticModel.encode` (version 0.10), step by step.
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -139,9 +140,11 @@ impl StaticEncoder {
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         texts
             .par_iter()
-            .map_init(Scratch::default, |scratch, text| {
-                self.token_ids(text, scratch)?;
-                Ok(scratch.ids.clone())
+            .map(|text| {
+                Scratch::with(|scratch| {
+                    self.token_ids(text, scratch)?;
+                    Ok(scratch.ids.clone())
+                })
             })
             .collect()
     }
@@ -153,18 +156,16 @@ impl StaticEncoder {
             return invalid("no texts to encode (an empty list)");
         }
         let mut out = Array2::<f32>::zeros((texts.len(), self.dim()));
-        let embed = |scratch: &mut Scratch, (row, text): (ArrayViewMut1<f32>, &&str)| {
-            self.token_ids(text, scratch)?;
-            self.pool(&scratch.ids, row)
+        let embed = |(row, text): (ArrayViewMut1<f32>, &&str)| {
+            Scratch::with(|scratch| {
+                self.token_ids(text, scratch)?;
+                self.pool(&scratch.ids, row)
+            })
         };
         if texts.len() < PARALLEL_MIN_TEXTS {
-            let mut scratch = Scratch::default();
-            out.axis_iter_mut(Axis(0)).zip(texts).try_for_each(|job| embed(&mut scratch, job))?;
+            out.axis_iter_mut(Axis(0)).zip(texts).try_for_each(embed)?;
         } else {
-            out.axis_iter_mut(Axis(0))
-                .into_par_iter()
-                .zip(texts.par_iter())
-                .try_for_each_init(Scratch::default, embed)?;
+            out.axis_iter_mut(Axis(0)).into_par_iter().zip(texts.par_iter()).try_for_each(embed)?;
         }
         Ok(out)
     }
@@ -222,14 +223,14 @@ impl StaticEncoder {
             let (row, w) = self.weighted_row(id)?;
             fastmath::add_weighted_row(acc, row, w);
         }
-        let n = ids.len() as f32;
-        acc.iter_mut().for_each(|a| *a /= n);
+        let inv_n = 1.0 / ids.len() as f32;
+        acc.iter_mut().for_each(|a| *a *= inv_n);
         if self.half_output {
             acc.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32());
         }
         if self.normalize {
-            let norm = sum_of_squares(acc).sqrt() as f32 + 1e-32;
-            acc.iter_mut().for_each(|a| *a /= norm);
+            let inv_norm = 1.0 / (sum_of_squares(acc).sqrt() as f32 + 1e-32);
+            acc.iter_mut().for_each(|a| *a *= inv_norm);
             if self.half_output {
                 acc.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32());
             }
@@ -275,6 +276,20 @@ fn sum_of_squares(v: &[f32]) -> f64 {
 struct Scratch {
     ids: Vec<u32>,
     wordpiece: wordpiece::Scratch,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+impl Scratch {
+    /// `f` with this thread's buffers (fresh ones if they are in use).
+    fn with<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => f(&mut scratch),
+            Err(_) => f(&mut Scratch::default()),
+        })
+    }
 }
 
 fn token_out_of_range(id: usize) -> Error {

@@ -21,6 +21,8 @@
 //! Unicode tables are those HF uses (`unicode_categories`, and
 //! `unicode-normalization-alignments` for NFD), so that ids agree on every character.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::ControlFlow;
 
 use ahash::AHashMap;
@@ -33,12 +35,9 @@ use unicode_normalization_alignments::UnicodeNormalization;
 #[derive(Clone, Debug)]
 pub(crate) struct WordPiece {
     /// Every piece of the model's vocabulary, looked up at the start of a word.
-    pieces: AHashMap<Box<str>, u32>,
+    pieces: Pieces,
     /// Continuation pieces, keyed without their prefix (`##ing` under `ing`).
-    suffixes: AHashMap<Box<str>, u32>,
-    /// Longest key in bytes, of `pieces` and of `suffixes`: no longer slice can match.
-    longest_piece: usize,
-    longest_suffix: usize,
+    suffixes: Pieces,
     unk: u32,
     max_chars: usize,
     clean_text: bool,
@@ -47,8 +46,81 @@ pub(crate) struct WordPiece {
     lowercase: bool,
     /// Added tokens and their ids, longest first.
     added: Vec<(Box<str>, u32)>,
-    /// Whether an added token starts with this byte.
-    added_first: [bool; 256],
+    /// The first bytes of added tokens: one (searched for with `memchr`) or a set.
+    added_first: FirstBytes,
+}
+
+/// Bytes after the text in the normalisation buffer, so that a 16-byte load at any
+/// position of the text stays in it (see [`Pieces::get`]).
+const PADDING: &str = "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+
+/// Pieces and their ids. A piece of at most 15 bytes is keyed by one `u128` (its bytes,
+/// zero-padded, and its length in the top byte), so a lookup is a load, a mask, a
+/// multiply and an integer compare; longer pieces are keyed by their bytes.
+#[derive(Clone, Debug, Default)]
+struct Pieces {
+    short: HashMap<u128, u32, BuildHasherDefault<PackedHasher>>,
+    long: AHashMap<Box<[u8]>, u32>,
+    /// The longest piece, in bytes: no longer slice can match.
+    longest: usize,
+}
+
+impl Pieces {
+    fn insert(&mut self, piece: &str, id: u32) {
+        let b = piece.as_bytes();
+        if b.len() < 16 {
+            let mut chunk = [0u8; 16];
+            chunk[..b.len()].copy_from_slice(b);
+            self.short.insert(pack(chunk, b.len()), id);
+        } else {
+            self.long.insert(b.into(), id);
+        }
+        self.longest = self.longest.max(b.len());
+    }
+
+    /// The id of the piece `text[start..end]` (`start < end`), where `text` holds
+    /// [`PADDING`] after the text proper.
+    #[inline]
+    fn get(&self, text: &[u8], start: usize, end: usize) -> Option<u32> {
+        let n = end - start;
+        match text.get(start..start + 16) {
+            Some(chunk) if n < 16 => {
+                let chunk: [u8; 16] = chunk.try_into().ok()?;
+                self.short.get(&pack(chunk, n)).copied()
+            }
+            _ => self.long.get(&text[start..end]).copied(),
+        }
+    }
+}
+
+/// The key of a piece of `n < 16` bytes, the first `n` of `chunk`.
+#[inline]
+fn pack(chunk: [u8; 16], n: usize) -> u128 {
+    (u128::from_le_bytes(chunk) & ((1u128 << (8 * n)) - 1)) | ((n as u128) << 120)
+}
+
+/// The hash of a packed piece: the halves, offset, multiplied as 64-bit numbers into
+/// 128 bits, and the halves of the product xored (high and low bits all mixed).
+#[derive(Default)]
+struct PackedHasher(u64);
+
+impl Hasher for PackedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    #[inline]
+    fn write_u128(&mut self, v: u128) {
+        let product =
+            ((v as u64) ^ 0x243F_6A88_85A3_08D3) as u128 * (((v >> 64) as u64) ^ 0x1319_8A2E_0370_7344) as u128;
+        self.0 = (product as u64) ^ (product >> 64) as u64;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Buffers reused from text to text.
@@ -57,6 +129,23 @@ pub(crate) struct Scratch {
     normalized: String,
     staged: String,
     word: Vec<u32>,
+}
+
+/// The bytes that added tokens start with.
+#[derive(Clone, Debug)]
+enum FirstBytes {
+    One(u8),
+    Set(Box<[bool; 256]>),
+}
+
+impl FirstBytes {
+    /// The positions in `text` where an added token may start, in order.
+    fn candidates<'a>(&'a self, text: &'a [u8]) -> Box<dyn Iterator<Item = usize> + 'a> {
+        match self {
+            FirstBytes::One(b) => Box::new(memchr::memchr_iter(*b, text)),
+            FirstBytes::Set(set) => Box::new((0..text.len()).filter(move |&i| set[text[i] as usize])),
+        }
+    }
 }
 
 /// Where ids go: `ids`, up to `limit` of them.
@@ -105,12 +194,14 @@ impl WordPiece {
         let vocab = model.get_vocab();
         let unk = *vocab.get(&model.unk_token)?;
         let prefix = model.continuing_subword_prefix.as_str();
-        let suffixes: AHashMap<Box<str>, u32> = vocab
-            .iter()
-            .filter_map(|(piece, &id)| piece.strip_prefix(prefix).map(|s| (s.into(), id)))
-            .filter(|(s, _): &(Box<str>, u32)| !s.is_empty())
-            .collect();
-        let pieces: AHashMap<Box<str>, u32> = vocab.into_iter().map(|(piece, id)| (piece.into(), id)).collect();
+        let (mut pieces, mut suffixes) = (Pieces::default(), Pieces::default());
+        for (piece, &id) in &vocab {
+            pieces.insert(piece, id);
+            match piece.strip_prefix(prefix) {
+                Some(suffix) if !suffix.is_empty() => suffixes.insert(suffix, id),
+                _ => {}
+            }
+        }
 
         let mut added = Vec::new();
         for (id, token) in tokenizer.get_added_tokens_decoder() {
@@ -122,13 +213,15 @@ impl WordPiece {
             }
         }
         added.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-        let mut added_first = [false; 256];
+        let mut set = [false; 256];
         for (content, _) in &added {
-            added_first[content.as_bytes()[0] as usize] = true;
+            set[content.as_bytes()[0] as usize] = true;
         }
+        let added_first = match set.iter().filter(|&&b| b).count() {
+            1 => FirstBytes::One(set.iter().position(|&b| b)? as u8),
+            _ => FirstBytes::Set(Box::new(set)),
+        };
         Some(WordPiece {
-            longest_piece: pieces.keys().map(|k| k.len()).max().unwrap_or(0),
-            longest_suffix: suffixes.keys().map(|k| k.len()).max().unwrap_or(0),
             pieces,
             suffixes,
             unk,
@@ -166,8 +259,11 @@ impl WordPiece {
         if self.added.is_empty() {
             return None;
         }
-        text.bytes().enumerate().filter(|&(_, b)| self.added_first[b as usize]).find_map(|(i, _)| {
-            self.added.iter().find(|(t, _)| text[i..].starts_with(&**t)).map(|(t, id)| (i, i + t.len(), *id))
+        self.added_first.candidates(text.as_bytes()).find_map(|i| {
+            self.added
+                .iter()
+                .find(|(t, _)| text.as_bytes()[i..].starts_with(t.as_bytes()))
+                .map(|(t, id)| (i, i + t.len(), *id))
         })
     }
 
@@ -182,7 +278,9 @@ impl WordPiece {
         } else {
             self.normalize_unicode(text, staged, normalized);
         }
-        let s = normalized.as_str();
+        let len = normalized.len();
+        normalized.push_str(PADDING);
+        let (s, padded) = (&normalized[..len], normalized.as_bytes());
         let bytes = s.as_bytes();
         let (mut start, mut i) = (0, 0);
         while i < bytes.len() {
@@ -195,17 +293,17 @@ impl WordPiece {
             };
             if space || punct {
                 if start < i {
-                    self.word(&s[start..i], word, sink)?;
+                    self.word(padded, start, i, word, sink)?;
                 }
                 if punct {
-                    self.word(&s[i..i + len], word, sink)?;
+                    self.word(padded, i, i + len, word, sink)?;
                 }
                 start = i + len;
             }
             i += len;
         }
-        if start < s.len() {
-            self.word(&s[start..], word, sink)?;
+        if start < len {
+            self.word(padded, start, len, word, sink)?;
         }
         ControlFlow::Continue(())
     }
@@ -266,31 +364,44 @@ impl WordPiece {
         }
     }
 
-    /// Step 4 for one word; `pieces` is scratch space for its ids.
-    fn word(&self, word: &str, pieces: &mut Vec<u32>, sink: &mut Sink<'_>) -> ControlFlow<()> {
-        if word.len() > self.max_chars && word.chars().count() > self.max_chars {
+    /// Step 4 for the word `text[from..to]` (`text` padded, see [`Pieces::get`]);
+    /// `pieces` is scratch space for its ids.
+    fn word(&self, text: &[u8], from: usize, to: usize, pieces: &mut Vec<u32>, sink: &mut Sink<'_>) -> ControlFlow<()> {
+        let word = &text[from..to];
+        if word.len() > self.max_chars && word.iter().filter(|&&b| !is_continuation(b)).count() > self.max_chars {
             return sink.push(self.unk);
         }
+        // The char boundary at or before `i` (`from <= i <= to`).
+        let floor = |mut i: usize| {
+            while i > from && is_continuation(text[i]) {
+                i -= 1;
+            }
+            i
+        };
         pieces.clear();
-        let mut start = 0;
-        while start < word.len() {
-            let (map, longest) =
-                if start == 0 { (&self.pieces, self.longest_piece) } else { (&self.suffixes, self.longest_suffix) };
-            let mut end = word.floor_char_boundary(word.len().min(start + longest));
+        let mut start = from;
+        while start < to {
+            let map = if start == from { &self.pieces } else { &self.suffixes };
+            let mut end = floor(to.min(start + map.longest));
             let id = loop {
                 if end <= start {
                     return sink.push(self.unk);
                 }
-                if let Some(&id) = map.get(&word[start..end]) {
+                if let Some(id) = map.get(text, start, end) {
                     break id;
                 }
-                end = word.floor_char_boundary(end - 1);
+                end = floor(end - 1);
             };
             pieces.push(id);
             start = end;
         }
         pieces.iter().try_for_each(|&id| sink.push(id))
     }
+}
+
+/// Whether `b` continues a UTF-8 character (is not its first byte).
+fn is_continuation(b: u8) -> bool {
+    b & 0xC0 == 0x80
 }
 
 /// BertNormalizer's whitespace: tab, newline, carriage return and Unicode White_Space.
@@ -455,8 +566,9 @@ mod tests {
         let (_, wp) = pair(&small_tokenizers()[0]);
         // A few ids spelled out: greedy longest match, continuations, added tokens
         // (leftmost-longest), an uncovered character and the word limit give [UNK] (1).
-        let id = |piece: &str| wp.pieces[piece];
-        let cont = |piece: &str| wp.suffixes[piece];
+        let get = |map: &Pieces, piece: &str| map.get(format!("{piece}{PADDING}").as_bytes(), 0, piece.len()).unwrap();
+        let id = |piece: &str| get(&wp.pieces, piece);
+        let cont = |piece: &str| get(&wp.suffixes, piece);
         let added = |token: &str| wp.added.iter().find(|(t, _)| &**t == token).unwrap().1;
         assert_eq!(ours(&wp, "Unaffable", usize::MAX), vec![id("un"), cont("aff"), cont("able")]);
         assert_eq!(ours(&wp, "x[ABC]y [AB]", usize::MAX), vec![id("x"), added("[ABC]"), id("y"), added("[AB]")]);
