@@ -145,14 +145,14 @@ dispatch! {
 
 #[cfg(feature = "text")]
 dispatch! {
-    /// `acc += Σ w[i] * rows[i]` over four rows of `acc.len()` values, as
-    /// `(r0 w0 + r1 w1) + (r2 w2 + r3 w3)`: four loads in flight per element and one
+    /// `acc += w[i] * rows[i]` for the four rows in turn (the rounding of four
+    /// `add_weighted_row` calls), in one pass: four loads in flight per element and one
     /// update of `acc` (mean pooling of token embeddings).
     fn add_weighted_rows4(acc: &mut [f32], rows: [&[f32]; 4], w: [f32; 4]) {
         let n = acc.len();
         let [a, b, c, d] = rows.map(|r| &r[..n]);
         for j in 0..n {
-            acc[j] += (a[j] * w[0] + b[j] * w[1]) + (c[j] * w[2] + d[j] * w[3]);
+            acc[j] = acc[j] + a[j] * w[0] + b[j] * w[1] + c[j] * w[2] + d[j] * w[3];
         }
     }
 }

@@ -208,7 +208,7 @@ impl StaticEncoder {
             return Ok(());
         }
         let acc = out.as_slice_mut().expect("rows of a fresh array are contiguous");
-        // Four rows at a time: four loads in flight and one update of `acc`.
+        // Four rows at a time, summed in order as numpy's mean does.
         let mut quads = ids.chunks_exact(4);
         for quad in &mut quads {
             let [(a, wa), (b, wb), (c, wc), (d, wd)] = [
@@ -223,14 +223,16 @@ impl StaticEncoder {
             let (row, w) = self.weighted_row(id)?;
             fastmath::add_weighted_row(acc, row, w);
         }
-        let inv_n = 1.0 / ids.len() as f32;
-        acc.iter_mut().for_each(|a| *a *= inv_n);
+        // Divisions (not reciprocal products), in float32 as numpy's: a float16 table's
+        // outputs are rounded to float16 next, which would show a last-bit difference.
+        let n = ids.len() as f32;
+        acc.iter_mut().for_each(|a| *a /= n);
         if self.half_output {
             acc.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32());
         }
         if self.normalize {
-            let inv_norm = 1.0 / (sum_of_squares(acc).sqrt() as f32 + 1e-32);
-            acc.iter_mut().for_each(|a| *a *= inv_norm);
+            let norm = sum_of_squares(acc).sqrt() as f32 + 1e-32;
+            acc.iter_mut().for_each(|a| *a /= norm);
             if self.half_output {
                 acc.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32());
             }
@@ -550,6 +552,31 @@ pub(crate) mod tests {
         assert!(err.contains("tokenizer.json") && err.contains("not a readable HF tokenizer"), "{err}");
         std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
         assert!(matches!(StaticEncoder::from_dir(dir.path()), Err(Error::Format(_))));
+    }
+
+    #[test]
+    fn bert_tokenizers_take_the_fast_path_with_hfs_ids() {
+        use crate::wordpiece::tests::{bert_json, bert_normalizer, EDGE_CASES};
+        let dir = tempfile::tempdir().unwrap();
+        let json = bert_json(bert_normalizer(true, true, None, true), "##", 100);
+        let n = Tokenizer::from_str(&json).unwrap().get_vocab_size(true);
+        let texts: Vec<&str> = EDGE_CASES.to_vec();
+        for max_length in ["4", "null"] {
+            write_model(
+                dir.path(),
+                &format!(r#"{{"normalize": true, "max_length": {max_length}}}"#),
+                vec![("embeddings", Dtype::F32, f32s(&vec![0.5; n * 2]), vec![n, 2])],
+            );
+            std::fs::write(dir.path().join("tokenizer.json"), &json).unwrap();
+            let fast = StaticEncoder::from_dir(dir.path()).unwrap();
+            assert!(fast.wordpiece.is_some());
+            let hf = StaticEncoder { wordpiece: None, ..fast.clone() };
+            let ids = fast.tokenize(&texts).unwrap();
+            assert_eq!(ids, hf.tokenize(&texts).unwrap(), "max_length {max_length}");
+            assert!(ids.iter().any(|t| t.len() > 4) == (max_length == "null"));
+            assert!(ids.iter().flatten().all(|&id| id != 1), "[UNK] (id 1) is dropped");
+            assert_eq!(fast.encode(&texts).unwrap(), hf.encode(&texts).unwrap());
+        }
     }
 
     #[test]

@@ -431,7 +431,7 @@ fn is_chinese_char(c: char) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::{json, Value};
@@ -440,7 +440,7 @@ mod tests {
     use tokenizers::TruncationParams;
 
     /// Texts every tokenizer is checked on.
-    const EDGE_CASES: &[&str] = &[
+    pub(crate) const EDGE_CASES: &[&str] = &[
         "",
         " ",
         "\t\n  \r\n",
@@ -472,7 +472,7 @@ mod tests {
 
     /// A small BERT `tokenizer.json`: single characters (and their continuations), a
     /// few words and word pieces, special tokens, and two added non-special tokens.
-    fn bert_json(normalizer: Value, prefix: &str, max_chars: usize) -> String {
+    pub(crate) fn bert_json(normalizer: Value, prefix: &str, max_chars: usize) -> String {
         let mut pieces: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].map(String::from).to_vec();
         let chars = (0x21u8..0x7f).map(char::from).chain("éñåßüÅÉÑ日本語中文。“”—…«»αβσς한국😀".chars());
         for c in chars {
@@ -507,7 +507,7 @@ mod tests {
         .to_string()
     }
 
-    fn bert_normalizer(clean_text: bool, chinese: bool, strip_accents: Option<bool>, lowercase: bool) -> Value {
+    pub(crate) fn bert_normalizer(clean_text: bool, chinese: bool, strip_accents: Option<bool>, lowercase: bool) -> Value {
         json!({"type": "BertNormalizer", "clean_text": clean_text, "handle_chinese_chars": chinese,
                "strip_accents": strip_accents, "lowercase": lowercase})
     }
