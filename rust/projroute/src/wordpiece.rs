@@ -507,7 +507,12 @@ pub(crate) mod tests {
         .to_string()
     }
 
-    pub(crate) fn bert_normalizer(clean_text: bool, chinese: bool, strip_accents: Option<bool>, lowercase: bool) -> Value {
+    pub(crate) fn bert_normalizer(
+        clean_text: bool,
+        chinese: bool,
+        strip_accents: Option<bool>,
+        lowercase: bool,
+    ) -> Value {
         json!({"type": "BertNormalizer", "clean_text": clean_text, "handle_chinese_chars": chinese,
                "strip_accents": strip_accents, "lowercase": lowercase})
     }
