@@ -20,8 +20,8 @@ use crate::wordpiece::{self, WordPiece};
 /// model2vec's default `max_length` (in tokens) when `config.json` has none.
 const DEFAULT_MAX_LENGTH: usize = 512;
 
-/// Smaller batches are encoded on the calling thread: a text takes about a
-/// microsecond, less than handing work to rayon's threads.
+/// Smaller batches are encoded on the calling thread: a text takes a few
+/// microseconds, about what handing work to rayon's threads costs.
 const PARALLEL_MIN_TEXTS: usize = 8;
 
 /// A static embedding model loaded from a model2vec folder (`config.json`,

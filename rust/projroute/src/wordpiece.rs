@@ -78,18 +78,23 @@ impl Pieces {
         self.longest = self.longest.max(b.len());
     }
 
-    /// The id of the piece `text[start..end]` (`start < end`), where `text` holds
-    /// [`PADDING`] after the text proper.
+    /// The id of the piece `text[start..end]` (`start < end`); quickest when `text`
+    /// holds [`PADDING`] after the text proper.
     #[inline]
     fn get(&self, text: &[u8], start: usize, end: usize) -> Option<u32> {
         let n = end - start;
-        match text.get(start..start + 16) {
-            Some(chunk) if n < 16 => {
-                let chunk: [u8; 16] = chunk.try_into().ok()?;
-                self.short.get(&pack(chunk, n)).copied()
-            }
-            _ => self.long.get(&text[start..end]).copied(),
+        if n >= 16 {
+            return self.long.get(&text[start..end]).copied();
         }
+        let chunk: [u8; 16] = match text.get(start..start + 16) {
+            Some(chunk) => chunk.try_into().ok()?,
+            None => {
+                let mut chunk = [0u8; 16];
+                chunk[..n].copy_from_slice(&text[start..end]);
+                chunk
+            }
+        };
+        self.short.get(&pack(chunk, n)).copied()
     }
 }
 
@@ -136,16 +141,6 @@ pub(crate) struct Scratch {
 enum FirstBytes {
     One(u8),
     Set(Box<[bool; 256]>),
-}
-
-impl FirstBytes {
-    /// The positions in `text` where an added token may start, in order.
-    fn candidates<'a>(&'a self, text: &'a [u8]) -> Box<dyn Iterator<Item = usize> + 'a> {
-        match self {
-            FirstBytes::One(b) => Box::new(memchr::memchr_iter(*b, text)),
-            FirstBytes::Set(set) => Box::new((0..text.len()).filter(move |&i| set[text[i] as usize])),
-        }
-    }
 }
 
 /// Where ids go: `ids`, up to `limit` of them.
@@ -259,12 +254,14 @@ impl WordPiece {
         if self.added.is_empty() {
             return None;
         }
-        self.added_first.candidates(text.as_bytes()).find_map(|i| {
-            self.added
-                .iter()
-                .find(|(t, _)| text.as_bytes()[i..].starts_with(t.as_bytes()))
-                .map(|(t, id)| (i, i + t.len(), *id))
-        })
+        let bytes = text.as_bytes();
+        let at = |i: usize| {
+            self.added.iter().find(|(t, _)| bytes[i..].starts_with(t.as_bytes())).map(|(t, id)| (i, i + t.len(), *id))
+        };
+        match &self.added_first {
+            FirstBytes::One(b) => memchr::memchr_iter(*b, bytes).find_map(at),
+            FirstBytes::Set(set) => (0..bytes.len()).filter(|&i| set[bytes[i] as usize]).find_map(at),
+        }
     }
 
     /// Normalise, split into words and tokenise a text free of added tokens.
@@ -364,7 +361,7 @@ impl WordPiece {
         }
     }
 
-    /// Step 4 for the word `text[from..to]` (`text` padded, see [`Pieces::get`]);
+    /// Step 4 for the word `text[from..to]` (`text` best padded, see [`Pieces::get`]);
     /// `pieces` is scratch space for its ids.
     fn word(&self, text: &[u8], from: usize, to: usize, pieces: &mut Vec<u32>, sink: &mut Sink<'_>) -> ControlFlow<()> {
         let word = &text[from..to];
@@ -373,7 +370,7 @@ impl WordPiece {
         }
         // The char boundary at or before `i` (`from <= i <= to`).
         let floor = |mut i: usize| {
-            while i > from && is_continuation(text[i]) {
+            while i > from && i < to && is_continuation(text[i]) {
                 i -= 1;
             }
             i
