@@ -578,6 +578,10 @@ pub(crate) mod tests {
         assert_eq!(ours(&wp, &"a".repeat(101), usize::MAX), vec![1]);
         assert_eq!(ours(&wp, "hello world hello", 2), vec![id("hello"), id("world")]);
         assert_eq!(ours(&wp, "日本", usize::MAX), vec![id("日"), id("本")]);
+        // Lookups without the padding after the text: the same ids.
+        assert_eq!(wp.pieces.get(b"xhello", 1, 6), Some(id("hello")));
+        assert_eq!(wp.suffixes.get("é".as_bytes(), 0, 2), Some(cont("é")));
+        assert_eq!(wp.pieces.get(b"hellp", 0, 5), None);
     }
 
     /// Every line of STS-B (all splits, whole CSV lines) and every `corpus_step`-th line
