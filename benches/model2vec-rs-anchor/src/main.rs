@@ -1,8 +1,9 @@
 //! projroute's `StaticEncoder` against `model2vec-rs` on one model2vec folder: the
 //! STS-B test sentences (both columns, the first 1,024), encoded as one batch of 1,024
-//! and as 1,024 single-text calls, median of repeated rounds. Prints one line per
-//! measurement and a JSON summary. Threads: rayon's global pool (RAYON_NUM_THREADS),
-//! shared by both.
+//! and as 1,024 single-text calls, median of repeated rounds, the two encoders'
+//! rounds alternating (so that load from other jobs falls on both alike). Prints one
+//! line per measurement and a JSON summary. Threads: rayon's global pool
+//! (RAYON_NUM_THREADS), shared by both.
 
 use std::time::{Duration, Instant};
 
@@ -37,18 +38,27 @@ fn sentences(path: &str, n: usize) -> Vec<String> {
     out
 }
 
-fn median(mut f: impl FnMut(), min_time: Duration, min_rounds: usize) -> f64 {
+/// Median seconds of `a` and of `b`, timed in alternating rounds.
+fn medians(mut a: impl FnMut(), mut b: impl FnMut(), min_time: Duration, min_rounds: usize) -> (f64, f64) {
     for _ in 0..3 {
-        f();
+        a();
+        b();
     }
-    let (start, mut times) = (Instant::now(), Vec::new());
-    while times.len() < min_rounds || start.elapsed() < min_time {
+    let time = |f: &mut dyn FnMut()| {
         let t = Instant::now();
         f();
-        times.push(t.elapsed().as_secs_f64());
+        t.elapsed().as_secs_f64()
+    };
+    let (start, mut ta, mut tb) = (Instant::now(), Vec::new(), Vec::new());
+    while ta.len() < min_rounds || start.elapsed() < min_time {
+        ta.push(time(&mut a));
+        tb.push(time(&mut b));
     }
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    let median = |mut t: Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    (median(ta), median(tb))
 }
 
 fn main() {
@@ -69,23 +79,23 @@ fn main() {
     println!("{} sentences, dim {}, max |projroute - model2vec-rs| = {diff:.2e}", texts.len(), ours.dim());
     println!("rayon threads: {}", rayon::current_num_threads());
 
-    let batch = Duration::from_secs(3);
-    let single = Duration::from_secs(2);
-    let mut it = 0usize;
-    let ours_b1024 = median(|| drop(ours.encode(&refs).unwrap()), batch, 20);
-    let theirs_b1024 = median(|| drop(theirs.encode_flat_with_args(&texts, max_length)), batch, 20);
-    let ours_b1 = median(
-        || {
-            it += 1;
-            drop(ours.encode(&refs[it % refs.len()..][..1]).unwrap())
-        },
-        single,
-        1000,
+    let batch = Duration::from_secs(6);
+    let single = Duration::from_secs(4);
+    let (ours_b1024, theirs_b1024) = medians(
+        || drop(ours.encode(&refs).unwrap()),
+        || drop(theirs.encode_flat_with_args(&texts, max_length)),
+        batch,
+        20,
     );
-    let theirs_b1 = median(
+    let (mut i, mut j) = (0usize, 0usize);
+    let (ours_b1, theirs_b1) = medians(
         || {
-            it += 1;
-            drop(theirs.encode_flat_with_args(&texts[it % texts.len()..][..1], max_length))
+            i += 1;
+            drop(ours.encode(&refs[i % refs.len()..][..1]).unwrap())
+        },
+        || {
+            j += 1;
+            drop(theirs.encode_flat_with_args(&texts[j % texts.len()..][..1], max_length))
         },
         single,
         1000,

@@ -143,6 +143,28 @@ dispatch! {
     }
 }
 
+#[cfg(feature = "text")]
+dispatch! {
+    /// `acc += w[i] * rows[i]` for the four rows in turn (the rounding of four
+    /// `add_weighted_row` calls), in one pass: four loads in flight per element and one
+    /// update of `acc` (mean pooling of token embeddings).
+    fn add_weighted_rows4(acc: &mut [f32], rows: [&[f32]; 4], w: [f32; 4]) {
+        let n = acc.len();
+        let [a, b, c, d] = rows.map(|r| &r[..n]);
+        for j in 0..n {
+            acc[j] = acc[j] + a[j] * w[0] + b[j] * w[1] + c[j] * w[2] + d[j] * w[3];
+        }
+    }
+}
+
+#[cfg(feature = "text")]
+dispatch! {
+    /// `acc += w * row`.
+    fn add_weighted_row(acc: &mut [f32], row: &[f32], w: f32) {
+        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v * w);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

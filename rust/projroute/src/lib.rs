@@ -31,6 +31,8 @@ mod static_encoder;
 #[cfg(feature = "candle")]
 mod transformer;
 mod trees;
+#[cfg(feature = "text")]
+mod wordpiece;
 
 #[cfg(feature = "ann")]
 pub use ann::AnnIndex;

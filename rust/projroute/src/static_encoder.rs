@@ -2,6 +2,7 @@
 //! look up one vector per token, mean-pool, optionally normalise. The semantics are
 //! those of Python `model2vec.StaticModel.encode` (version 0.10), step by step.
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -12,10 +13,16 @@ use serde_json::Value;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{format_err, invalid, Error, Result};
+use crate::fastmath;
 use crate::format::named;
+use crate::wordpiece::{self, WordPiece};
 
 /// model2vec's default `max_length` (in tokens) when `config.json` has none.
 const DEFAULT_MAX_LENGTH: usize = 512;
+
+/// Smaller batches are encoded on the calling thread: a text takes a few
+/// microseconds, about what handing work to rayon's threads costs.
+const PARALLEL_MIN_TEXTS: usize = 8;
 
 /// A static embedding model loaded from a model2vec folder (`config.json`,
 /// `model.safetensors`, `tokenizer.json`), as written by
@@ -37,9 +44,15 @@ const DEFAULT_MAX_LENGTH: usize = 512;
 ///
 /// `max_length: null` in `config.json` turns steps 1 and 2 off. A float16 table gives
 /// float16-rounded outputs, as model2vec's float16 output does.
+///
+/// A plain BERT WordPiece `tokenizer.json` (BertNormalizer, BertPreTokenizer, WordPiece)
+/// is run by the crate's own tokenizer, which gives HF's ids faster and stops at
+/// `max_length` tokens; any other goes through HF `tokenizers`.
 #[derive(Clone, Debug)]
 pub struct StaticEncoder {
     tokenizer: Tokenizer,
+    /// The fast path for `tokenizer`, when it is a plain BERT WordPiece one.
+    wordpiece: Option<WordPiece>,
     /// (rows, dim), widened to f32.
     table: Array2<f32>,
     /// Per-token weights, indexed by token id.
@@ -89,6 +102,7 @@ impl StaticEncoder {
         let median_token_length = median(vocab.iter().map(|(t, _)| t.chars().count()).collect());
         let tables = read_tables(&tensors, n_tokens).map_err(|e| named_err("model.safetensors", e))?;
         Ok(StaticEncoder {
+            wordpiece: WordPiece::from_tokenizer(&tokenizer),
             tokenizer,
             table: tables.table,
             weights: tables.weights,
@@ -124,7 +138,15 @@ impl StaticEncoder {
 
     /// The token ids each text is pooled over (steps 1 to 3 of the type's doc).
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        texts.par_iter().map(|t| self.token_ids(t)).collect()
+        texts
+            .par_iter()
+            .map(|text| {
+                Scratch::with(|scratch| {
+                    self.token_ids(text, scratch)?;
+                    Ok(scratch.ids.clone())
+                })
+            })
+            .collect()
     }
 
     /// Embed `texts`: (n, d) float32, one row per text (see the type's doc). An empty
@@ -134,30 +156,50 @@ impl StaticEncoder {
             return invalid("no texts to encode (an empty list)");
         }
         let mut out = Array2::<f32>::zeros((texts.len(), self.dim()));
-        out.axis_iter_mut(Axis(0))
-            .into_par_iter()
-            .zip(texts.par_iter())
-            .try_for_each(|(row, text)| self.pool(&self.token_ids(text)?, row))?;
+        let embed = |(row, text): (ArrayViewMut1<f32>, &&str)| {
+            Scratch::with(|scratch| {
+                self.token_ids(text, scratch)?;
+                self.pool(&scratch.ids, row)
+            })
+        };
+        if texts.len() < PARALLEL_MIN_TEXTS {
+            out.axis_iter_mut(Axis(0)).zip(texts).try_for_each(embed)?;
+        } else {
+            out.axis_iter_mut(Axis(0)).into_par_iter().zip(texts.par_iter()).try_for_each(embed)?;
+        }
         Ok(out)
     }
 
-    fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+    /// The ids of `text` into `scratch.ids`: steps 1 to 3 of the type's doc.
+    fn token_ids(&self, text: &str, scratch: &mut Scratch) -> Result<()> {
         let text = match self.max_length {
             Some(n) => {
                 let chars = n.saturating_mul(self.median_token_length);
-                text.char_indices().nth(chars).map_or(text, |(i, _)| &text[..i])
+                // A text of at most `chars` bytes has at most `chars` characters.
+                if text.len() <= chars {
+                    text
+                } else {
+                    text.char_indices().nth(chars).map_or(text, |(i, _)| &text[..i])
+                }
             }
             None => text,
         };
-        let encoding = self
-            .tokenizer
-            .encode_fast(text, false)
-            .map_err(|e| Error::Backend(format!("tokenizer failed on a text: {e}")))?;
-        let mut ids = encoding.get_ids().to_vec();
+        let ids = &mut scratch.ids;
+        match &self.wordpiece {
+            Some(wp) => wp.tokenize(text, self.max_length.unwrap_or(usize::MAX), &mut scratch.wordpiece, ids),
+            None => {
+                let encoding = self
+                    .tokenizer
+                    .encode_fast(text, false)
+                    .map_err(|e| Error::Backend(format!("tokenizer failed on a text: {e}")))?;
+                ids.clear();
+                ids.extend_from_slice(encoding.get_ids());
+            }
+        }
         if let Some(unk) = self.unk_id {
             ids.retain(|&id| id != unk);
         }
-        Ok(ids)
+        Ok(())
     }
 
     /// Mean of the (weighted) rows of `ids` into `out`, then the normalisation.
@@ -166,38 +208,89 @@ impl StaticEncoder {
             return Ok(());
         }
         let acc = out.as_slice_mut().expect("rows of a fresh array are contiguous");
-        for &id in ids {
-            let id = id as usize;
-            let r = match &self.mapping {
-                Some(m) => *m.get(id).ok_or_else(|| token_out_of_range(id))?,
-                None => id,
-            };
-            if r >= self.table.nrows() {
-                return Err(token_out_of_range(id));
-            }
-            let row = self.table.row(r);
-            let row = row.as_slice().expect("table rows are contiguous");
-            match &self.weights {
-                Some(w) => {
-                    let w = *w.get(id).ok_or_else(|| token_out_of_range(id))?;
-                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v * w);
-                }
-                None => acc.iter_mut().zip(row).for_each(|(a, v)| *a += v),
-            }
+        // Four rows at a time, summed in order as numpy's mean does.
+        let mut quads = ids.chunks_exact(4);
+        for quad in &mut quads {
+            let [(a, wa), (b, wb), (c, wc), (d, wd)] = [
+                self.weighted_row(quad[0])?,
+                self.weighted_row(quad[1])?,
+                self.weighted_row(quad[2])?,
+                self.weighted_row(quad[3])?,
+            ];
+            fastmath::add_weighted_rows4(acc, [a, b, c, d], [wa, wb, wc, wd]);
         }
-        let n = ids.len() as f64;
-        acc.iter_mut().for_each(|a| *a = (*a as f64 / n) as f32);
+        for &id in quads.remainder() {
+            let (row, w) = self.weighted_row(id)?;
+            fastmath::add_weighted_row(acc, row, w);
+        }
+        // Divisions (not reciprocal products), in float32 as numpy's: a float16 table's
+        // outputs are rounded to float16 next, which would show a last-bit difference.
+        let n = ids.len() as f32;
+        acc.iter_mut().for_each(|a| *a /= n);
         if self.half_output {
             acc.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32());
         }
         if self.normalize {
-            let norm = acc.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() as f32 + 1e-32;
+            let norm = sum_of_squares(acc).sqrt() as f32 + 1e-32;
             acc.iter_mut().for_each(|a| *a /= norm);
             if self.half_output {
                 acc.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32());
             }
         }
         Ok(())
+    }
+
+    /// The table row of token `id` and its weight (1 without weights).
+    #[inline]
+    fn weighted_row(&self, id: u32) -> Result<(&[f32], f32)> {
+        let id = id as usize;
+        let r = match &self.mapping {
+            Some(m) => *m.get(id).ok_or_else(|| token_out_of_range(id))?,
+            None => id,
+        };
+        let dim = self.table.ncols();
+        let table = self.table.as_slice().expect("the table is built in standard layout");
+        let row = table.get(r * dim..(r + 1) * dim).ok_or_else(|| token_out_of_range(id))?;
+        let w = match &self.weights {
+            Some(w) => *w.get(id).ok_or_else(|| token_out_of_range(id))?,
+            None => 1.0,
+        };
+        Ok((row, w))
+    }
+}
+
+/// The sum of the squares of `v`, in float64, in four interleaved partial sums (so
+/// that it vectorises).
+fn sum_of_squares(v: &[f32]) -> f64 {
+    let mut lanes = [0f64; 4];
+    let mut chunks = v.chunks_exact(4);
+    for c in &mut chunks {
+        for (s, &x) in lanes.iter_mut().zip(c) {
+            *s += x as f64 * x as f64;
+        }
+    }
+    let rest: f64 = chunks.remainder().iter().map(|&x| x as f64 * x as f64).sum();
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + rest
+}
+
+/// Buffers one thread reuses from text to text.
+#[derive(Default)]
+struct Scratch {
+    ids: Vec<u32>,
+    wordpiece: wordpiece::Scratch,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+impl Scratch {
+    /// `f` with this thread's buffers (fresh ones if they are in use).
+    fn with<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => f(&mut scratch),
+            Err(_) => f(&mut Scratch::default()),
+        })
     }
 }
 
@@ -459,6 +552,31 @@ pub(crate) mod tests {
         assert!(err.contains("tokenizer.json") && err.contains("not a readable HF tokenizer"), "{err}");
         std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
         assert!(matches!(StaticEncoder::from_dir(dir.path()), Err(Error::Format(_))));
+    }
+
+    #[test]
+    fn bert_tokenizers_take_the_fast_path_with_hfs_ids() {
+        use crate::wordpiece::tests::{bert_json, bert_normalizer, EDGE_CASES};
+        let dir = tempfile::tempdir().unwrap();
+        let json = bert_json(bert_normalizer(true, true, None, true), "##", 100);
+        let n = Tokenizer::from_str(&json).unwrap().get_vocab_size(true);
+        let texts: Vec<&str> = EDGE_CASES.to_vec();
+        for max_length in ["4", "null"] {
+            write_model(
+                dir.path(),
+                &format!(r#"{{"normalize": true, "max_length": {max_length}}}"#),
+                vec![("embeddings", Dtype::F32, f32s(&vec![0.5; n * 2]), vec![n, 2])],
+            );
+            std::fs::write(dir.path().join("tokenizer.json"), &json).unwrap();
+            let fast = StaticEncoder::from_dir(dir.path()).unwrap();
+            assert!(fast.wordpiece.is_some());
+            let hf = StaticEncoder { wordpiece: None, ..fast.clone() };
+            let ids = fast.tokenize(&texts).unwrap();
+            assert_eq!(ids, hf.tokenize(&texts).unwrap(), "max_length {max_length}");
+            assert!(ids.iter().any(|t| t.len() > 4) == (max_length == "null"));
+            assert!(ids.iter().flatten().all(|&id| id != 1), "[UNK] (id 1) is dropped");
+            assert_eq!(fast.encode(&texts).unwrap(), hf.encode(&texts).unwrap());
+        }
     }
 
     #[test]
