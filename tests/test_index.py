@@ -139,6 +139,22 @@ def test_open_equals_open_index_and_round_trip(built, encoder_dir, tmp_path):
     assert copy.read_bytes() == built.read_bytes()
 
 
+def test_a_served_index_survives_its_files_truncated_or_replaced(built, encoder_dir, tmp_path):
+    """The index and the static model are read whole (not memory-mapped): a searcher
+    keeps serving when its files are truncated in place or replaced by a rename."""
+    path = tmp_path / "answers.index"
+    path.write_bytes(built.read_bytes())
+    searcher = projroute.Searcher.open(encoder_dir, None, path)
+    before = searcher.search(ANSWERS[:3], 4)
+    with open(path, "r+b") as f:
+        f.truncate(16)
+    assert searcher.search(ANSWERS[:3], 4) == before
+    build_index(ANSWERS[:2], tmp_path / "small.index", encoder=encoder_dir)
+    os.replace(tmp_path / "small.index", path)
+    assert searcher.search(ANSWERS[:3], 4) == before
+    assert len(projroute.Searcher.open(encoder_dir, None, path)) == 2
+
+
 def test_projection_and_routing(encoder_dir, tmp_path):
     model = save_model(tmp_path / "fed.safetensors", "federated")
     path = tmp_path / "fed.index"

@@ -13,6 +13,8 @@ from projroute._core import (
     Searcher,
     StaticEncoder,
     __version__,
+    get_num_threads,
+    set_num_threads,
 )
 from projroute.federated import FederatedProjection
 from projroute.index import build_index
@@ -38,6 +40,8 @@ __all__ = [
     "TreeProjection",
     "__version__",
     "build_index",
+    "get_num_threads",
     "load",
+    "set_num_threads",
     "with_weights_dtype",
 ]

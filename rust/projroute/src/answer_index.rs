@@ -9,6 +9,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::atomic_file::write_atomically;
 use crate::error::{format_err, invalid, Error, Result};
 use crate::format::{named, read_header_metadata, versioned_json, CONFIG_KEY};
 
@@ -238,10 +239,10 @@ impl AnswerIndex {
         safetensors::serialize(views, Some(metadata)).or_else(|e| invalid(format!("cannot serialise the index: {e}")))
     }
 
-    /// Write to `path`.
+    /// Write to `path` atomically (see [`crate::ModelFile::save`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()?).map_err(|e| named(path, e.into()))
+        write_atomically(path, &self.to_bytes()?).map_err(|e| named(path, e.into()))
     }
 
     /// The answer vectors as a view.

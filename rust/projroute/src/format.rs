@@ -10,6 +10,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::atomic_file::write_atomically;
 use crate::error::{format_err, invalid, Error, Result};
 use crate::precision::Precision;
 
@@ -211,7 +212,8 @@ pub struct ModelFile {
 
 impl ModelFile {
     /// Read a model file into memory (its tensors are copied out and packed when a
-    /// projector is built, so the file is read, not mapped). Checks the config, dtypes
+    /// projector is built, so the file is read, not mapped: a model in use survives its
+    /// file being truncated, rewritten or replaced). Checks the config, dtypes
     /// and finiteness; the kind-specific shapes are checked when a projector is built
     /// from it. Errors name the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -298,10 +300,11 @@ impl ModelFile {
         safetensors::serialize(views, Some(metadata)).or_else(|e| invalid(format!("cannot serialise: {e}")))
     }
 
-    /// Write to `path`.
+    /// Write to `path` atomically (a temporary file, fsynced, renamed over `path`): a
+    /// failed or interrupted save leaves an earlier file at `path` intact.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        std::fs::write(path, self.to_bytes()?)?;
-        Ok(())
+        let path = path.as_ref();
+        write_atomically(path, &self.to_bytes()?).map_err(|e| named(path, e.into()))
     }
 
     /// Check the optional index tensor [`INDEX_TENSOR`]: 2-D, with `dim_out` columns.

@@ -3,6 +3,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod answer_index;
+mod atomic_file;
 mod blend;
 mod cpu;
 #[cfg(feature = "candle")]
@@ -26,6 +27,7 @@ mod routing;
 mod searcher;
 #[cfg(feature = "text")]
 mod static_encoder;
+pub mod threads;
 #[cfg(feature = "candle")]
 mod transformer;
 mod trees;
