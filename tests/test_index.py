@@ -95,7 +95,7 @@ def test_header_and_file_kind(built, encoder_dir, tmp_path):
     }
     assert _core.file_kind(built) == "index"
     assert _core.file_kind(save_model(tmp_path / "m.safetensors")) == "model"
-    with pytest.raises(projroute.ModelFormatError, match="not a projroute model"):
+    with pytest.raises(projroute.ModelFormatError, match=r"an answer index file \(projroute-index\), not a model"):
         projroute.load(built)
     (tmp_path / "junk").write_bytes(b"junk")
     with pytest.raises(projroute.ModelFormatError):

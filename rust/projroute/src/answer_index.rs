@@ -280,7 +280,10 @@ mod tests {
         assert_eq!(AnswerIndex::open(&path).unwrap(), index);
         assert_eq!(read_index_header(&path).unwrap(), index.header());
         assert_eq!(file_kind(&path).unwrap(), FileKind::Index);
-        assert!(crate::read_config(&path).unwrap_err().to_string().contains("not a projroute model"));
+        assert!(crate::read_config(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("an answer index file (projroute-index), not a model"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::answer_index::INDEX_FORMAT_NAME;
 use crate::atomic_file::write_atomically;
 use crate::error::{format_err, invalid, Error, Result};
 use crate::precision::Precision;
@@ -254,9 +255,8 @@ impl ModelFile {
             .or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
         let mut metadata: BTreeMap<String, String> =
             header.metadata().clone().unwrap_or_default().into_iter().collect();
-        let config_json = metadata.remove(CONFIG_KEY).ok_or_else(|| {
-            Error::Format(format!("safetensors file has no `{CONFIG_KEY}` config: not a projroute model"))
-        })?;
+        let config_json =
+            metadata.remove(CONFIG_KEY).ok_or_else(|| no_config(metadata.contains_key(INDEX_FORMAT_NAME)))?;
         let config = Config::from_json(&config_json)?;
         let st =
             SafeTensors::deserialize(bytes).or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
@@ -361,13 +361,24 @@ pub(crate) fn versioned_json(text: &str, what: &str, format_name: &str, newest: 
 pub fn read_config(path: impl AsRef<Path>) -> Result<Config> {
     let path = path.as_ref();
     let read = || -> Result<Config> {
-        match read_header_metadata(path)?.remove(CONFIG_KEY) {
+        let mut metadata = read_header_metadata(path)?;
+        match metadata.remove(CONFIG_KEY) {
             Some(Value::String(text)) => Config::from_json(&text),
             Some(_) => format_err(format!("`{CONFIG_KEY}` metadata entry is not a string")),
-            None => format_err(format!("safetensors file has no `{CONFIG_KEY}` config: not a projroute model")),
+            None => Err(no_config(metadata.contains_key(INDEX_FORMAT_NAME))),
         }
     };
     read().map_err(|e| named(path, e))
+}
+
+/// The error for a safetensors file without a model config: an answer index (`index`)
+/// or a foreign file.
+fn no_config(index: bool) -> Error {
+    Error::Format(if index {
+        format!("an answer index file ({INDEX_FORMAT_NAME}), not a model")
+    } else {
+        format!("safetensors file has no `{CONFIG_KEY}` config: not a projroute model")
+    })
 }
 
 /// The `__metadata__` entries of the safetensors file at `path`, reading only its
