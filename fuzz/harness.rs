@@ -45,7 +45,7 @@ pub fn build_and_project(data: &[u8]) {
     let mut tensors = BTreeMap::new();
     let mut add = |r: &mut Reader, name: &str, shape: Vec<usize>| {
         // One dimension in eight is replaced by an arbitrary one.
-        let shape: Vec<usize> = shape.into_iter().map(|n| if r.byte() % 8 == 0 { r.small(9) } else { n }).collect();
+        let shape: Vec<usize> = shape.into_iter().map(|n| if r.one_in(8) { r.small(9) } else { n }).collect();
         let len: usize = shape.iter().product();
         let data = (0..len).map(|_| r.value()).collect();
         tensors.insert(name.to_string(), Tensor { shape, data });
@@ -53,14 +53,14 @@ pub fn build_and_project(data: &[u8]) {
     match kind {
         "global" => {
             add(&mut r, "W", vec![d_in, d_out]);
-            if r.byte() % 2 == 0 {
+            if r.one_in(2) {
                 add(&mut r, "bias", vec![d_out]);
             }
         }
         "tree" | "hierarchical" => {
             let nodes = ["", "a", "b", "a/b", "a", "a/b/c"];
             let n = k.min(nodes.len());
-            let start = usize::from(r.byte() % 4 == 0);
+            let start = usize::from(r.one_in(4));
             config["nodes"] = nodes[start..n.max(start)].iter().map(|s| serde_json::json!(s)).collect();
             add(&mut r, "W", vec![n, d_in, d_out]);
         }
@@ -68,7 +68,7 @@ pub fn build_and_project(data: &[u8]) {
             config["n_clusters"] = k.into();
             config["temperature"] = r.value().into();
             config["top_k"] = r.small(9).into();
-            if r.byte() % 3 == 0 {
+            if r.one_in(3) {
                 config["coverage"] = r.value().into();
             }
             add(&mut r, "centroids", vec![k, d_in]);
@@ -82,7 +82,7 @@ pub fn build_and_project(data: &[u8]) {
                         let counts: Vec<usize> = (0..k).map(|_| r.small(4)).collect();
                         add(&mut r, "questions", vec![counts.iter().sum(), d_in]);
                         config["question_counts"] = counts.into();
-                        if r.byte() % 2 == 0 {
+                        if r.one_in(2) {
                             config["cluster_temperature"] = r.value().into();
                         }
                     }
@@ -130,6 +130,11 @@ impl Reader<'_> {
         first
     }
 
+    /// True for one byte value in `n` (`n` >= 1).
+    fn one_in(&mut self, n: u8) -> bool {
+        self.byte().is_multiple_of(n)
+    }
+
     /// A number in 0..n.
     fn small(&mut self, n: usize) -> usize {
         self.byte() as usize % n
@@ -138,7 +143,7 @@ impl Reader<'_> {
     /// An f32 from four bytes (NaN, infinities and subnormals included), or a small
     /// ordinary number when the tag byte says so (most tensors should be valid).
     fn value(&mut self) -> f32 {
-        if self.byte() % 4 != 0 {
+        if !self.one_in(4) {
             return (self.byte() as i8) as f32 / 16.0;
         }
         f32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])

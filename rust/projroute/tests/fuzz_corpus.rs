@@ -23,8 +23,12 @@ fn inputs(folders: &[&str]) -> Vec<PathBuf> {
 
 #[test]
 fn load_file_corpus() {
-    let files =
-        inputs(&["fuzz/corpus/load_file", "fuzz/regressions/load_file", "fuzz/seeds/load_file", "tests/fixtures/pre_issue9"]);
+    let files = inputs(&[
+        "fuzz/corpus/load_file",
+        "fuzz/regressions/load_file",
+        "fuzz/seeds/load_file",
+        "tests/fixtures/pre_issue9",
+    ]);
     assert!(files.len() >= 16, "{} files", files.len());
     for file in files {
         load_file(&std::fs::read(&file).unwrap());
