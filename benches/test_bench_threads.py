@@ -14,6 +14,7 @@ throughput ratio of N threads to one is the inverse ratio of the round times.
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -46,8 +47,13 @@ def test_threads(benchmark, model_and_batches, core, threads):
         with ThreadPoolExecutor(threads) as pool:
             work = lambda: list(pool.map(model.project, batches))  # noqa: E731
             work()
+            cpu, wall = time.process_time(), time.perf_counter()
             benchmark.pedantic(work, rounds=5, iterations=1)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     finally:
         pr.set_num_threads(0)
     benchmark.extra_info.update(threads=threads, core_threads=core or "default", queries=B * BATCHES)
     benchmark.extra_info["queries_per_s"] = B * BATCHES / benchmark.stats.stats.median
+    # Cores kept busy on average (process CPU time over wall time): above 1 with the core
+    # on one thread means Python threads projected at once, i.e. the GIL was released.
+    benchmark.extra_info["busy_cores"] = cpu / wall
