@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every fuzz target for a bounded time and print its executions and coverage.
 #
-#   fuzz/run.sh [SECONDS_PER_TARGET]      (default 30; `make fuzz` runs this)
+#   fuzz/run.sh [SECONDS_PER_TARGET [TARGET...]]   (default 30 s, every target; `make fuzz`)
 #
 # Targets: load_file and build_and_project (cargo fuzz, fuzz/harness.rs) and readers
 # (atheris on the Python data readers, fuzz/readers.py, run by $PYTHON with projroute
@@ -18,10 +18,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-30}
 export RUSTC_BOOTSTRAP=1
-targets=(load_file build_and_project readers)
+targets=("${@:2}")
+[ ${#targets[@]} -gt 0 ] || targets=(load_file build_and_project readers)
 mkdir -p corpus/load_file corpus/build_and_project corpus/readers artifacts/readers logs
 # Seeds, read but never written: new inputs go to the first folder, corpus/<target>.
-declare -A seeds=([load_file]="seeds/load_file ../tests/fixtures/pre_issue9" [build_and_project]="" [readers]="seeds/readers")
+declare -A seeds=([load_file]="seeds/load_file ../tests/fixtures/pre_issue9" [build_and_project]="seeds/build_and_project" [readers]="seeds/readers")
 status=0
 printf '%-20s %12s %8s %8s %8s %s\n' target executions exec/s cov features result
 for t in "${targets[@]}"; do

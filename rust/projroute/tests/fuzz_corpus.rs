@@ -37,7 +37,11 @@ fn load_file_corpus() {
 
 #[test]
 fn build_and_project_corpus() {
-    let files = inputs(&["fuzz/corpus/build_and_project", "fuzz/regressions/build_and_project"]);
+    let files = inputs(&[
+        "fuzz/corpus/build_and_project",
+        "fuzz/regressions/build_and_project",
+        "fuzz/seeds/build_and_project",
+    ]);
     assert!(!files.is_empty());
     for file in files {
         build_and_project(&std::fs::read(&file).unwrap());
