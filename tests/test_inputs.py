@@ -141,3 +141,17 @@ def test_fit_rejects_bad_pairs(Q, A, match):
 def test_unfitted_estimator_says_so():
     with pytest.raises(RuntimeError, match="not fitted"):
         pr.FederatedProjection().project(np.ones((1, 4), np.float32))
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (0, 2)], ids=["dim-out-0", "dim-in-0"])
+def test_zero_dimensions_are_format_errors(shape):
+    """Found by fuzzing (build_and_project): a federated model with dim_out 0 panicked in
+    the blend; every kind now refuses empty dimensions."""
+    d_in, d_out = shape
+    rng = np.random.default_rng(0)
+    fed = {"centroids": rng.normal(size=(2, d_in)).astype(np.float32), "W": np.ones((2, d_in, d_out), np.float32)}
+    routing = {"n_clusters": 2, "temperature": 0.1, "top_k": 1}
+    with pytest.raises(pr.ModelFormatError, match="dimensions must be at least 1"):
+        pr.Projector.from_tensors(fed, config("federated", d_in, d_out, **routing))
+    with pytest.raises(pr.ModelFormatError, match="dimensions must be at least 1"):
+        pr.Projector.from_tensors({"W": np.ones(shape, np.float32)}, config("global", d_in, d_out))
