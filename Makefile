@@ -8,7 +8,7 @@ STAMP := $(VENV)/.deps-installed
 # The real data sets (slow tests, benchmarks, scripts): read in place, never copied.
 export PROJROUTE_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test test-rust test-python lint build bench bench-python bench-rust clean
+.PHONY: demo test test-rust test-python lint build bench bench-python bench-rust fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ bench-python: build
 
 bench-rust:
 	cargo bench -p projroute
+
+# Fuzz every target for FUZZ_SECONDS each (cargo-fuzz targets on the model loader and
+# the projection entry points, atheris on the Python data readers); prints executions
+# and coverage. Not part of CI: CI replays the kept corpus in `make test`.
+FUZZ_SECONDS ?= 30
+fuzz: build
+	PYTHON=$(abspath $(PY)) fuzz/run.sh $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) target

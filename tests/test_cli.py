@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("sentence_transformers")
 
 import projroute
-from projroute import cli, serving
+from projroute import _format, cli, serving
 
 TOPICS = {
     "install": ("How do I install the package?", "Run pip install with the package name."),
@@ -249,14 +249,130 @@ def test_truncated_model(capsys, tmp_path, models):
         ("missing.jsonl", None, "no such file"),
         ("bad.jsonl", '{"question": "q"}\n', "bad.jsonl:1: missing or non-string field 'answer'"),
         ("data.csv", "q,a\n", "unrecognised data spec"),
+        (
+            "latin1.jsonl",
+            b'{"question": "q", "answer": "a"}\n{"question": "caf\xe9", "answer": "a"}\n',
+            "latin1.jsonl:2: not UTF-8 text (byte 0xe9 at column 18)",
+        ),
+        ("deep.jsonl", "[" * 100_000 + "\n", "deep.jsonl:1: invalid JSON"),
+        ("huge.jsonl", '{"question": ' + "1" * 10_000 + "}\n", "huge.jsonl:1: invalid JSON"),
     ],
-    ids=["missing", "no-answer", "unknown"],
+    ids=["missing", "no-answer", "unknown", "not-utf8", "deep", "huge-int"],
 )
 def test_bad_data(capsys, tmp_path, name, content, message):
     path = tmp_path / name
     if content is not None:
-        path.write_text(content)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert message in run_error(capsys, "fit", str(path), "-o", str(tmp_path / "m"), "--kind", "global")
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"stackExchange-FAQ.json": b'{"root": {"qapair": "no"}}'}, "stackExchange-FAQ.json: not StackFAQ data"),
+        ({"stackExchange-FAQ.json": b'{"root": {"qapair": [{"answer": "a"}]}}'}, "thread 0 is not an object"),
+        ({"stackExchange-FAQ.json": b'{\n"root": \xff}'}, "stackExchange-FAQ.json:2: not UTF-8 text (byte 0xff"),
+        ({"stackExchange-FAQ.json": b'{\n\n"root": }'}, "stackExchange-FAQ.json:3: invalid JSON"),
+        ({"train.csv": b"qtext,label,atext\nq,1,\xe9\n"}, "train.csv:2: not UTF-8 text (byte 0xe9 at column 5)"),
+        ({"train.csv": b"q,a\n"}, "train.csv: expected header qtext,label,atext"),
+        ({"train.csv": b"qtext,label,atext\nq,2,a\n"}, "train.csv:2: expected qtext,label(0/1),atext"),
+        (
+            {"train.csv": b'qtext,label,atext\n"' + b"x" * 200_000 + b'",1,a\n'},
+            "train.csv:2: malformed CSV (field larger",
+        ),
+    ],
+    ids=[
+        "stackfaq-shape",
+        "stackfaq-thread",
+        "stackfaq-utf8",
+        "stackfaq-json",
+        "trec-utf8",
+        "trec-header",
+        "trec-label",
+        "trec-huge-field",
+    ],
+)
+def test_bad_data_folders(capsys, tmp_path, files, message):
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    assert message in run_error(capsys, "fit", str(tmp_path), "-o", str(tmp_path / "m"), "--kind", "global")
+
+
+def test_top_k_above_n_clusters(capsys, tmp_path, data):
+    message = run_error(
+        capsys, "fit", str(data), "-o", str(tmp_path / "m"), "--kind", "federated", "--n-clusters", "3", "--top-k", "5"
+    )
+    assert message.endswith("top_k=5 is more than n_clusters=3")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.fixture(scope="module")
+def other_files(tmp_path_factory):
+    """A tree model (keyed) and an answer index file, 384-d like the encoder."""
+    root = tmp_path_factory.mktemp("other")
+    W = np.stack([np.eye(384, dtype=np.float32)] * 2)
+    _format.save(root / "tree.safetensors", {"W": W}, _format.header("tree", 384, 384, nodes=["", "a"]))
+    projroute._core.save_index(str(root / "answers.index"), np.eye(3, 384, dtype=np.float32), ["a", "b", "c"])
+    np.save(root / "x.npy", np.zeros((2, 384), np.float32))
+    (root / "questions.txt").write_bytes(b"fine\n\xff\xfe oops\n")
+    (root / "corpus.txt").write_bytes(b"one\ntwo\xc3\n")
+    (root / "empty.npy").write_bytes(b"")
+    return root
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["analyze", "{global}", "{data}"],
+            "global.safetensors: a global model; analyze takes a federated or lda model",
+        ),
+        (["distill", "{tree}", "{data}", "-o", "{tmp}/s"], "tree.safetensors: a tree teacher needs a key per query"),
+        (["distill", "{global}", "{data}", "-o", "{tmp}/s", "--domains", "2"], "--domains takes a federated or lda"),
+        (["project", "{tree}", "{x}", "-o", "{tmp}/p.npy"], "key"),
+        (
+            ["project", "{index}", "{x}", "-o", "{tmp}/p.npy"],
+            "answers.index: an answer index file (projroute-index), not a model",
+        ),
+        (["eval", "{index}", "{data}"], "answers.index: an answer index file (projroute-index), not a model"),
+        (
+            ["project", "{global}", "{questions}", "-o", "{tmp}/p.npy"],
+            "questions.txt:2: not UTF-8 text (byte 0xff at column 1)",
+        ),
+        (["project", "{global}", "{empty}", "-o", "{tmp}/p.npy"], "empty.npy: not a readable .npy array"),
+        (
+            ["index", "build", "{corpus}", "-o", "{tmp}/i", "--encoder", "{tmp}"],
+            "corpus.txt:2: not UTF-8 text (byte 0xc3",
+        ),
+        (["search", "{index}", "q", "--model", "{tree}", "--encoder", "{tmp}"], "not a static model folder"),
+    ],
+    ids=[
+        "analyze-global",
+        "distill-tree",
+        "distill-domains-global",
+        "project-tree",
+        "project-index",
+        "eval-index",
+        "questions-utf8",
+        "empty-npy",
+        "corpus-utf8",
+        "search-no-encoder",
+    ],
+)
+def test_wrong_files_for_the_command(capsys, tmp_path, data, models, other_files, argv, message):
+    names = {
+        "global": models["global"],
+        "data": data,
+        "tmp": tmp_path,
+        "tree": other_files / "tree.safetensors",
+        "index": other_files / "answers.index",
+        "x": other_files / "x.npy",
+        "questions": other_files / "questions.txt",
+        "corpus": other_files / "corpus.txt",
+        "empty": other_files / "empty.npy",
+    }
+    assert message in run_error(capsys, *(a.format(**names) for a in argv))
+    assert not (tmp_path / "p.npy").exists() and not (tmp_path / "s").exists()
 
 
 def test_bad_project_input(capsys, tmp_path, models):

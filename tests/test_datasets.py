@@ -195,3 +195,19 @@ def test_load_specs(data_root, tmp_path, monkeypatch):
         datasets.load_pairs(tmp_path)
     with pytest.raises(FileNotFoundError):
         datasets.load_pairs(tmp_path / "missing.jsonl")
+
+
+def test_text_readers_name_the_line_and_byte_that_is_not_utf8(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes("\ufeffok\n".encode() + b"caf\xe9\n")
+    for read in (datasets.read_text, lambda p: list(datasets.utf8_lines(p))):
+        with pytest.raises(ValueError, match=r"t\.txt:2: not UTF-8 text \(byte 0xe9 at column 4\)"):
+            read(path)
+    path.write_bytes("\ufeffok\n\u00e9t\u00e9\n".encode())
+    assert datasets.read_text(path) == "ok\n\u00e9t\u00e9\n"
+    assert list(datasets.utf8_lines(path)) == [(1, "ok\n"), (2, "\u00e9t\u00e9\n")]
+    path.write_bytes("\ufeff".encode() + b"a\xff")
+    with pytest.raises(ValueError, match=r"t\.txt:1: not UTF-8 text \(byte 0xff at column 2\)"):
+        datasets.read_text(path)
+    with pytest.raises(ValueError, match=r"where: invalid JSON"):
+        datasets.parse_json("[" * 100_000, "where")

@@ -84,7 +84,7 @@ def test_header_and_file_kind(built, encoder_dir, tmp_path):
     }
     assert _core.file_kind(built) == "index"
     assert _core.file_kind(save_model(tmp_path / "m.safetensors")) == "model"
-    with pytest.raises(projroute.ModelFormatError, match="not a projroute model"):
+    with pytest.raises(projroute.ModelFormatError, match=r"an answer index file \(projroute-index\), not a model"):
         projroute.load(built)
     (tmp_path / "junk").write_bytes(b"junk")
     with pytest.raises(projroute.ModelFormatError):
@@ -126,6 +126,22 @@ def test_open_equals_open_index_and_round_trip(built, encoder_dir, tmp_path):
     copy = tmp_path / "copy.index"
     build_index(ANSWERS, copy, encoder=encoder_dir, embeddings=enc.encode(ANSWERS), ids=range(100, 108))
     assert copy.read_bytes() == built.read_bytes()
+
+
+def test_a_served_index_survives_its_files_truncated_or_replaced(built, encoder_dir, tmp_path):
+    """The index and the static model are read whole (not memory-mapped): a searcher
+    keeps serving when its files are truncated in place or replaced by a rename."""
+    path = tmp_path / "answers.index"
+    path.write_bytes(built.read_bytes())
+    searcher = projroute.Searcher.open(encoder_dir, None, path)
+    before = searcher.search(ANSWERS[:3], 4)
+    with open(path, "r+b") as f:
+        f.truncate(16)
+    assert searcher.search(ANSWERS[:3], 4) == before
+    build_index(ANSWERS[:2], tmp_path / "small.index", encoder=encoder_dir)
+    os.replace(tmp_path / "small.index", path)
+    assert searcher.search(ANSWERS[:3], 4) == before
+    assert len(projroute.Searcher.open(encoder_dir, None, path)) == 2
 
 
 def test_projection_and_routing(encoder_dir, tmp_path):

@@ -82,16 +82,45 @@ def test_flat_index_bad_input():
         (lambda: pr.FederatedProjection(n_clusters=10_000, shrinkage=1.0), "more than"),
         (lambda: pr.FederatedProjection(n_clusters=0, shrinkage=1.0), "n_clusters"),
         (lambda: pr.FederatedProjection(shrinkage=2.0), "shrinkage"),
+        (lambda: pr.FederatedProjection(n_clusters=4, top_k=9, shrinkage=1.0), "top_k=9 is more than n_clusters=4"),
+        (lambda: pr.FederatedProjection(top_k=True), "top_k"),
         (lambda: pr.LdaProjection(temperature=-1), "temperature"),
+        (lambda: pr.LdaProjection(n_clusters=3, top_k=4), "top_k=4 is more than n_clusters=3"),
         (lambda: pr.GlobalProjection(shrinkage="lots"), "shrinkage"),
     ],
-    ids=["t-zero", "k-zero", "k-float-over-1", "K-over-N", "K-zero", "shrinkage", "lda-t", "global-shrinkage"],
+    ids=[
+        "t-zero",
+        "k-zero",
+        "k-float-over-1",
+        "K-over-N",
+        "K-zero",
+        "shrinkage",
+        "k-over-K",
+        "k-bool",
+        "lda-t",
+        "lda-k-over-K",
+        "global-shrinkage",
+    ],
 )
 def test_estimators_reject_bad_parameters(make, match):
     rng = np.random.default_rng(3)
     Q, A = unit(rng, 40, 8), unit(rng, 40, 8)
     with pytest.raises(ValueError, match=match):
         make().fit(Q, A)
+
+
+@pytest.mark.parametrize("cls", [pr.FederatedProjection, pr.LdaProjection])
+def test_top_k_is_clamped_to_auto_clusters_and_recorded(cls):
+    rng = np.random.default_rng(3)
+    Q, A = unit(rng, 40, 8), unit(rng, 40, 8)
+    extra = {"shrinkage": 1.0, "progress": False} if cls is pr.FederatedProjection else {}
+    est = cls(top_k=50, **extra).fit(Q, A)
+    K = est.config_["n_clusters"]
+    assert K < 50 and est.config_["top_k"] == K
+    assert est.config_["fit"]["top_k_requested"] == 50 and est.config_["fit"]["top_k_clamped_to"] == K
+    # The default top_k ("auto" for federated) is no request: nothing to record.
+    default = cls(n_clusters=3, **extra).fit(Q, A)
+    assert default.config_["top_k"] == 3 and "top_k_requested" not in default.config_["fit"]
 
 
 @pytest.mark.parametrize(
@@ -112,3 +141,17 @@ def test_fit_rejects_bad_pairs(Q, A, match):
 def test_unfitted_estimator_says_so():
     with pytest.raises(RuntimeError, match="not fitted"):
         pr.FederatedProjection().project(np.ones((1, 4), np.float32))
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (0, 2)], ids=["dim-out-0", "dim-in-0"])
+def test_zero_dimensions_are_format_errors(shape):
+    """Found by fuzzing (build_and_project): a federated model with dim_out 0 panicked in
+    the blend; every kind now refuses empty dimensions."""
+    d_in, d_out = shape
+    rng = np.random.default_rng(0)
+    fed = {"centroids": rng.normal(size=(2, d_in)).astype(np.float32), "W": np.ones((2, d_in, d_out), np.float32)}
+    routing = {"n_clusters": 2, "temperature": 0.1, "top_k": 1}
+    with pytest.raises(pr.ModelFormatError, match="dimensions must be at least 1"):
+        pr.Projector.from_tensors(fed, config("federated", d_in, d_out, **routing))
+    with pytest.raises(pr.ModelFormatError, match="dimensions must be at least 1"):
+        pr.Projector.from_tensors({"W": np.ones(shape, np.float32)}, config("global", d_in, d_out))

@@ -13,6 +13,8 @@ from projroute._core import (
     Searcher,
     StaticEncoder,
     __version__,
+    get_num_threads,
+    set_num_threads,
 )
 from projroute.bridge import BridgedProjection
 from projroute.federated import FederatedProjection
@@ -40,6 +42,8 @@ __all__ = [
     "TreeProjection",
     "__version__",
     "build_index",
+    "get_num_threads",
     "load",
+    "set_num_threads",
     "with_weights_dtype",
 ]

@@ -138,3 +138,11 @@ def read_index_header(path: str | os.PathLike[str]) -> str:
 
 def file_kind(path: str | os.PathLike[str]) -> str:
     """Which projroute file ``path`` holds, by its header: ``"model"`` or ``"index"``."""
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads for each call into the core from now on, on each calling
+    Python thread (its own pool of ``n``); ``n = 0`` restores the default:
+    ``RAYON_NUM_THREADS``, or one thread per core, shared by all callers."""
+
+def get_num_threads() -> int:
+    """Threads a call into the core uses (see ``set_num_threads``)."""

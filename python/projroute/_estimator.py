@@ -28,16 +28,37 @@ def check_pairs(Q: Any, A: Any, same_dim: bool = False) -> tuple[np.ndarray, np.
     return Q, A
 
 
-def resolve_top_k(top_k: int | float | None, n_clusters: int) -> tuple[int, float | None]:
-    """``top_k`` as (top_k, coverage): an int caps the clusters, a float in (0, 1) is a
-    coverage target, None means all clusters."""
+AUTO_TOP_K = 10
+
+
+def check_top_k(top_k: Any, n_clusters: Any) -> None:
+    """Raise ValueError unless ``top_k`` is ``"auto"``, an int >= 1, a coverage in
+    (0, 1) or None, or if it is an int above an explicit int ``n_clusters``."""
+    if top_k is None or top_k == "auto" or (isinstance(top_k, float) and 0.0 < top_k < 1.0):
+        return
+    if not (isinstance(top_k, (int, np.integer)) and not isinstance(top_k, bool) and top_k >= 1):
+        raise ValueError(f"top_k must be an int >= 1, a coverage in (0, 1), 'auto' or None; got {top_k!r}")
+    if isinstance(n_clusters, (int, np.integer)) and top_k > n_clusters:
+        raise ValueError(f"top_k={top_k} is more than n_clusters={n_clusters}")
+
+
+def resolve_top_k(top_k: int | float | str | None, n_clusters: int) -> tuple[int, float | None]:
+    """``top_k`` (checked by :func:`check_top_k`) as (top_k, coverage) for ``n_clusters``
+    fitted clusters: an int caps the clusters (clamped to them), a float in (0, 1) is a
+    coverage target, ``"auto"`` means 10 or all clusters when there are fewer, None all."""
     if top_k is None:
         return n_clusters, None
-    if isinstance(top_k, float) and 0.0 < top_k < 1.0:
+    if isinstance(top_k, float):
         return n_clusters, top_k
-    if isinstance(top_k, (int, np.integer)) and top_k >= 1:
-        return min(int(top_k), n_clusters), None
-    raise ValueError(f"top_k must be an int >= 1, a coverage in (0, 1), or None; got {top_k!r}")
+    return min(AUTO_TOP_K if top_k == "auto" else int(top_k), n_clusters), None
+
+
+def top_k_record(top_k: int | float | str | None, n_clusters: int) -> dict[str, Any]:
+    """The fit record's note of an int ``top_k`` clamped to the ``n_clusters`` that
+    ``n_clusters="auto"`` found, or nothing."""
+    if isinstance(top_k, (int, np.integer)) and top_k > n_clusters:
+        return {"top_k_requested": int(top_k), "top_k_clamped_to": n_clusters}
+    return {}
 
 
 def check_temperature(temperature: Any) -> None:

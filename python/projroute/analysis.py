@@ -394,6 +394,8 @@ def analyze(
     if output and not meta:
         raise ValueError("-o writes a merged model: give --meta too")
     model = load(model_path)
+    if model.kind not in ("federated", "lda"):
+        raise ValueError(f"{model_path}: a {model.kind} model; analyze takes a federated or lda model")
     config = json.loads(model.config)
     pairs, ev = datasets.load_pairs(data), datasets.load_eval(data)
     encoder = Encoder()

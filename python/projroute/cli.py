@@ -22,6 +22,7 @@ import numpy as np
 
 import projroute
 from projroute import datasets, index, serving
+from projroute._atomic import atomic_write
 from projroute._estimator import Projection
 from projroute.bridge import BridgedProjection, Estimator
 from projroute.embed import Encoder, embed_pairs
@@ -46,16 +47,13 @@ USER_ERRORS = (OSError, ValueError, ImportError, projroute.ProjrouteError)
 
 def read_questions(path: Path) -> list[str]:
     """Questions from a .txt file (one per non-blank line) or a .jsonl file ("question" fields)."""
-    lines = [(i, s) for i, s in enumerate(path.read_text("utf-8").splitlines(), 1) if s.strip()]
+    lines = [(i, s) for i, s in datasets.utf8_lines(path) if s.strip()]
     if path.suffix == ".txt":
         questions = [s.strip() for _, s in lines]
     else:
         questions = []
         for i, s in lines:
-            try:
-                rec = json.loads(s)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+            rec = datasets.parse_json(s, f"{path}:{i}")
             if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
                 raise ValueError(f'{path}:{i}: expected an object with a string "question" field')
             questions.append(rec["question"])
@@ -67,8 +65,11 @@ def read_questions(path: Path) -> list[str]:
 def read_queries(path: Path) -> np.ndarray:
     """Query embeddings (n, D) from a .npy array, or embedded questions of a .jsonl/.txt file."""
     if path.suffix == ".npy":
-        X = np.load(path, allow_pickle=False)
-        if X.ndim != 2 or X.dtype.kind != "f":
+        try:
+            X = np.load(path, allow_pickle=False)
+        except (EOFError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+        if not isinstance(X, np.ndarray) or X.ndim != 2 or X.dtype.kind != "f":
             raise ValueError(f"{path}: expected a 2-D float array (n, D), got {X.dtype} {X.shape}")
         return X
     if path.suffix in (".jsonl", ".txt"):
@@ -185,7 +186,7 @@ def show_fit(r: dict[str, Any]) -> str:
 def cmd_project(args: argparse.Namespace) -> dict[str, Any]:
     model = projroute.load(args.model)
     P = np.asarray(model.project(read_queries(Path(args.input))), dtype=np.float32)
-    with open(args.output, "wb") as f:
+    with atomic_write(args.output) as f:
         np.save(f, P)
     return {
         "model": args.model,

@@ -15,12 +15,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from projroute._atomic import atomic_write
 
 __all__ = [
     "EvalSet",
@@ -31,10 +33,13 @@ __all__ = [
     "load_jsonl",
     "load_pairs",
     "pairs_to_eval",
+    "parse_json",
+    "read_text",
     "save_jsonl",
     "split_by_question",
     "stackfaq",
     "trecqa",
+    "utf8_lines",
 ]
 
 ENV_DATA = "PROJROUTE_DATA"
@@ -93,6 +98,46 @@ class EvalSet:
         return len(self.queries)
 
 
+def _not_utf8(path: PathLike, lineno: int, byte: int, column: int) -> ValueError:
+    return ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{byte:02x} at column {column})")
+
+
+def utf8_lines(path: PathLike) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, read as a stream, line ends kept and a
+    leading byte-order mark dropped; a line that is not UTF-8 is a ValueError naming the
+    file, the line and the byte."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, lineno, e.object[e.start], e.start + 1) from None
+
+
+def read_text(path: PathLike) -> str:
+    """The whole of a UTF-8 text file (a leading byte-order mark dropped); bytes that
+    are not UTF-8 are a ValueError naming the file, the line and the byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        body = e.object  # the bytes after any byte-order mark
+        line_start = body.rfind(b"\n", 0, e.start) + 1
+        lineno = body.count(b"\n", 0, e.start) + 1
+        raise _not_utf8(path, lineno, body[e.start], e.start - line_start + 1) from None
+
+
+def parse_json(text: str, where: str) -> object:
+    """``text`` parsed as JSON; anything unparsable (bad syntax, absurd nesting or
+    numbers) is a ValueError starting with ``where`` (a file and line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{where}: invalid JSON ({e})") from None
+
+
 def data_dir(path: PathLike | None = None) -> Path:
     """The data directory holding ``stackfaq/`` and ``trecqa/``: ``path``, or else the
     environment variable ``PROJROUTE_DATA``. The library guesses no location.
@@ -132,37 +177,33 @@ def load_jsonl(path: PathLike) -> Pairs:
     questions: list[str] = []
     answers: list[str] = []
     ids: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            for field in ("question", "answer"):
-                if not isinstance(rec.get(field), str):
-                    raise ValueError(f"{where}: missing or non-string field {field!r}")
-            if questions and ("id" in rec) != bool(ids):
-                raise ValueError(f"{where}: 'id' must be given on every line or on none")
-            questions.append(rec["question"])
-            answers.append(rec["answer"])
-            if "id" in rec:
-                ids.append(str(rec["id"]))
+    for lineno, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        rec = parse_json(line, where)
+        if not isinstance(rec, dict):
+            raise ValueError(f"{where}: expected a JSON object")
+        for field in ("question", "answer"):
+            if not isinstance(rec.get(field), str):
+                raise ValueError(f"{where}: missing or non-string field {field!r}")
+        if questions and ("id" in rec) != bool(ids):
+            raise ValueError(f"{where}: 'id' must be given on every line or on none")
+        questions.append(rec["question"])
+        answers.append(rec["answer"])
+        if "id" in rec:
+            ids.append(str(rec["id"]))
     return Pairs(questions, answers, ids if ids else None)
 
 
 def save_jsonl(pairs: Pairs, path: PathLike) -> None:
     """Write pairs as JSON lines readable by :func:`load_jsonl`."""
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for i, (q, a) in enumerate(zip(pairs.questions, pairs.answers)):
             rec = {"question": q, "answer": a}
             if pairs.ids is not None:
                 rec = {"id": pairs.ids[i], **rec}
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 class _Corpus:
@@ -260,11 +301,22 @@ def stackfaq(path: PathLike | None = None) -> tuple[Pairs, EvalSet]:
     p = Path(path) if path is not None else data_dir() / "stackfaq"
     if p.is_dir():
         p = p / STACKFAQ_FILE
-    with open(p, encoding="utf-8") as f:
-        threads = json.load(f)["root"]["qapair"]
+    text = read_text(p)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{p}: invalid JSON ({e})") from None
+    root = doc.get("root") if isinstance(doc, dict) else None
+    threads = root.get("qapair") if isinstance(root, dict) else None
+    if not isinstance(threads, list):
+        raise ValueError(f'{p}: not StackFAQ data (expected {{"root": {{"qapair": [...]}}}})')
     questions, answers, ids = [], [], []
     groups: list[tuple[str, list[str]]] = []
     for t, thread in enumerate(threads):
+        if not (isinstance(thread, dict) and isinstance(thread.get("question"), str)):
+            raise ValueError(f'{p}: thread {t} is not an object with a string "question"')
         question = thread["question"].strip()
         thread_answers = _as_list(thread.get("answer"))
         for a, answer in enumerate(thread_answers):
@@ -280,16 +332,18 @@ def stackfaq(path: PathLike | None = None) -> tuple[Pairs, EvalSet]:
 
 
 def _read_trecqa(path: Path) -> list[tuple[str, int, str]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
+    reader = csv.reader(line for _, line in utf8_lines(path))
+    try:
         header = next(reader, None)
         if header != TRECQA_HEADER:
             raise ValueError(f"{path}: expected header {','.join(TRECQA_HEADER)}, got {header}")
         rows = []
-        for lineno, row in enumerate(reader, 2):
+        for row in reader:
             if len(row) != 3 or row[1] not in ("0", "1"):
-                raise ValueError(f"{path}:{lineno}: expected qtext,label(0/1),atext, got {row}")
+                raise ValueError(f"{path}:{reader.line_num}: expected qtext,label(0/1),atext, got {row}")
             rows.append((row[0], int(row[1]), row[2]))
+    except csv.Error as e:
+        raise ValueError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
     return rows
 
 
@@ -348,22 +402,28 @@ def demo(path: PathLike | None = None) -> tuple[Pairs, EvalSet]:
         text = resources.files("projroute.data").joinpath("demo_qa.jsonl").read_text("utf-8")
         source = "projroute/data/demo_qa.jsonl"
     else:
-        text = Path(path).read_text("utf-8")
+        text = read_text(path)
         source = str(path)
     questions, answers, ids = [], [], []
     groups: list[tuple[str, list[str]]] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-            question, answer, paraphrases = rec["question"], rec["answer"], rec["paraphrases"]
-            ids.append(str(rec["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{source}:{lineno}: bad demo record ({e})") from None
-        questions.append(question)
-        answers.append(answer)
-        groups += [(p, [answer]) for p in _as_list(paraphrases)]
+        rec = parse_json(line, f"{source}:{lineno}")
+        if not (
+            isinstance(rec, dict)
+            and isinstance(rec.get("question"), str)
+            and isinstance(rec.get("answer"), str)
+            and {"id", "paraphrases"} <= rec.keys()
+        ):
+            raise ValueError(
+                f"{source}:{lineno}: bad demo record (expected an object with string question and answer, "
+                "an id and paraphrases)"
+            )
+        ids.append(str(rec["id"]))
+        questions.append(rec["question"])
+        answers.append(rec["answer"])
+        groups += [(p, [rec["answer"]]) for p in _as_list(rec["paraphrases"])]
     corpus = _Corpus()
     for answer in answers:
         corpus.add(answer)
@@ -381,11 +441,8 @@ def _resolve(spec: PathLike) -> tuple[str, Path | None]:
     if p.is_dir():
         if (p / STACKFAQ_FILE).is_file():
             return "stackfaq", p
-        train = p / "train.csv"
-        if train.is_file():
-            with open(train, encoding="utf-8", newline="") as f:
-                if next(csv.reader(f), None) == TRECQA_HEADER:
-                    return "trecqa", p
+        if (p / "train.csv").is_file():
+            return "trecqa", p
     elif p.suffix == ".jsonl":
         if not p.is_file():
             raise FileNotFoundError(f"no such file: {p}")

@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from projroute._estimator import RoutedProjection, check_pairs, check_temperature, resolve_top_k
+from projroute._estimator import (
+    RoutedProjection,
+    check_pairs,
+    check_temperature,
+    check_top_k,
+    resolve_top_k,
+    top_k_record,
+)
 from projroute.clustering import cluster_pairs
 from projroute.procrustes import GlobalProjection, cluster_delta
 from projroute.reference import blend_maps, route_questions, route_weights, routing_entropy, unit_rows
@@ -28,7 +35,10 @@ class FederatedProjection(RoutedProjection):
     with fewer than ``min_cluster_size`` pairs keep ``B``.
 
     Serving: ``p = sum_k w_k(q) q @ W_k`` with ``w = softmax(cos(q, c_k) / T)`` over the
-    ``top_k`` best clusters, renormalised (``top_k`` in (0, 1) is a coverage target).
+    ``top_k`` best clusters, renormalised (``top_k`` in (0, 1) is a coverage target;
+    ``"auto"``: 10, or all clusters when there are fewer). An int ``top_k`` above an int
+    ``n_clusters`` is a ValueError; with ``n_clusters="auto"`` it is clamped to the
+    clusters found, and the fit record notes it (``top_k_requested``).
     With ``routing="questions"`` the softmax runs over all training questions and a
     cluster's weight is the sum over its questions, optionally sharpened by a second
     softmax at ``cluster_temperature``. ``prior`` weights the softmax,
@@ -48,7 +58,7 @@ class FederatedProjection(RoutedProjection):
         self,
         n_clusters: int | str = "auto",
         temperature: float = 0.1,
-        top_k: int | float | None = 10,
+        top_k: int | float | str | None = "auto",
         cluster_on: str = "answers",
         routing: str = "centroids",
         cluster_temperature: float | None = None,
@@ -76,6 +86,7 @@ class FederatedProjection(RoutedProjection):
 
     def _check_params(self) -> None:
         check_temperature(self.temperature)
+        check_top_k(self.top_k, self.n_clusters)
         if self.base not in ("global", "identity"):
             raise ValueError(f"base must be 'global' or 'identity', got {self.base!r}")
         if self.routing not in ("centroids", "questions"):
@@ -206,5 +217,6 @@ class FederatedProjection(RoutedProjection):
                 "cluster_on": self.cluster_on,
                 "min_cluster_size": self.min_cluster_size,
                 "cluster_sizes": np.bincount(self.labels_, minlength=len(self.centroids_)).tolist(),
+                **top_k_record(self.top_k, len(self.centroids_)),
             },
         }

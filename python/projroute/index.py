@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 
 from projroute import _core
+from projroute.datasets import utf8_lines
 
 PathLike = str | os.PathLike[str]
 
 
 def read_corpus(path: PathLike) -> list[str]:
     """The answers of a UTF-8 text file: one per non-blank line, stripped, in order."""
-    with open(path, encoding="utf-8") as f:
-        texts = [s.strip() for s in f if s.strip()]
+    texts = [s.strip() for _, s in utf8_lines(path) if s.strip()]
     if not texts:
         raise ValueError(f"{path}: no answers (the file has no non-blank line)")
     return texts
@@ -84,17 +84,21 @@ def build_index(
     ids_list = None if ids is None else [int(i) for i in ids]
     model_path = None if model is None else _absolute(model)
     graph = dict(ann) if ann is not None else {} if approximate else None
-    if embeddings is None:
-        n = _core.build_index(os.fspath(output), _absolute(encoder), texts, ids_list, model_path, graph)
-    else:
-        _core.save_index(os.fspath(output), embeddings, texts, ids_list, _absolute(encoder), model_path, graph)
-        n = len(texts)
-    # Opening it checks the encoder, model and index against each other.
+    # Written beside ``output`` and checked there (opening it checks the encoder, model
+    # and index against each other), then renamed over it: a failed build leaves an
+    # earlier file at ``output`` intact.
+    out = Path(output)
+    staged = os.fspath(out.with_name(f".{out.name}.{os.getpid()}.building"))
     try:
-        _core.Searcher.open_index(os.fspath(output))
-    except BaseException:
-        Path(output).unlink(missing_ok=True)
-        raise
+        if embeddings is None:
+            n = _core.build_index(staged, _absolute(encoder), texts, ids_list, model_path, graph)
+        else:
+            _core.save_index(staged, embeddings, texts, ids_list, _absolute(encoder), model_path, graph)
+            n = len(texts)
+        _core.Searcher.open_index(staged)
+        os.replace(staged, out)
+    finally:
+        Path(staged).unlink(missing_ok=True)
     return n
 
 

@@ -6,7 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from projroute._estimator import RoutedProjection, check_pairs, check_temperature, resolve_top_k
+from projroute._estimator import (
+    RoutedProjection,
+    check_pairs,
+    check_temperature,
+    check_top_k,
+    resolve_top_k,
+    top_k_record,
+)
 from projroute.clustering import cluster_pairs
 from projroute.reference import unit_rows
 
@@ -18,7 +25,8 @@ class LdaProjection(RoutedProjection):
     flat softmax) or the ``top_k`` best, renormalised. ``c_k`` is the normalised mean
     question of cluster k, ``a_k`` its normalised mean answer. Clusters come from
     k-means on the answers (or questions); ``n_clusters="auto"`` uses the effective
-    rank of the answer embeddings.
+    rank of the answer embeddings. An int ``top_k`` above an int ``n_clusters`` is a
+    ValueError; with ``n_clusters="auto"`` it is clamped and the fit record says so.
     """
 
     kind = "lda"
@@ -27,7 +35,7 @@ class LdaProjection(RoutedProjection):
         self,
         n_clusters: int | str = "auto",
         temperature: float = 0.1,
-        top_k: int | float | None = None,
+        top_k: int | float | str | None = None,
         cluster_on: str = "answers",
         random_state: int = 0,
     ) -> None:
@@ -41,6 +49,7 @@ class LdaProjection(RoutedProjection):
         """Fit on pairs ``Q`` (n, d_q), ``A`` (n, d_a) of question and answer embeddings."""
         Q, A = check_pairs(Q, A)
         check_temperature(self.temperature)
+        check_top_k(self.top_k, self.n_clusters)
         labels = cluster_pairs(Q, A, self.n_clusters, self.cluster_on, self.random_state)
         K = int(labels.max()) + 1
         Qn, An = unit_rows(Q), unit_rows(A)
@@ -56,4 +65,5 @@ class LdaProjection(RoutedProjection):
         return {"centroids": self.centroids_, "answers": self.answers_}
 
     def _config(self) -> dict[str, Any]:
-        return {**self._routing_config(), "fit": {"cluster_on": self.cluster_on}}
+        fit = {"cluster_on": self.cluster_on, **top_k_record(self.top_k, len(self.centroids_))}
+        return {**self._routing_config(), "fit": fit}

@@ -49,6 +49,10 @@ def distill_report(
     router (:func:`~projroute.distill.distill_ensemble`); evaluate on the held-out
     queries of ``data`` (never trained on)."""
     teacher = projroute.load(teacher_path)
+    if teacher.kind in ("tree", "hierarchical"):
+        raise ValueError(f"{teacher_path}: a {teacher.kind} teacher needs a key per query; distil it from Python")
+    if domains is not None and teacher.kind not in ("federated", "lda"):
+        raise ValueError(f"{teacher_path}: a {teacher.kind} teacher; --domains takes a federated or lda teacher")
     folder = Path(output).absolute().parent
     if not folder.is_dir():
         raise FileNotFoundError(f"no such directory for the student file: {folder}")

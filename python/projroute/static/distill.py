@@ -89,11 +89,10 @@ def read_corpus(paths: Iterable[PathLike]) -> list[str]:
     """Non-blank lines of UTF-8 text files, stripped, duplicates dropped (first kept), in order."""
     seen: dict[str, None] = {}
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                s = line.strip()
-                if s:
-                    seen.setdefault(s, None)
+        for _, line in datasets.utf8_lines(path):
+            s = line.strip()
+            if s:
+                seen.setdefault(s, None)
     return list(seen)
 
 

@@ -23,6 +23,12 @@ create_exception!(
     "A model file is foreign, truncated, inconsistent, or from a newer format version."
 );
 
+/// Run the core's work `f` with the GIL released, on the threads `set_num_threads`
+/// gives (rayon's global pool by default).
+fn detach<R: Send>(py: Python<'_>, f: impl FnOnce() -> R + Send) -> R {
+    py.detach(|| core::threads::install(f))
+}
+
 /// Map a core error to the Python exception that fits it.
 fn to_py_err(err: core::Error) -> PyErr {
     match err {
@@ -127,7 +133,7 @@ impl Projector {
     /// inconsistent or newer file.
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let inner = py.detach(|| core::Projector::load(&path)).map_err(to_py_err)?;
+        let inner = detach(py, || core::Projector::load(&path)).map_err(to_py_err)?;
         Ok(Projector { inner })
     }
 
@@ -145,19 +151,18 @@ impl Projector {
         core::Config::from_json(config).map_err(to_py_err)?;
         let arrays = readonly_tensors(tensors)?;
         let views = arrays.iter().map(|(n, a)| (n.clone(), a.as_array())).collect();
-        let inner = py
-            .detach(|| {
-                let tensors = core_tensors(views);
-                let model = core::ModelFile::from_parts(config, tensors, metadata.unwrap_or_default())?;
-                core::Projector::from_model(model)
-            })
-            .map_err(to_py_err)?;
+        let inner = detach(py, || {
+            let tensors = core_tensors(views);
+            let model = core::ModelFile::from_parts(config, tensors, metadata.unwrap_or_default())?;
+            core::Projector::from_model(model)
+        })
+        .map_err(to_py_err)?;
         Ok(Projector { inner })
     }
 
     /// Write the model to a safetensors file: the tensors it was built from.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| self.inner.save(&path)).map_err(to_py_err)
+        detach(py, || self.inner.save(&path)).map_err(to_py_err)
     }
 
     /// Project queries `x` (B, dim_in) to (B, dim_out), float32. Keyed kinds (`tree`,
@@ -172,10 +177,10 @@ impl Projector {
         let x = as_f32_matrix(x, "queries")?;
         let view: ArrayView2<f32> = x.as_array();
         let out = match keys {
-            None => py.detach(|| self.inner.project(view)),
+            None => detach(py, || self.inner.project(view)),
             Some(keys) => {
                 let keys = as_keys(keys)?;
-                py.detach(|| self.inner.project_keyed(view, &keys.iter().map(String::as_str).collect::<Vec<_>>()))
+                detach(py, || self.inner.project_keyed(view, &keys.iter().map(String::as_str).collect::<Vec<_>>()))
             }
         };
         Ok(out.map_err(to_py_err)?.into_pyarray(py))
@@ -195,9 +200,9 @@ impl Projector {
         let x = as_f32_matrix(x, "queries")?;
         let view: ArrayView2<f32> = x.as_array();
         let k = self.inner.n_clusters();
-        let dense: Option<Array2<f32>> = py
-            .detach(|| self.inner.route(view).map(|r| r.map(|r| r.to_dense(k.expect("routed kinds have K")))))
-            .map_err(to_py_err)?;
+        let dense: Option<Array2<f32>> =
+            detach(py, || self.inner.route(view).map(|r| r.map(|r| r.to_dense(k.expect("routed kinds have K")))))
+                .map_err(to_py_err)?;
         Ok(dense.map(|d| d.into_pyarray(py)))
     }
 
@@ -250,7 +255,7 @@ impl Projector {
     /// The model's tensors as float32 arrays (copies): exactly those it was built from
     /// (a half-precision `W` as the widened values its file holds), index included.
     fn tensors<'py>(&self, py: Python<'py>) -> PyResult<BTreeMap<String, Bound<'py, PyArrayDyn<f32>>>> {
-        let tensors = py.detach(|| self.inner.tensors());
+        let tensors = detach(py, || self.inner.tensors());
         tensors_to_numpy(py, tensors)
     }
 
@@ -281,7 +286,7 @@ impl FlatIndex {
     fn new(py: Python<'_>, embeddings: &Bound<'_, PyAny>) -> PyResult<Self> {
         let e = as_f32_matrix(embeddings, "embeddings")?;
         let view = e.as_array();
-        let inner = py.detach(|| core::FlatIndex::new(view)).map_err(to_py_err)?;
+        let inner = detach(py, || core::FlatIndex::new(view)).map_err(to_py_err)?;
         Ok(FlatIndex { inner })
     }
 
@@ -289,7 +294,7 @@ impl FlatIndex {
     fn search<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>, k: usize) -> PyResult<SearchResult<'py>> {
         let x = as_f32_matrix(x, "queries")?;
         let view = x.as_array();
-        let (ids, scores) = py.detach(|| self.inner.search(view, k)).map_err(to_py_err)?;
+        let (ids, scores) = detach(py, || self.inner.search(view, k)).map_err(to_py_err)?;
         Ok((ids.mapv(i64::from).into_pyarray(py), scores.into_pyarray(py)))
     }
 
@@ -336,7 +341,7 @@ impl StaticEncoder {
     /// Raises FileNotFoundError for a missing folder, ModelFormatError for a bad one.
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let inner = py.detach(|| core::StaticEncoder::from_dir(&path)).map_err(to_py_err)?;
+        let inner = detach(py, || core::StaticEncoder::from_dir(&path)).map_err(to_py_err)?;
         Ok(StaticEncoder { inner })
     }
 
@@ -344,14 +349,14 @@ impl StaticEncoder {
     /// vector; an empty list is a ValueError.
     fn encode<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let texts = as_texts(texts)?;
-        let out = py.detach(|| self.inner.encode(&str_refs(&texts))).map_err(to_py_err)?;
+        let out = detach(py, || self.inner.encode(&str_refs(&texts))).map_err(to_py_err)?;
         Ok(out.into_pyarray(py))
     }
 
     /// The token ids each text is pooled over (after truncation, unknown tokens dropped).
     fn tokenize(&self, py: Python<'_>, texts: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u32>>> {
         let texts = as_texts(texts)?;
-        py.detach(|| self.inner.tokenize(&str_refs(&texts))).map_err(to_py_err)
+        detach(py, || self.inner.tokenize(&str_refs(&texts))).map_err(to_py_err)
     }
 
     /// Embedding dimension.
@@ -393,7 +398,7 @@ impl Searcher {
     #[staticmethod]
     #[pyo3(signature = (encoder, model, index))]
     fn open(py: Python<'_>, encoder: PathBuf, model: Option<PathBuf>, index: PathBuf) -> PyResult<Self> {
-        let inner = py.detach(|| core::Searcher::open(&encoder, model.as_deref(), &index)).map_err(to_py_err)?;
+        let inner = detach(py, || core::Searcher::open(&encoder, model.as_deref(), &index)).map_err(to_py_err)?;
         Ok(Searcher { inner })
     }
 
@@ -402,8 +407,7 @@ impl Searcher {
     #[staticmethod]
     #[pyo3(signature = (index, *, encoder=None, model=None))]
     fn open_index(py: Python<'_>, index: PathBuf, encoder: Option<PathBuf>, model: Option<PathBuf>) -> PyResult<Self> {
-        let inner = py
-            .detach(|| core::Searcher::open_index(&index, encoder.as_deref(), model.as_deref()))
+        let inner = detach(py, || core::Searcher::open_index(&index, encoder.as_deref(), model.as_deref()))
             .map_err(to_py_err)?;
         Ok(Searcher { inner })
     }
@@ -422,14 +426,14 @@ impl Searcher {
     ) -> PyResult<Vec<Vec<PyHit>>> {
         let texts = as_texts(texts)?;
         let options = core::SearchOptions { exact, ef };
-        let hits = py.detach(|| self.inner.search_with(&str_refs(&texts), k, options)).map_err(to_py_err)?;
+        let hits = detach(py, || self.inner.search_with(&str_refs(&texts), k, options)).map_err(to_py_err)?;
         Ok(hits.into_iter().map(|row| row.into_iter().map(|h| (h.id, h.score, h.text)).collect()).collect())
     }
 
     /// Queries as searched (encoded, then projected): (n, D) float32.
     fn embed<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let texts = as_texts(texts)?;
-        let out = py.detach(|| self.inner.embed(&str_refs(&texts))).map_err(to_py_err)?;
+        let out = detach(py, || self.inner.embed(&str_refs(&texts))).map_err(to_py_err)?;
         Ok(out.into_pyarray(py))
     }
 
@@ -437,8 +441,7 @@ impl Searcher {
     fn route<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyArray2<f32>>>> {
         let texts = as_texts(texts)?;
         let k = self.inner.projector().and_then(|p| p.n_clusters());
-        let dense = py
-            .detach(|| self.inner.route(&str_refs(&texts)).map(|r| r.zip(k).map(|(r, k)| r.to_dense(k))))
+        let dense = detach(py, || self.inner.route(&str_refs(&texts)).map(|r| r.zip(k).map(|(r, k)| r.to_dense(k))))
             .map_err(to_py_err)?;
         Ok(dense.map(|d| d.into_pyarray(py)))
     }
@@ -524,7 +527,7 @@ fn save_index(
     let e = as_f32_matrix(embeddings, "embeddings")?;
     let texts = as_texts(texts)?;
     let view = e.as_array();
-    py.detach(|| {
+    detach(py, || {
         let n = view.nrows();
         let mut index = core::AnswerIndex::new(view.to_owned(), ids.unwrap_or_else(|| (0..n as i64).collect()), texts)?;
         index.encoder = encoder;
@@ -552,7 +555,7 @@ fn build_index(
     ann: Option<HashMap<String, usize>>,
 ) -> PyResult<usize> {
     let texts = as_texts(texts)?;
-    py.detach(|| {
+    detach(py, || {
         let enc = core::StaticEncoder::from_dir(&encoder)?;
         let mut index = core::Searcher::build_index(&enc, &str_refs(&texts), ids)?;
         index.encoder = Some(encoder.display().to_string());
@@ -569,7 +572,7 @@ fn build_index(
 /// The JSON header of an index file, reading only the file's header.
 #[pyfunction]
 fn read_index_header(py: Python<'_>, path: PathBuf) -> PyResult<String> {
-    let header = py.detach(|| core::read_index_header(&path)).map_err(to_py_err)?;
+    let header = detach(py, || core::read_index_header(&path)).map_err(to_py_err)?;
     Ok(serde_json::to_string(&header).expect("a header serialises"))
 }
 
@@ -578,7 +581,7 @@ fn read_index_header(py: Python<'_>, path: PathBuf) -> PyResult<String> {
 /// Raises FileNotFoundError, or ModelFormatError for any other file.
 #[pyfunction]
 fn file_kind(py: Python<'_>, path: PathBuf) -> PyResult<&'static str> {
-    py.detach(|| core::file_kind(&path)).map(core::FileKind::name).map_err(to_py_err)
+    detach(py, || core::file_kind(&path)).map(core::FileKind::name).map_err(to_py_err)
 }
 
 /// Write a model file from tensors (name -> float ndarray), a JSON config string and
@@ -602,7 +605,7 @@ fn save_file(
     core::Config::from_json(config).map_err(to_py_err)?;
     let arrays = readonly_tensors(tensors)?;
     let views = arrays.iter().map(|(n, a)| (n.clone(), a.as_array())).collect();
-    py.detach(|| core::save_file(config, core_tensors(views), metadata.unwrap_or_default(), &path)).map_err(to_py_err)
+    detach(py, || core::save_file(config, core_tensors(views), metadata.unwrap_or_default(), &path)).map_err(to_py_err)
 }
 
 /// The JSON config string of the model file at `path`, reading only its header.
@@ -610,8 +613,22 @@ fn save_file(
 /// Raises FileNotFoundError, or ModelFormatError for a foreign, truncated or newer file.
 #[pyfunction]
 fn read_config(py: Python<'_>, path: PathBuf) -> PyResult<String> {
-    let config = py.detach(|| core::read_config(&path)).map_err(to_py_err)?;
+    let config = detach(py, || core::read_config(&path)).map_err(to_py_err)?;
     Ok(config.to_json())
+}
+
+/// Use `n` threads for each call into the core from now on, on each calling Python
+/// thread (its own pool of `n`); `n = 0` restores the default: `RAYON_NUM_THREADS`, or
+/// one thread per core, shared by all callers.
+#[pyfunction]
+fn set_num_threads(n: usize) -> PyResult<()> {
+    core::threads::set_num_threads(n).map_err(to_py_err)
+}
+
+/// Threads a call into the core uses (see `set_num_threads`).
+#[pyfunction]
+fn get_num_threads() -> usize {
+    core::threads::num_threads()
 }
 
 #[pymodule]
@@ -626,6 +643,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_index, m)?)?;
     m.add_function(wrap_pyfunction!(read_index_header, m)?)?;
     m.add_function(wrap_pyfunction!(file_kind, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add("ProjrouteError", m.py().get_type::<ProjrouteError>())?;
     m.add("ModelFormatError", m.py().get_type::<ModelFormatError>())?;
     m.add("FORMAT_VERSION", core::FORMAT_VERSION)?;

@@ -9,6 +9,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::atomic_file::write_atomically;
 use crate::error::{format_err, invalid, Error, Result};
 use crate::format::{named, read_header_metadata, versioned_json, CONFIG_KEY};
 
@@ -318,10 +319,10 @@ impl AnswerIndex {
         safetensors::serialize(views, Some(metadata)).or_else(|e| invalid(format!("cannot serialise the index: {e}")))
     }
 
-    /// Write to `path`.
+    /// Write to `path` atomically (see [`crate::ModelFile::save`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()?).map_err(|e| named(path, e.into()))
+        write_atomically(path, &self.to_bytes()?).map_err(|e| named(path, e.into()))
     }
 
     /// The answer vectors as a view.
@@ -359,7 +360,10 @@ mod tests {
         assert_eq!(AnswerIndex::open(&path).unwrap(), index);
         assert_eq!(read_index_header(&path).unwrap(), index.header());
         assert_eq!(file_kind(&path).unwrap(), FileKind::Index);
-        assert!(crate::read_config(&path).unwrap_err().to_string().contains("not a projroute model"));
+        assert!(crate::read_config(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("an answer index file (projroute-index), not a model"));
     }
 
     #[test]

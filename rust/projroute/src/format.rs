@@ -10,6 +10,8 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::answer_index::INDEX_FORMAT_NAME;
+use crate::atomic_file::write_atomically;
 use crate::error::{format_err, invalid, Error, Result};
 use crate::precision::Precision;
 
@@ -216,7 +218,8 @@ pub struct ModelFile {
 
 impl ModelFile {
     /// Read a model file into memory (its tensors are copied out and packed when a
-    /// projector is built, so the file is read, not mapped). Checks the config, dtypes
+    /// projector is built, so the file is read, not mapped: a model in use survives its
+    /// file being truncated, rewritten or replaced). Checks the config, dtypes
     /// and finiteness; the kind-specific shapes are checked when a projector is built
     /// from it. Errors name the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -257,9 +260,8 @@ impl ModelFile {
             .or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
         let mut metadata: BTreeMap<String, String> =
             header.metadata().clone().unwrap_or_default().into_iter().collect();
-        let config_json = metadata.remove(CONFIG_KEY).ok_or_else(|| {
-            Error::Format(format!("safetensors file has no `{CONFIG_KEY}` config: not a projroute model"))
-        })?;
+        let config_json =
+            metadata.remove(CONFIG_KEY).ok_or_else(|| no_config(metadata.contains_key(INDEX_FORMAT_NAME)))?;
         let config = Config::from_json(&config_json)?;
         let st =
             SafeTensors::deserialize(bytes).or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
@@ -303,10 +305,11 @@ impl ModelFile {
         safetensors::serialize(views, Some(metadata)).or_else(|e| invalid(format!("cannot serialise: {e}")))
     }
 
-    /// Write to `path`.
+    /// Write to `path` atomically (a temporary file, fsynced, renamed over `path`): a
+    /// failed or interrupted save leaves an earlier file at `path` intact.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        std::fs::write(path, self.to_bytes()?)?;
-        Ok(())
+        let path = path.as_ref();
+        write_atomically(path, &self.to_bytes()?).map_err(|e| named(path, e.into()))
     }
 
     /// Check the optional index tensor [`INDEX_TENSOR`]: 2-D, with `dim_out` columns.
@@ -363,13 +366,24 @@ pub(crate) fn versioned_json(text: &str, what: &str, format_name: &str, newest: 
 pub fn read_config(path: impl AsRef<Path>) -> Result<Config> {
     let path = path.as_ref();
     let read = || -> Result<Config> {
-        match read_header_metadata(path)?.remove(CONFIG_KEY) {
+        let mut metadata = read_header_metadata(path)?;
+        match metadata.remove(CONFIG_KEY) {
             Some(Value::String(text)) => Config::from_json(&text),
             Some(_) => format_err(format!("`{CONFIG_KEY}` metadata entry is not a string")),
-            None => format_err(format!("safetensors file has no `{CONFIG_KEY}` config: not a projroute model")),
+            None => Err(no_config(metadata.contains_key(INDEX_FORMAT_NAME))),
         }
     };
     read().map_err(|e| named(path, e))
+}
+
+/// The error for a safetensors file without a model config: an answer index (`index`)
+/// or a foreign file.
+fn no_config(index: bool) -> Error {
+    Error::Format(if index {
+        format!("an answer index file ({INDEX_FORMAT_NAME}), not a model")
+    } else {
+        format!("safetensors file has no `{CONFIG_KEY}` config: not a projroute model")
+    })
 }
 
 /// The `__metadata__` entries of the safetensors file at `path`, reading only its

@@ -5,6 +5,7 @@
 #[cfg(feature = "ann")]
 mod ann;
 mod answer_index;
+mod atomic_file;
 mod blend;
 mod cpu;
 #[cfg(feature = "candle")]
@@ -28,6 +29,7 @@ mod routing;
 mod searcher;
 #[cfg(feature = "text")]
 mod static_encoder;
+pub mod threads;
 #[cfg(feature = "candle")]
 mod transformer;
 mod trees;

@@ -84,9 +84,14 @@ impl Projector {
     /// is taken by value and its tensors are dropped once the model is built (packed),
     /// so a loaded model holds its weights once.
     pub fn from_model(mut m: ModelFile) -> Result<Self> {
+        let c = &m.config;
+        // Found by fuzzing (build_and_project): an empty output dimension reached the
+        // blend's row chunking, which panics on a zero width.
+        if c.dim_in == 0 || c.dim_out == 0 || c.input_dim == Some(0) {
+            return format_err(format!("dimensions must be at least 1, got {} -> {}", c.dim_in, c.dim_out));
+        }
         let model = build(&m)?;
         let input = input_map(&m)?;
-        let c = &m.config;
         let mut expected = model.tensor_names();
         if input.is_some() {
             expected.extend([BRIDGE_W.to_string(), BRIDGE_BIAS.to_string()]);
@@ -237,6 +242,25 @@ mod tests {
         let metadata = BTreeMap::from([("answers.texts".to_string(), "[\"a\"]".to_string())]);
         let m = ModelFile::from_parts(config, tensors, metadata).unwrap();
         ModelFile::from_bytes(&m.to_bytes().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn zero_dimensions_are_format_errors() {
+        let cases = [
+            (r#""kind":"federated","dim_in":2,"dim_out":0,"n_clusters":2,"temperature":0.1,"top_k":1"#, [2, 2, 0]),
+            (r#""kind":"federated","dim_in":0,"dim_out":2,"n_clusters":2,"temperature":0.1,"top_k":1"#, [2, 0, 2]),
+            (r#""kind":"tree","dim_in":3,"dim_out":0,"nodes":[""]"#, [1, 3, 0]),
+        ];
+        for (fields, w) in cases {
+            let config = format!(r#"{{"format":"projroute","version":1,{fields}}}"#);
+            let mut tensors = BTreeMap::from([("W".to_string(), tensor(&w, 1))]);
+            if fields.contains("federated") {
+                tensors.insert("centroids".into(), tensor(&[2, w[1]], 2));
+            }
+            let m = ModelFile::from_parts(&config, tensors, BTreeMap::new()).unwrap();
+            let err = Projector::from_model(m).unwrap_err().to_string();
+            assert!(err.contains("dimensions must be at least 1"), "{err}");
+        }
     }
 
     /// `from_model` then `to_model` gives the file back, bit for bit, and serves it the same.
