@@ -62,8 +62,8 @@ def main() -> None:
         Q, A, _, _ = embed_pairs(pairs, minilm)
         queries, answers = minilm.encode(ev.queries), minilm.encode(ev.corpus)
 
-        def row(model: str, P: np.ndarray, C: np.ndarray, data: str = data) -> None:
-            m = retrieval_metrics(P, C, ev.gold)
+        def row(model: str, P: np.ndarray, C: np.ndarray, data: str = data, gold: list = ev.gold) -> None:
+            m = retrieval_metrics(P, C, gold)
             rows.append({"data": data, "model": model, "hit@1": m["hit@1"], "mrr": m["mrr"]})
             print(f"{data:9s} {model:55s} Hit@1 {m['hit@1']:.3f}  MRR {m['mrr']:.3f}", flush=True)
 

@@ -229,6 +229,8 @@ impl Searcher {
     }
 
     fn top_k(&self, x: ArrayView2<f32>, k: usize, options: SearchOptions) -> Result<(Array2<u32>, Array2<f32>)> {
+        #[cfg(not(feature = "ann"))]
+        let _ = options; // without the graph every search is exact
         match &self.answers {
             Answers::Exact(flat) => flat.search(x, k),
             #[cfg(feature = "ann")]
