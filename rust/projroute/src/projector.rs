@@ -335,7 +335,7 @@ mod tests {
         assert_eq!((p.dim_in(), p.dim_out()), (5, 7));
         let x = Array2::from_shape_vec((4, 5), values(20, 9)).unwrap();
         let inner = Projector::from_model(file(&config.replace(r#","input_dim":5"#, ""), &tensors[..2])).unwrap();
-        let bridged = x.dot(&tensors[2].1.view2("W").unwrap()) + &tensors[3].1.view1("b").unwrap();
+        let bridged = x.dot(&tensors[2].1.view2("W").unwrap()) + tensors[3].1.view1("b").unwrap();
         let close = |got: Array2<f32>, want: Array2<f32>| {
             assert_eq!(got.dim(), want.dim());
             assert!(got.iter().zip(want.iter()).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())));
