@@ -5,38 +5,13 @@
 //! line per measurement and a JSON summary. Threads: rayon's global pool
 //! (RAYON_NUM_THREADS), shared by both.
 
+#[path = "../../../rust/projroute/benches/common/stsb.rs"]
+mod stsb;
+
 use std::time::{Duration, Instant};
 
 use model2vec_rs::model::StaticModel;
 use projroute::StaticEncoder;
-
-fn sentences(path: &str, n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut out = Vec::new();
-    for line in text.lines() {
-        // sentence1,sentence2,score; a quoted field may hold commas and "" escapes.
-        let mut fields = Vec::new();
-        let (mut cur, mut quoted, mut chars) = (String::new(), false, line.chars().peekable());
-        while let Some(c) = chars.next() {
-            match (c, quoted) {
-                ('"', true) if chars.peek() == Some(&'"') => {
-                    cur.push('"');
-                    chars.next();
-                }
-                ('"', _) => quoted = !quoted,
-                (',', false) => fields.push(std::mem::take(&mut cur)),
-                _ => cur.push(c),
-            }
-        }
-        fields.push(cur);
-        out.extend(fields.into_iter().take(2));
-        if out.len() >= n {
-            break;
-        }
-    }
-    out.truncate(n);
-    out
-}
 
 /// Median seconds of `a` and of `b`, timed in alternating rounds.
 fn medians(mut a: impl FnMut(), mut b: impl FnMut(), min_time: Duration, min_rounds: usize) -> (f64, f64) {
@@ -66,7 +41,7 @@ fn main() {
     let dir = args.get(1).expect("usage: model2vec-rs-anchor MODEL_DIR [STSB_TEST_CSV]");
     let data = std::env::var("PROJROUTE_DATA").unwrap_or_else(|_| "../shared/data".into());
     let csv = args.get(2).cloned().unwrap_or_else(|| format!("{data}/stsb/test.csv"));
-    let texts = sentences(&csv, 1024);
+    let texts = stsb::sentences(&csv, 1024).unwrap_or_else(|e| panic!("{e}"));
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let ours = StaticEncoder::from_dir(dir).expect("projroute StaticEncoder");
     let theirs = StaticModel::from_pretrained(dir, None, None, None).expect("model2vec-rs StaticModel");

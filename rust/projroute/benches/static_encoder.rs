@@ -11,6 +11,9 @@
 //!   RAYON_NUM_THREADS=2 PROJROUTE_TOKENIZER=.../tokenizer.json \
 //!     cargo bench -p projroute --features text --bench static_encoder
 
+#[path = "common/stsb.rs"]
+mod stsb;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -52,33 +55,11 @@ fn model_dir(tmp: &Path) -> Result<PathBuf, String> {
     Ok(tmp.to_path_buf())
 }
 
-/// The first `n` sentences of STS-B test (both columns); fields are unquoted except
-/// where they hold commas or quotes.
+/// The first `n` sentences of STS-B test (both columns).
 fn sentences(n: usize) -> Result<Vec<String>, String> {
     let data = std::env::var("PROJROUTE_DATA")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data").to_string());
-    let path = format!("{data}/stsb/test.csv");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e} (set PROJROUTE_DATA)"))?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let (mut fields, mut cur, mut quoted) = (Vec::new(), String::new(), false);
-        let mut chars = line.chars().peekable();
-        while let Some(c) = chars.next() {
-            match (c, quoted) {
-                ('"', true) if chars.peek() == Some(&'"') => {
-                    cur.push('"');
-                    chars.next();
-                }
-                ('"', _) => quoted = !quoted,
-                (',', false) => fields.push(std::mem::take(&mut cur)),
-                _ => cur.push(c),
-            }
-        }
-        fields.push(cur);
-        out.extend(fields.into_iter().take(2));
-    }
-    out.truncate(n);
-    Ok(out)
+    stsb::sentences(&format!("{data}/stsb/test.csv"), n).map_err(|e| format!("{e} (set PROJROUTE_DATA)"))
 }
 
 fn text(c: &mut Criterion) {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, CowArray, Ix2};
 
 use crate::error::{format_err, Result};
 use crate::format::{Config, ModelFile, Tensor, INDEX_TENSOR};
@@ -190,22 +190,24 @@ impl Projector {
         self.model.n_clusters()
     }
 
+    /// Queries `x` as the kind takes them: through the bridge of a bridged model, else as given.
+    fn bridged<'a>(&self, x: ArrayView2<'a, f32>) -> Result<CowArray<'a, f32, Ix2>> {
+        Ok(match &self.input {
+            Some(input) => input.project(x)?.into(),
+            None => x.into(),
+        })
+    }
+
     /// Project queries `x` (B, D_in) to (B, D_out). Keyed kinds need
     /// [`project_keyed`](Self::project_keyed) instead.
     pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        match &self.input {
-            Some(input) => self.model.project(input.project(x)?.view()),
-            None => self.model.project(x),
-        }
+        self.model.project(self.bridged(x)?.view())
     }
 
     /// Project queries `x` (B, D_in) with one key per query (tree ids or paths) to
     /// (B, D_out); only for keyed kinds (`tree`, `hierarchical`).
     pub fn project_keyed(&self, x: ArrayView2<f32>, keys: &[&str]) -> Result<Array2<f32>> {
-        match &self.input {
-            Some(input) => self.model.project_keyed(input.project(x)?.view(), keys),
-            None => self.model.project_keyed(x, keys),
-        }
+        self.model.project_keyed(self.bridged(x)?.view(), keys)
     }
 
     /// The key of the node that serves each of `keys` (keyed kinds only): the key
@@ -216,10 +218,7 @@ impl Projector {
 
     /// Routing weights of queries `x` (B, D_in); `None` for unrouted kinds.
     pub fn route(&self, x: ArrayView2<f32>) -> Result<Option<Routing>> {
-        match &self.input {
-            Some(input) => self.model.route(input.project(x)?.view()),
-            None => self.model.route(x),
-        }
+        self.model.route(self.bridged(x)?.view())
     }
 }
 
