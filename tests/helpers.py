@@ -41,3 +41,15 @@ def random_model(
     else:
         tensors["answers"] = unit(rng, K, d)
     return pr.Projector.from_tensors(tensors, config(kind, d, d, **routing)), tensors, routing
+
+
+def assert_one_se_choice(chosen: float, validation: dict[float, float]) -> None:
+    """``chosen`` is what :func:`projroute.validation.choose` may pick from the mean
+    validation scores per grid value (grid order, simplest first): no later than the
+    best, and every simpler value lost by more than a tie."""
+    from projroute.validation import TIE_TOLERANCE
+
+    grid, scores = list(validation), list(validation.values())
+    best, at = max(scores), grid.index(chosen)
+    assert at <= scores.index(best)
+    assert all(best - v > TIE_TOLERANCE for v in scores[:at])

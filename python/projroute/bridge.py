@@ -18,7 +18,7 @@ from projroute._estimator import Projection, check_pairs
 from projroute.federated import FederatedProjection
 from projroute.metrics import mean_cosine
 from projroute.ridge import RIDGE_GRID, ridge_solve
-from projroute.validation import choose
+from projroute.validation import check_validation, choose
 
 BRIDGE_W = "bridge.W"
 BRIDGE_BIAS = "bridge.bias"
@@ -75,7 +75,8 @@ class BridgedProjection(Projection):
     sentences: the mean cosine between held-out sentences' bridged and strong
     embeddings (ties to the stronger ridge), unless given as a number > 0. ``model``
     (an unfitted estimator of a keyless kind; default ``FederatedProjection``) is then
-    fitted, in place, on the bridged questions and the answers.
+    fitted, in place, on the bridged questions and the answers; the default one
+    validates in the ``validation`` regime (:mod:`projroute.validation`).
 
     Saved as the model's kind with ``input_dim`` in its config and the bridge as the
     tensors ``bridge.W`` (d_q, d_a) and ``bridge.bias`` (d_a,); the Rust core applies
@@ -86,11 +87,17 @@ class BridgedProjection(Projection):
     """
 
     def __init__(
-        self, model: Estimator | None = None, alpha: float | str = "auto", cv: int = 5, random_state: int = 0
+        self,
+        model: Estimator | None = None,
+        alpha: float | str = "auto",
+        cv: int = 5,
+        validation: str = "new-answers",
+        random_state: int = 0,
     ) -> None:
         self.model = model
         self.alpha = alpha
         self.cv = cv
+        self.validation = validation
         self.random_state = random_state
 
     @property
@@ -103,24 +110,27 @@ class BridgedProjection(Projection):
         m sentences embedded by each, (m, d_q) and (m, d_a)."""
         Q, A = check_pairs(Q, A)
         S, M = check_pairs(*corpus)
+        check_validation(self.validation)
         if (S.shape[1], M.shape[1]) != (Q.shape[1], A.shape[1]):
             raise ValueError(
                 f"the corpus is {S.shape[1]} -> {M.shape[1]} dimensions, the pairs {Q.shape[1]} -> {A.shape[1]}"
             )
         if self.alpha == "auto":
-            scores = np.zeros(len(RIDGE_GRID))
+            scores = []
             for train, val in corpus_folds(len(S), self.cv, self.random_state):
                 bridge = Bridge(S[train], M[train])
-                scores += [mean_cosine(bridge.apply(S[val], alpha), M[val]) for alpha in RIDGE_GRID]
-            self.alpha_ = choose(RIDGE_GRID, scores / self.cv)
-            self.validation_ = dict(zip(RIDGE_GRID, (scores / self.cv).tolist()))
+                scores.append([mean_cosine(bridge.apply(S[val], alpha), M[val]) for alpha in RIDGE_GRID])
+            self.alpha_ = choose(RIDGE_GRID, np.array(scores))
+            self.validation_ = dict(zip(RIDGE_GRID, np.mean(scores, axis=0).tolist()))
         elif isinstance(self.alpha, (int, float)) and self.alpha > 0:
             self.alpha_, self.validation_ = float(self.alpha), {}
         else:
             raise ValueError(f"alpha must be 'auto' or a number > 0, got {self.alpha!r}")
         self.W_in_, self.b_in_ = Bridge(S, M).solve(self.alpha_)
         self.n_corpus_ = len(S)
-        self.model_: Estimator = self.model or FederatedProjection(random_state=self.random_state)
+        self.model_: Estimator = self.model or FederatedProjection(
+            validation=self.validation, random_state=self.random_state
+        )
         if self.model_.kind in ("tree", "hierarchical"):
             raise ValueError(f"a {self.model_.kind} model needs keys; bridge a keyless kind")
         self.model_.fit(Q @ self.W_in_ + self.b_in_, A)

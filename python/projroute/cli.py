@@ -30,6 +30,7 @@ from projroute.evaluation import evaluate, format_table
 from projroute.federated import FederatedProjection
 from projroute.lda import LdaProjection
 from projroute.procrustes import GlobalProjection
+from projroute.validation import VALIDATIONS
 
 ESTIMATORS: dict[str, type[GlobalProjection | FederatedProjection | LdaProjection]] = {
     "global": GlobalProjection,
@@ -104,6 +105,8 @@ def make_estimator(args: argparse.Namespace) -> GlobalProjection | FederatedProj
         "--top-k": ("top_k", args.top_k),
         "--coverage": ("top_k", args.coverage),
         "--shrinkage": ("shrinkage", args.shrinkage),
+        "--validation": ("validation", args.validation),
+        "--cluster-map": ("cluster_map", args.cluster_map),
     }
     takes = inspect.signature(cls).parameters
     params = {"random_state": args.seed}
@@ -139,6 +142,8 @@ def cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
         "top_k": config.get("top_k"),
         "coverage": config.get("coverage"),
         "shrinkage": config["fit"].get("shrinkage"),
+        "alpha": config["fit"].get("alpha"),
+        "validation": config["fit"].get("validation"),
         "query_encoder": args.query_encoder,
         "bridge": config["fit"].get("bridge"),
         "index": 0 if args.no_index else len(texts),
@@ -164,7 +169,9 @@ def fit_bridge(
 
 def show_fit(r: dict[str, Any]) -> str:
     details = [
-        f"{k}={r[k]}" for k in ("n_clusters", "temperature", "top_k", "coverage", "shrinkage") if r[k] is not None
+        f"{k}={r[k]}"
+        for k in ("n_clusters", "temperature", "top_k", "coverage", "shrinkage", "alpha", "validation")
+        if r[k] is not None
     ]
     index = f"an index of {r['index']} answers" if r["index"] else "no answer index"
     bridge = r["bridge"]
@@ -627,6 +634,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=auto_or(float),
         metavar="S",
         help="auto or FLOAT in [0, 1] (global, federated; default auto)",
+    )
+    p.add_argument(
+        "--validation",
+        choices=list(VALIDATIONS),
+        help="the regime cross-validation measures: new questions with new answers, or new phrasings of "
+        "questions whose answers are known (global, federated; default new-answers)",
+    )
+    p.add_argument(
+        "--cluster-map",
+        choices=["procrustes", "ridge"],
+        help="each cluster's correction: a rotation, or a ridge least-squares map (federated; default procrustes)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed for k-means and cross-validation")
     p.add_argument("--no-index", action="store_true", help="do not store the training answers in the model")

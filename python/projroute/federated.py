@@ -1,8 +1,10 @@
-"""Federated projection: k-means clusters, one minimal Procrustes map per cluster,
-softmax routing over the clusters' question centroids."""
+"""Federated projection: k-means clusters, one minimal map per cluster (a Procrustes
+rotation or a ridge least-squares correction), softmax routing over the clusters'
+question centroids."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,8 @@ from projroute._estimator import (
 from projroute.clustering import cluster_pairs
 from projroute.procrustes import GlobalProjection, cluster_delta
 from projroute.reference import blend_maps, route_questions, route_weights, routing_entropy, unit_rows
-from projroute.validation import SHRINKAGE_GRID, RetrievalTask, choose_shrinkage
+from projroute.ridge import SpanRidge
+from projroute.validation import RIDGE_GRID, SHRINKAGE_GRID, RetrievalTask, choose_alpha, choose_shrinkage
 
 
 class FederatedProjection(RoutedProjection):
@@ -30,8 +33,12 @@ class FederatedProjection(RoutedProjection):
     ``W_k = B + lambda * P_k (R_k - B)``: equal to the base map ``B`` (the validated
     global map, or the identity) outside the span of the cluster's questions, the
     cluster's Procrustes rotation ``R_k`` inside it, shrunk toward ``B`` by
-    ``lambda`` (``shrinkage_``), chosen by the mean MRR of held-out questions in
-    ``cv``-fold cross-validation over the distinct questions. Clusters
+    ``lambda`` (``shrinkage_``), chosen by ``cv``-fold cross-validation of retrieval MRR
+    in the ``validation`` regime, ``"new-answers"`` or ``"known-answers"`` (see
+    :mod:`projroute.validation`). With ``cluster_map="ridge"`` the correction is
+    instead the least-squares map toward ``B`` inside that span, with a ridge
+    ``alpha`` (``alpha_``) chosen the same way (:class:`~projroute.ridge.SpanRidge`): it
+    can also rescale directions, where a rotation cannot. Clusters
     with fewer than ``min_cluster_size`` pairs keep ``B``.
 
     Serving: ``p = sum_k w_k(q) q @ W_k`` with ``w = softmax(cos(q, c_k) / T)`` over the
@@ -49,7 +56,8 @@ class FederatedProjection(RoutedProjection):
     cluster. See :mod:`projroute.reference` for the exact definitions.
 
     Fitted: ``centroids_`` (K, d), ``W_`` (K, d, d), ``labels_`` (n,) the cluster of
-    each training pair, ``shrinkage_`` and ``validation_``.
+    each training pair, ``shrinkage_`` (Procrustes) or ``alpha_`` (ridge), and
+    ``validation_`` (mean validation MRR per grid value).
     """
 
     kind = "federated"
@@ -65,8 +73,11 @@ class FederatedProjection(RoutedProjection):
         prior: str | np.ndarray | None = None,
         base: str = "global",
         shrinkage: float | str = "auto",
+        cluster_map: str = "procrustes",
+        alpha: float | str = "auto",
         min_cluster_size: int = 2,
         cv: int = 5,
+        validation: str = "new-answers",
         random_state: int = 0,
         progress: bool = True,
     ) -> None:
@@ -79,8 +90,11 @@ class FederatedProjection(RoutedProjection):
         self.prior = prior
         self.base = base
         self.shrinkage = shrinkage
+        self.cluster_map = cluster_map
+        self.alpha = alpha
         self.min_cluster_size = min_cluster_size
         self.cv = cv
+        self.validation = validation
         self.random_state = random_state
         self.progress = progress
 
@@ -89,6 +103,8 @@ class FederatedProjection(RoutedProjection):
         check_top_k(self.top_k, self.n_clusters)
         if self.base not in ("global", "identity"):
             raise ValueError(f"base must be 'global' or 'identity', got {self.base!r}")
+        if self.cluster_map not in ("procrustes", "ridge"):
+            raise ValueError(f"cluster_map must be 'procrustes' or 'ridge', got {self.cluster_map!r}")
         if self.routing not in ("centroids", "questions"):
             raise ValueError(f"routing must be 'centroids' or 'questions', got {self.routing!r}")
         if self.cluster_temperature is not None:
@@ -147,14 +163,18 @@ class FederatedProjection(RoutedProjection):
             )
         return route_weights(X, centroids, self.temperature, top_k, coverage, routing.get("prior"))
 
-    def _fit_parts(self, Q: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Base map (d, d), centroids (K, d), cluster corrections (K, d, d) and the
-        cluster label of each pair (n,)."""
+    def _fit_parts(
+        self, Q: np.ndarray, A: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, Callable[[float], np.ndarray], np.ndarray]:
+        """Base map (d, d), centroids (K, d), the cluster corrections (K, d, d) as a
+        function of the strength (shrinkage or alpha) and the cluster label of each
+        pair (n,)."""
         from tqdm.auto import tqdm
 
         d = Q.shape[1]
         if self.base == "global":
-            base = GlobalProjection(random_state=self.random_state).fit(Q, A).W_.astype(np.float64)
+            glob = GlobalProjection(validation=self.validation, random_state=self.random_state)
+            base = glob.fit(Q, A).W_.astype(np.float64)
         else:
             base = np.eye(d)
         labels = cluster_pairs(Q, A, self.n_clusters, self.cluster_on, self.random_state)
@@ -162,12 +182,26 @@ class FederatedProjection(RoutedProjection):
         Qn = unit_rows(Q)
         centroids = np.zeros((K, d), np.float32)
         deltas = np.zeros((K, d, d), np.float32)
+        ridges: dict[int, SpanRidge] = {}
         for k in tqdm(range(K), desc="fitting cluster maps", disable=not self.progress, leave=False):
             rows = labels == k
             centroids[k] = Qn[rows].mean(axis=0)
-            if rows.sum() >= self.min_cluster_size:
+            if rows.sum() < self.min_cluster_size:
+                continue
+            if self.cluster_map == "ridge":
+                ridges[k] = SpanRidge(Q[rows], A[rows], base)
+            else:
                 deltas[k] = cluster_delta(Q[rows], A[rows], base)
-        return base.astype(np.float32), unit_rows(centroids), deltas, labels
+
+        def corrections(strength: float) -> np.ndarray:
+            if self.cluster_map == "procrustes":
+                return np.float32(strength) * deltas
+            out = np.zeros_like(deltas)
+            for k, ridge in ridges.items():
+                out[k] = ridge.delta(strength)
+            return out
+
+        return base.astype(np.float32), unit_rows(centroids), corrections, labels
 
     def fit(self, Q: np.ndarray, A: np.ndarray) -> FederatedProjection:
         """Fit on pairs ``Q`` (n, d), ``A`` (n, d) of question and answer embeddings."""
@@ -180,20 +214,29 @@ class FederatedProjection(RoutedProjection):
                 )
         self._check_params()
 
-        def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
-            # W_k is linear in lambda: project the base and the corrections once.
-            base, centroids, deltas, labels = self._fit_parts(Q[train], A[train])
+        ridge = self.cluster_map == "ridge"
+
+        def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[np.ndarray]:
+            base, centroids, corrections, labels = self._fit_parts(Q[train], A[train])
             X = task.queries
             w = self._weights(X, centroids, labels, self._routing_tensors(Q[train], labels, centroids, train))
-            base_part, delta_part = X @ base, blend_maps(X, w, deltas)
-            return [task.mrr(base_part + lam * delta_part) for lam in SHRINKAGE_GRID]
+            if ridge:
+                return [task.rr(X @ base + blend_maps(X, w, corrections(a))) for a in RIDGE_GRID]
+            # Procrustes corrections are linear in lambda: blend them once.
+            base_part, delta_part = X @ base, blend_maps(X, w, corrections(1.0))
+            return [task.rr(base_part + lam * delta_part) for lam in SHRINKAGE_GRID]
 
-        self.shrinkage_, self.validation_ = choose_shrinkage(
-            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores
+        choose_strength = choose_alpha if ridge else choose_shrinkage
+        strength, self.validation_ = choose_strength(
+            self.alpha if ridge else self.shrinkage, Q, A, self.cv, self.random_state, fold_scores, self.validation
         )
-        base, self.centroids_, deltas, self.labels_ = self._fit_parts(Q, A)
+        if ridge:
+            self.alpha_ = strength
+        else:
+            self.shrinkage_ = strength
+        base, self.centroids_, corrections, self.labels_ = self._fit_parts(Q, A)
         self.routing_ = self._routing_tensors(Q, self.labels_, self.centroids_, np.arange(len(Q)))
-        self.W_ = base[None] + np.float32(self.shrinkage_) * deltas
+        self.W_ = base[None] + corrections(strength)
         self.top_k_, self.coverage_ = resolve_top_k(self.top_k, len(self.centroids_))
         self._build(Q.shape[1], A.shape[1])
         return self
@@ -211,7 +254,9 @@ class FederatedProjection(RoutedProjection):
             **self._routing_config(),
             **{k: v for k, v in questions.items() if v is not None},
             "fit": {
-                "shrinkage": self.shrinkage_,
+                "cluster_map": self.cluster_map,
+                **({"alpha": self.alpha_} if self.cluster_map == "ridge" else {"shrinkage": self.shrinkage_}),
+                "validation": self.validation,
                 "validation_mrr": self.validation_,
                 "base": self.base,
                 "cluster_on": self.cluster_on,

@@ -48,8 +48,8 @@ class GlobalProjection(LinearProjection):
 
     ``W = (1 - alpha) * I + alpha * s * R`` where ``R`` is the Procrustes rotation,
     ``s`` an optional least-squares scale, and ``alpha`` (``shrinkage_``) is chosen by
-    the mean MRR of held-out questions in ``cv``-fold cross-validation over the
-    distinct questions, unless given as a number. With ``center=True`` the map is fitted on centred data
+    ``cv``-fold cross-validation of retrieval MRR in the ``validation`` regime (see
+    :mod:`projroute.validation`), unless given as a number. With ``center=True`` the map is fitted on centred data
     and the translation is kept as a bias: ``p = q @ W + (mean_A - mean_Q @ W)``.
 
     Parameters
@@ -67,6 +67,7 @@ class GlobalProjection(LinearProjection):
         scale: bool = False,
         center: bool = False,
         cv: int = 5,
+        validation: str = "new-answers",
         random_state: int = 0,
     ) -> None:
         self.shrinkage = shrinkage
@@ -74,6 +75,7 @@ class GlobalProjection(LinearProjection):
         self.scale = scale
         self.center = center
         self.cv = cv
+        self.validation = validation
         self.random_state = random_state
 
     def _solve(self, Q: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,12 +96,12 @@ class GlobalProjection(LinearProjection):
         """Fit on pairs ``Q`` (n, d), ``A`` (n, d) of question and answer embeddings."""
         Q, A = check_pairs(Q, A, same_dim=True)
 
-        def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
+        def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[np.ndarray]:
             M, mu_q, mu_a = self._solve(Q[train], A[train])
-            return [task.mrr((task.queries - mu_q) @ self._shrunk(M, a) + mu_a) for a in SHRINKAGE_GRID]
+            return [task.rr((task.queries - mu_q) @ self._shrunk(M, a) + mu_a) for a in SHRINKAGE_GRID]
 
         self.shrinkage_, self.validation_ = choose_shrinkage(
-            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores
+            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores, self.validation
         )
         M, mu_q, mu_a = self._solve(Q, A)
         self.W_ = self._shrunk(M, self.shrinkage_).astype(np.float32)
@@ -111,6 +113,7 @@ class GlobalProjection(LinearProjection):
         return {
             "fit": {
                 "shrinkage": self.shrinkage_,
+                "validation": self.validation,
                 "validation_mrr": self.validation_,
                 "scale": self.scale,
                 "center": self.center,

@@ -30,7 +30,7 @@ import numpy as np
 from projroute._estimator import Projection, check_pairs
 from projroute.procrustes import GlobalProjection, cluster_delta
 from projroute.reference import project_keyed, resolve_keys
-from projroute.validation import SHRINKAGE_GRID, RetrievalTask, choose_shrinkage, question_groups
+from projroute.validation import SHRINKAGE_GRID, RetrievalTask, choose_shrinkage
 
 
 def check_keys(keys: Any, n: int) -> list[str]:
@@ -51,11 +51,17 @@ class _KeyedProjection(Projection):
     module docstring)."""
 
     def __init__(
-        self, min_pairs: int = 10, shrinkage: float | str = "auto", cv: int = 5, random_state: int = 0
+        self,
+        min_pairs: int = 10,
+        shrinkage: float | str = "auto",
+        cv: int = 5,
+        validation: str = "new-answers",
+        random_state: int = 0,
     ) -> None:
         self.min_pairs = min_pairs
         self.shrinkage = shrinkage
         self.cv = cv
+        self.validation = validation
         self.random_state = random_state
 
     def _chain(self, key: str) -> list[str]:
@@ -78,7 +84,8 @@ class _KeyedProjection(Projection):
             (n for n, rows in members.items() if len(rows) >= self.min_pairs), key=lambda n: (len(self._chain(n)), n)
         )
         nodes = ["", *fitted]
-        root = GlobalProjection(random_state=self.random_state).fit(Q, A).W_.astype(np.float64)
+        glob = GlobalProjection(validation=self.validation, random_state=self.random_state)
+        root = glob.fit(Q, A).W_.astype(np.float64)
         out = []
         for lam in lambdas:
             W = {"": root}
@@ -98,15 +105,13 @@ class _KeyedProjection(Projection):
         hierarchical = self.kind == "hierarchical"
         key_array = np.array(keys, dtype=object)
 
-        def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[float]:
+        def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[np.ndarray]:
             nodes, _, maps = self._maps(Q[train], A[train], [keys[i] for i in train], SHRINKAGE_GRID)
-            val = np.setdiff1d(np.arange(len(Q)), train)
-            first = np.unique(question_groups(Q[val]), return_index=True)[1]
-            node = resolve_keys(list(key_array[val][first]), nodes, hierarchical)
-            return [task.mrr(project_keyed(task.queries, W, node)) for W in maps]
+            node = resolve_keys(list(key_array[task.rows]), nodes, hierarchical)
+            return [task.rr(project_keyed(task.queries, W, node)) for W in maps]
 
         self.shrinkage_, self.validation_ = choose_shrinkage(
-            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores
+            self.shrinkage, Q, A, self.cv, self.random_state, fold_scores, self.validation
         )
         self.nodes_, self.node_sizes_, (self.W_,) = self._maps(Q, A, keys, [self.shrinkage_])
         self._build(Q.shape[1], A.shape[1])
