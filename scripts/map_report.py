@@ -49,6 +49,7 @@ def main() -> None:
             "global (rotation)": pr.GlobalProjection(**kw),
             "ridge toward identity": pr.RidgeProjection(base="identity", **kw),
             "ridge toward global": pr.RidgeProjection(base="global", **kw),
+            "contrastive from global": pr.ContrastiveProjection(progress=False, **kw),
             "federated (rotations)": pr.FederatedProjection(progress=False, **kw),
             "federated (ridge)": pr.FederatedProjection(cluster_map="ridge", progress=False, **kw),
         }
@@ -71,7 +72,7 @@ def main() -> None:
         for validation in ("known-answers", "new-answers"):
             for name, est in maps(validation).items():
                 est.fit(Q, A)
-                chosen = est.shrinkage_ if hasattr(est, "shrinkage_") else est.alpha_
+                chosen = next(getattr(est, a) for a in ("shrinkage_", "alpha_", "steps_") if hasattr(est, a))
                 row(name, validation, est.project(X), chosen)
     Path(args.out).write_text(json.dumps({"cpu": cpu_model(), "args": vars(args), "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")

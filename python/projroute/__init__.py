@@ -17,6 +17,7 @@ from projroute._core import (
     set_num_threads,
 )
 from projroute.bridge import BridgedProjection
+from projroute.contrastive import ContrastiveProjection
 from projroute.federated import FederatedProjection
 from projroute.index import build_index
 from projroute.lda import LdaProjection
@@ -28,6 +29,7 @@ from projroute.trees import HierarchicalProjection, TreeProjection
 __all__ = [
     "FORMAT_VERSION",
     "BridgedProjection",
+    "ContrastiveProjection",
     "FederatedProjection",
     "FlatIndex",
     "GlobalProjection",
