@@ -15,6 +15,9 @@ from projroute.metrics import retrieval_metrics
 pytestmark = pytest.mark.slow
 
 LOADERS = {"stackfaq": datasets.stackfaq, "trecqa": datasets.trecqa}
+#: The regime each test set measures: StackFAQ asks paraphrases of the training
+#: questions (their answers are in training); TREC QA asks new questions, new answers.
+REGIME = {"stackfaq": "known-answers", "trecqa": "new-answers"}
 
 
 @pytest.fixture(scope="module", params=sorted(LOADERS))
@@ -35,16 +38,17 @@ def task(request, data_root):
 @pytest.fixture(scope="module")
 def results(task):
     name, Q, A, X, C, gold = task
+    validation = REGIME[name]
     models = {
-        "global": pr.GlobalProjection(),
-        "federated": pr.FederatedProjection(progress=False),
+        "global": pr.GlobalProjection(validation=validation),
+        "federated": pr.FederatedProjection(validation=validation, progress=False),
         "lda": pr.LdaProjection(),
     }
     out = {"raw": retrieval_metrics(X, C, gold)}
     for label, est in models.items():
         out[label] = retrieval_metrics(est.fit(Q, A).project(X), C, gold)
         out[label]["shrinkage"] = getattr(est, "shrinkage_", None)
-    print(f"\n{name}: {len(Q)} training pairs, {len(X)} held-out queries, {len(C)} answers")
+    print(f"\n{name} ({validation}): {len(Q)} training pairs, {len(X)} held-out queries, {len(C)} answers")
     for label, m in out.items():
         print(
             f"  {label:10s} hit@1={m['hit@1']:.3f} hit@5={m['hit@5']:.3f} hit@10={m['hit@10']:.3f} "
@@ -56,6 +60,12 @@ def results(task):
 def test_federated_is_no_worse_than_raw_cosine(results):
     name, r = results
     assert r["federated"]["hit@1"] >= r["raw"]["hit@1"], name
+
+
+def test_stackfaq_federated_reaches_the_bar_in_its_regime(results):
+    name, r = results
+    if name == "stackfaq":
+        assert r["federated"]["hit@1"] >= 0.89
 
 
 def test_validated_global_is_no_worse_than_raw_cosine(results):

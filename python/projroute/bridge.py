@@ -91,7 +91,7 @@ class BridgedProjection(Projection):
         model: Estimator | None = None,
         alpha: float | str = "auto",
         cv: int = 5,
-        validation: str = "new-answers",
+        validation: str = "known-answers",
         random_state: int = 0,
     ) -> None:
         self.model = model

@@ -639,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--validation",
         choices=list(VALIDATIONS),
         help="the regime cross-validation measures: new questions with new answers, or new phrasings of "
-        "questions whose answers are known (global, federated; default new-answers)",
+        "questions whose answers are known (global, federated; default known-answers)",
     )
     p.add_argument(
         "--cluster-map",

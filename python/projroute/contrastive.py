@@ -99,7 +99,7 @@ class ContrastiveProjection(LinearProjection):
         learning_rate: float = 1e-3,
         batch_size: int = 128,
         cv: int = 5,
-        validation: str = "new-answers",
+        validation: str = "known-answers",
         random_state: int = 0,
         progress: bool = True,
     ) -> None:

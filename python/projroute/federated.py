@@ -77,7 +77,7 @@ class FederatedProjection(RoutedProjection):
         alpha: float | str = "auto",
         min_cluster_size: int = 2,
         cv: int = 5,
-        validation: str = "new-answers",
+        validation: str = "known-answers",
         random_state: int = 0,
         progress: bool = True,
     ) -> None:

@@ -67,7 +67,7 @@ class GlobalProjection(LinearProjection):
         scale: bool = False,
         center: bool = False,
         cv: int = 5,
-        validation: str = "new-answers",
+        validation: str = "known-answers",
         random_state: int = 0,
     ) -> None:
         self.shrinkage = shrinkage

@@ -95,7 +95,7 @@ class RidgeProjection(LinearProjection):
         base: str = "zero",
         center: bool = True,
         cv: int = 5,
-        validation: str = "new-answers",
+        validation: str = "known-answers",
         random_state: int = 0,
     ) -> None:
         self.alpha = alpha

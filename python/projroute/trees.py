@@ -11,9 +11,9 @@ parent's map outside that span, shrunk toward the parent by ``lambda``
 (``shrinkage_``). Plain Procrustes on a node's pairs (fewer than the dimension, as
 a rule) is arbitrary outside their span and wrecks unseen questions; the minimal
 correction changes only what the node's data determine. ``lambda`` is chosen from
-0, 0.1, ..., 1 by the mean MRR of held-out questions (served with their own keys)
-in ``cv``-fold cross-validation over the distinct questions, ties to the more
-shrunk value, unless given as a number.
+0, 0.1, ..., 1 by ``cv``-fold cross-validation of retrieval MRR in the ``validation``
+regime (:mod:`projroute.validation`; questions served with their own keys), near-ties
+to the more shrunk value, unless given as a number.
 
 Fitted: ``nodes_`` (list of M keys, ``""`` first, parents before children), ``W_``
 (M, d, d) float32, ``node_sizes_`` (M,) pairs per node, ``shrinkage_`` and
@@ -55,7 +55,7 @@ class _KeyedProjection(Projection):
         min_pairs: int = 10,
         shrinkage: float | str = "auto",
         cv: int = 5,
-        validation: str = "new-answers",
+        validation: str = "known-answers",
         random_state: int = 0,
     ) -> None:
         self.min_pairs = min_pairs

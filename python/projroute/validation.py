@@ -10,6 +10,11 @@ Two regimes (``validation=``):
   is asked again as :data:`N_PARAPHRASES` augmented copies (:func:`paraphrase`), and the
   folds group those copies by question.
 
+Every estimator defaults to ``"known-answers"``: a fitted model stores its training
+answers as its search index (``save(path, answers=...)``, ``projroute fit``), so by
+default it is searched for answers it was trained on. Say ``"new-answers"`` when the
+index holds answers the training never saw.
+
 The choice between grid values follows a paired one-standard-error rule over the
 folds (:func:`choose`), so that near-ties do not flip with floating-point noise.
 """
@@ -179,7 +184,7 @@ def choose_shrinkage(
     n_folds: int,
     random_state: int,
     fold_scores: FoldScores,
-    validation: str = "new-answers",
+    validation: str,
 ) -> tuple[float, dict[float, float]]:
     """(shrinkage, validation MRR per grid value): a number in [0, 1] as given (no
     validation), or for ``"auto"`` the :data:`SHRINKAGE_GRID` value chosen by
@@ -197,7 +202,7 @@ def choose_alpha(
     n_folds: int,
     random_state: int,
     fold_scores: FoldScores,
-    validation: str = "new-answers",
+    validation: str,
 ) -> tuple[float, dict[float, float]]:
     """(ridge alpha, validation MRR per grid value): a number > 0 as given, or for
     ``"auto"`` the :data:`RIDGE_GRID` value chosen as in :func:`choose_shrinkage`."""
