@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from projroute.embed import Encoder
+from projroute.static.stsb import read_stsb
+
 __all__ = ["SPLITS", "Split", "load_stsb", "pair_features"]
 
 SPLITS = ("train", "dev", "test")
@@ -55,9 +58,6 @@ class Split:
 def load_stsb(path: str | os.PathLike[str] | None = None, encoder=None) -> dict[str, Split]:
     """The three STS-B splits from ``path`` (default ``$PROJROUTE_DATA/stsb``), embedded with
     the bundled MiniLM (``projroute.embed.Encoder``, cached on disk)."""
-    from projroute.embed import Encoder
-    from projroute.static.stsb import read_stsb
-
     encoder = encoder or Encoder()
     out = {}
     for split in SPLITS:

@@ -97,7 +97,7 @@ class Router(nn.Module):
 
     @property
     def temperature(self) -> float:
-        return float(self.log_t.exp())
+        return float(self.log_t.detach().exp())
 
     def logits(self, z: torch.Tensor, P: torch.Tensor, anneal: float = 1.0) -> torch.Tensor:
         """Logits (B, K) before selection: ``s / (T·anneal)``, or the MLP's output."""
