@@ -193,7 +193,7 @@ def test_pair_features_are_symmetric():
     rng = np.random.default_rng(0)
     u, v = rng.normal(size=(5, 12)), rng.normal(size=(5, 12))
     f = pair_features(u, v)
-    assert f.shape == (5, 25) and f.dtype == np.float32
+    assert f.shape == (5, 37) and f.dtype == np.float32
     np.testing.assert_array_equal(f, pair_features(v, u))
     un = u / np.linalg.norm(u, axis=1, keepdims=True)
     vn = v / np.linalg.norm(v, axis=1, keepdims=True)

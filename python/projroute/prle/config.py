@@ -47,7 +47,9 @@ class HeadConfig:
     #: Random Fourier features (``rff`` head): count and bandwidth (Ω ~ N(0, scale²)).
     rff_features: int = 512
     rff_scale: float = 0.5
-    dropout: float = 0.1
+    #: Dropout on the (standardised) inputs and before the output layer, in training.
+    input_dropout: float = 0.2
+    dropout: float = 0.3
 
 
 @dataclass

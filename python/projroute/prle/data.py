@@ -16,13 +16,14 @@ SPLITS = ("train", "dev", "test")
 
 
 def pair_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """The symmetric pair feature map ``[u∘v, |u − v|, cos(u, v)]``.
+    """The symmetric pair feature map ``[u + v, |u − v|, u∘v, cos(u, v)]``.
 
     u, v : np.ndarray of shape (n, d), float
         The two sentences' embeddings (normalised here).
 
-    Returns np.ndarray of shape (n, 2d + 1), float32. Swapping u and v gives the same
-    row. ``u + v`` is left out: it says what the pair is about, not how similar it is.
+    Returns np.ndarray of shape (n, 3d + 1), float32. Swapping u and v gives the same
+    row. ``|u − v|``, ``u∘v`` and the cosine say how similar the two are; ``u + v`` says
+    what the pair is about, which lets the scores be calibrated per topic.
     """
     u = np.asarray(u, dtype=np.float32)
     v = np.asarray(v, dtype=np.float32)
@@ -31,13 +32,13 @@ def pair_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     cos = np.sum(u * v, axis=1, keepdims=True)
-    return np.concatenate([u * v, np.abs(u - v), cos], axis=1).astype(np.float32)
+    return np.concatenate([u + v, np.abs(u - v), u * v, cos], axis=1).astype(np.float32)
 
 
 @dataclass
 class Split:
     """One embedded STS-B split of n pairs: sentences, gold scores (n,) in [0, 5],
-    sentence embeddings u, v (n, 384) and features X (n, 769)."""
+    sentence embeddings u, v (n, 384) and features X (n, 1153)."""
 
     s1: list[str]
     s2: list[str]

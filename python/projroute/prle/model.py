@@ -24,7 +24,8 @@ class Head(nn.Module):
     ``linear``: ``out(x)``; ``mlp``: ``out(relu(hidden(x)))``; ``residual_mlp``:
     ``skip(x) + out(relu(hidden(x)))``; ``rff``: ``out(√(2/m) cos(hidden(x)))`` with
     ``hidden`` fixed random Fourier features (Ω ~ N(0, scale²/D_in), phase ~ U(0, 2π)).
-    Inputs are standardised by the buffers ``mean`` and ``std`` first.
+    Inputs are standardised by the buffers ``mean`` and ``std`` first; dropout on the
+    inputs and before ``out`` in training.
     """
 
     def __init__(self, cfg: HeadConfig, d_in: int) -> None:
@@ -49,9 +50,10 @@ class Head(nn.Module):
             self.skip = nn.Linear(d_in, cfg.dim)
         self.out = nn.Linear(width, cfg.dim)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.input_dropout = nn.Dropout(cfg.input_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
+        x = self.input_dropout((x - self.mean) / self.std)
         h = x
         if self.hidden is not None:
             a = self.hidden(x)

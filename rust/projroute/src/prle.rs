@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use ndarray::{Array2, ArrayView2, Axis};
 
-use crate::error::{format_err, Error, Result};
+use crate::error::{format_err, invalid, Error, Result};
 use crate::format::{ModelFile, PrleConfig, Tensor};
 use crate::linalg;
 use crate::model::{names, Model};
@@ -236,9 +236,11 @@ impl Prle {
         if let Some(s) = &self.skip {
             z += &s.forward(x);
         }
-        // As torch's F.normalize: z / max(‖z‖, 1e-12).
-        for mut row in z.axis_iter_mut(Axis(0)) {
-            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        for (i, mut row) in z.axis_iter_mut(Axis(0)).enumerate() {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if !(norm > 0.0 && norm.is_finite()) {
+                return invalid(format!("features row {i} map to a zero value embedding; routing is undefined"));
+            }
             row.mapv_inplace(|v| v / norm);
         }
         Ok(z)
@@ -328,5 +330,82 @@ impl Model for Prle {
 
     fn tensors(&self) -> BTreeMap<String, Tensor> {
         self.given.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Projector;
+    use ndarray::array;
+
+    fn t(shape: &[usize], data: &[f32]) -> Tensor {
+        Tensor::new(shape.to_vec(), data.to_vec()).unwrap()
+    }
+
+    /// A linear head (3 -> 2), two prototypes on the axes and experts `y = 1 + z₀`,
+    /// `y = 2 + z₁`, with `router` and `top_k`.
+    fn model(router: &str, top_k: usize, extra: &[(&str, Tensor)]) -> Result<Projector> {
+        let config = format!(
+            r#"{{"format":"projroute","version":1,"kind":"prle","dim_in":3,"dim_out":1,"n_clusters":2,
+            "temperature":0.5,"top_k":{top_k},"prle":{{"head":"linear","router":"{router}","radius":0.5}}}}"#
+        );
+        let mut tensors: BTreeMap<String, Tensor> = [
+            ("head.out.weight", t(&[2, 3], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0])),
+            ("head.out.bias", t(&[2], &[0.0, 0.0])),
+            ("prototypes", t(&[2, 2], &[1.0, 0.0, 0.0, 1.0])),
+            ("experts.weight", t(&[2, 2], &[1.0, 0.0, 0.0, 1.0])),
+            ("experts.bias", t(&[2], &[1.0, 2.0])),
+        ]
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+        tensors.extend(extra.iter().map(|(n, t)| (n.to_string(), t.clone())));
+        Projector::from_model(ModelFile::from_parts(&config, tensors, BTreeMap::new())?)
+    }
+
+    #[test]
+    fn predicts_the_routed_mix_of_experts() {
+        // x = (3, 4, 9) -> z = (0.6, 0.8); cosines 0.6 and 0.8; local 1.6 and 2.8.
+        let x = array![[3.0f32, 4.0, 9.0]];
+        let w1 = 1.0 / (1.0 + (-0.2f32 / 0.5).exp());
+        let soft = w1 * 2.8 + (1.0 - w1) * 1.6;
+        let p = model("softmax", 2, &[]).unwrap();
+        assert!((p.project(x.view()).unwrap()[[0, 0]] - soft).abs() < 1e-5);
+        // k-NN with k = 1, and a radius that holds neither prototype: the nearest alone.
+        for (router, k) in [("knn", 1), ("radius", 2)] {
+            let y = model(router, k, &[]).unwrap().project(x.view()).unwrap();
+            assert!((y[[0, 0]] - 2.8).abs() < 1e-5, "{router}: {y}");
+        }
+    }
+
+    #[test]
+    fn radius_keeps_everything_within_it() {
+        let s = array![[0.99f32, 0.9, 0.5], [0.1, 0.2, 0.3]];
+        let r = radius_routing(s.view(), 0.85, 1.0);
+        assert_eq!(r.row(0).0, &[0, 1]);
+        assert_eq!(r.row(1), (&[2u32][..], &[1.0f32][..]));
+    }
+
+    #[test]
+    fn bad_files_are_format_errors() {
+        let err = |router: &str, extra: &[(&str, Tensor)]| model(router, 1, extra).unwrap_err().to_string();
+        assert!(err("nearest", &[]).contains("unknown prle router"));
+        assert!(err("mlp", &[]).contains("router.hidden"));
+        let hidden = [("head.hidden.weight", t(&[1, 3], &[1.0; 3])), ("head.hidden.bias", t(&[1], &[0.0]))];
+        assert!(err("knn", &hidden).contains("head.out"));
+        let router = [("router.out.weight", t(&[2, 2], &[1.0; 4])), ("router.out.bias", t(&[2], &[0.0; 2]))];
+        assert!(err("knn", &router).contains("takes no `router.*`"));
+        assert!(err("knn", &[("head.skip.bias", t(&[2], &[0.0; 2]))]).contains("without `head.skip.weight`"));
+        assert!(model("knn", 3, &[]).unwrap_err().to_string().contains("top_k"));
+    }
+
+    #[test]
+    fn bad_batches_are_input_errors() {
+        let p = model("knn", 1, &[]).unwrap();
+        assert!(matches!(p.project(array![[1.0f32, 2.0]].view()), Err(Error::InvalidInput(_))));
+        assert!(matches!(p.project(array![[1.0f32, f32::NAN, 0.0]].view()), Err(Error::InvalidInput(_))));
+        let err = p.project(array![[0.0f32, 0.0, 1.0]].view()).unwrap_err().to_string();
+        assert!(err.contains("row 0 map to a zero value embedding"), "{err}");
     }
 }
