@@ -156,7 +156,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
         PRLERegressor(config()).fit(np.where(X > 2, np.nan, X), y)
     with pytest.raises(ValueError, match=r"\(n, d\)"):
         PRLERegressor(config()).fit(X, y[:-1])
-    with pytest.raises(ValueError, match="prototypes.n"):
+    with pytest.raises(ValueError, match=r"prototypes\.n"):
         PRLERegressor(config(k=59, top_k=2)).fit(X, y)
     m = PRLERegressor(config()).fit(X, y)
     with pytest.raises(ValueError, match="columns"):
@@ -165,7 +165,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
         m.predict(np.full((2, 6), np.nan, dtype=np.float32))
     tensors = m.tensors()
     del tensors["experts.bias"]
-    with pytest.raises(projroute.ModelFormatError, match="experts.bias"):
+    with pytest.raises(projroute.ModelFormatError, match=r"experts\.bias"):
         projroute.Projector.from_tensors(tensors, json.dumps(m.header()))
     header = m.header()
     header["prle"]["router"] = "nearest"
@@ -185,7 +185,7 @@ def test_config_from_toml(tmp_path):
     path.write_text("[head]\nkindd = 'mlp'\n")
     with pytest.raises(ValueError, match="kindd"):
         load_config(path)
-    with pytest.raises(ValueError, match="router.kind"):
+    with pytest.raises(ValueError, match=r"router\.kind"):
         PRLEConfig.from_dict({"router": {"kind": "nearest"}})
 
 

@@ -575,7 +575,10 @@ def cmd_prle_explain(args: argparse.Namespace) -> dict[str, Any]:
 
     model = load(args.model)
     u, v = Encoder().encode([args.sentence1, args.sentence2], progress=False)
-    return {"sentences": [args.sentence1, args.sentence2], **model.explain(pair_features(u[None], v[None]), args.top)[0]}
+    return {
+        "sentences": [args.sentence1, args.sentence2],
+        **model.explain(pair_features(u[None], v[None]), args.top)[0],
+    }
 
 
 def show_prle_explain(r: dict[str, Any]) -> str:

@@ -59,9 +59,9 @@ class KernelConfig:
 
     epochs: int = 60
     batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 8
+    lr: float = 5e-4
+    weight_decay: float = 1e-2
+    patience: int = 10
     scale: float = 1.0
     pairwise: float = 1.0
     uniformity: float = 0.05
@@ -186,7 +186,9 @@ def _build(cls: Any, d: dict[str, Any], where: str) -> Any:
             if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if default is not None and type(value) is not type(default):
-                raise ValueError(f"{where + '.' if where else ''}{name} must be {type(default).__name__}, got {value!r}")
+                raise ValueError(
+                    f"{where + '.' if where else ''}{name} must be {type(default).__name__}, got {value!r}"
+                )
             kwargs[name] = value
     return cls(**kwargs)
 

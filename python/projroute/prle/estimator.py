@@ -99,10 +99,9 @@ class PRLERegressor:
         t["prototypes"] = m.P.detach().numpy()
         t["experts.weight"] = m.expert_weight.detach().numpy()
         t["experts.bias"] = m.expert_bias.detach().numpy()
-        if m.router.mlp is not None:
-            for i, name in ((0, "hidden"), (2, "out")):
-                t[f"router.{name}.weight"] = m.router.mlp[i].weight.detach().numpy()
-                t[f"router.{name}.bias"] = m.router.mlp[i].bias.detach().numpy()
+        for name, layer in m.router.mlp_layers().items():
+            t[f"router.{name}.weight"] = layer.weight.detach().numpy()
+            t[f"router.{name}.bias"] = layer.bias.detach().numpy()
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in t.items()}
 
     def header(self) -> dict[str, Any]:
@@ -193,10 +192,9 @@ def load(path: str | os.PathLike[str]) -> PRLERegressor:
         model.expert_weight.copy_(t["experts.weight"])
         model.expert_bias.copy_(t["experts.bias"])
         model.router.log_t.copy_(torch.tensor(float(np.log(config["temperature"]))))
-        if model.router.mlp is not None:
-            for i, name in ((0, "hidden"), (2, "out")):
-                model.router.mlp[i].weight.copy_(t[f"router.{name}.weight"])
-                model.router.mlp[i].bias.copy_(t[f"router.{name}.bias"])
+        for name, layer in model.router.mlp_layers().items():
+            layer.weight.copy_(t[f"router.{name}.weight"])
+            layer.bias.copy_(t[f"router.{name}.bias"])
     rows = json.loads(projector.metadata[PROTOTYPES_KEY])
     est = PRLERegressor(cfg)
     est.model_, est.projector_ = model, projector

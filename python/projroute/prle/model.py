@@ -8,6 +8,7 @@ weights ``w = router(z, P)`` (B, K) over the unit prototypes P (K, d), local pre
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,9 @@ class Head(nn.Module):
     Inputs are standardised by the buffers ``mean`` and ``std`` first; dropout on the
     inputs and before ``out`` in training.
     """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, cfg: HeadConfig, d_in: int) -> None:
         super().__init__()
@@ -86,6 +90,8 @@ class Router(nn.Module):
     softmax of ``s/T`` is a softmax of ``−‖z − p‖²/2T``. See :class:`RouterConfig`.
     """
 
+    log_t: torch.Tensor
+
     def __init__(self, cfg: RouterConfig, dim: int, k: int) -> None:
         super().__init__()
         self.kind, self.k, self.top_k = cfg.kind, k, min(cfg.top_k, k)
@@ -95,7 +101,17 @@ class Router(nn.Module):
             self.log_t = nn.Parameter(log_t)
         else:
             self.register_buffer("log_t", log_t)
-        self.mlp = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, k)) if cfg.kind == "mlp" else None
+        self.mlp = (
+            nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, k))
+            if cfg.kind == "mlp"
+            else None
+        )
+
+    def mlp_layers(self) -> dict[str, nn.Linear]:
+        """The MLP router's layers by file name (``hidden``, ``out``); empty for other kinds."""
+        if self.mlp is None:
+            return {}
+        return {"hidden": cast(nn.Linear, self.mlp[0]), "out": cast(nn.Linear, self.mlp[2])}
 
     @property
     def temperature(self) -> float:
@@ -134,6 +150,8 @@ class Router(nn.Module):
 
 class PRLE(nn.Module):
     """Head, prototypes (K, dim) in value space, router and K linear experts."""
+
+    prototype_index: torch.Tensor
 
     def __init__(self, head_cfg: HeadConfig, router_cfg: RouterConfig, d_in: int, k: int) -> None:
         super().__init__()

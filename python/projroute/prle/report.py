@@ -60,7 +60,9 @@ def plot_tsne(model: PRLERegressor, split: Split, path: Path, n_points: int, see
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
     for ax, (title, data) in zip(axes, (("retrieval space (pair features)", X), ("value space", model.transform(X)))):
         xy = TSNE(2, init="pca", random_state=seed, perplexity=min(30.0, (len(rows) - 1) / 3)).fit_transform(data)
-        sc = ax.scatter(xy[: -len(protos), 0], xy[: -len(protos), 1], c=split.y[rows[: -len(protos)]], s=4, cmap="viridis")
+        sc = ax.scatter(
+            xy[: -len(protos), 0], xy[: -len(protos), 1], c=split.y[rows[: -len(protos)]], s=4, cmap="viridis"
+        )
         ax.scatter(xy[-len(protos) :, 0], xy[-len(protos) :, 1], marker="x", c="black", s=40, label="prototypes")
         ax.set_title(title)
         ax.set_xticks([])
