@@ -129,7 +129,7 @@ class PRLERegressor:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the projroute model file (kind ``prle``)."""
-        self.projector_.save(os.fspath(path))
+        _format.save(path, self.tensors(), self.header(), metadata=self.metadata())
 
     # --- inference ------------------------------------------------------------------
 
