@@ -110,6 +110,9 @@ pub struct Prle {
     given: BTreeMap<String, Tensor>,
 }
 
+/// Batches up to this many rows run on one worker thread (see [`Prle::predict`]).
+const SMALL_BATCH: usize = 16;
+
 /// Tensor names a `prle` file may hold.
 const TENSORS: [&str; 13] = [
     "head.hidden.weight",
@@ -266,6 +269,16 @@ impl Prle {
 
     /// Predicted scores (B, 1) of features `x` (B, D_in).
     pub fn predict(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        if x.nrows() <= SMALL_BATCH && rayon::current_thread_index().is_none() {
+            // Each parallel step called from outside the pool is a hand-off to a worker
+            // and back (about ten per prediction); a small batch makes one hand-off and
+            // runs every step on that worker, where they run inline.
+            return rayon::scope(|_| self.predict_here(x));
+        }
+        self.predict_here(x)
+    }
+
+    fn predict_here(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let z = self.embed(x)?;
         let r = self.route_embedded(z.view())?;
         let local = self.experts.matmul_then(z.view(), |_, row| {
