@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("kmedoids")
 
 import projroute  # noqa: E402
-from projroute import cli  # noqa: E402
+from projroute import _format, cli  # noqa: E402
 from projroute.prle import PRLEConfig, PRLERegressor, load, load_config, pair_features  # noqa: E402
 from projroute.prle.config import (  # noqa: E402
     HEADS,
@@ -174,6 +174,11 @@ def test_bad_input_is_a_clear_error(tmp_path):
     header["prle"]["router"] = "nearest"
     with pytest.raises(projroute.ModelFormatError, match="unknown prle router"):
         projroute.Projector.from_tensors(m.tensors(), json.dumps(header))
+    plain = tmp_path / "plain.safetensors"
+    _format.save(plain, m.tensors(), {**m.header(), "fit": {}})
+    np.testing.assert_array_equal(projroute.load(plain).project(X)[:, 0], m.predict(X))
+    with pytest.raises(projroute.ModelFormatError, match="no PRLE fit record"):
+        load(plain)
     with pytest.raises(projroute.ModelFormatError, match="not a 'prle'"):
         bad = tmp_path / "g.safetensors"
         projroute.GlobalProjection().fit(X, X).save(bad)

@@ -178,7 +178,13 @@ def load(path: str | os.PathLike[str]) -> PRLERegressor:
     if projector.kind != KIND:
         raise ModelFormatError(f"{path}: a {projector.kind!r} model, not a {KIND!r} one")
     config = json.loads(projector.config)
-    cfg = PRLEConfig.from_dict(config["fit"]["config"])
+    record = config.get("fit", {}).get("config")
+    if record is None or PROTOTYPES_KEY not in projector.metadata:
+        raise ModelFormatError(
+            f"{path}: no PRLE fit record or prototype list to rebuild the torch network from; "
+            "serve it with projroute.load(path) instead"
+        )
+    cfg = PRLEConfig.from_dict(record)
     t = {k: torch.from_numpy(np.asarray(v)) for k, v in projector.tensors().items()}
     d_in, k = config["dim_in"], config["n_clusters"]
     model = PRLE(cfg.head, cfg.router, d_in, k).eval()
