@@ -29,7 +29,7 @@ def read_config(path: str | os.PathLike[str]) -> str:
 
 class Projector:
     """A loaded projroute model of any kind (global, federated, lda, tree, hierarchical,
-    transformer, transformer_ensemble)."""
+    transformer, transformer_ensemble, prle)."""
 
     @staticmethod
     def load(path: str | os.PathLike[str]) -> Projector: ...

@@ -560,6 +560,45 @@ def show_static_distill(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- prle -----------------------------------------------------------------------------
+
+
+def cmd_prle_run(args: argparse.Namespace) -> dict[str, Any]:
+    from projroute.prle import load_config
+    from projroute.prle.report import run
+
+    return run(load_config(args.config))
+
+
+def show_prle_run(r: dict[str, Any]) -> str:
+    from projroute.prle.report import show
+
+    return show(r)
+
+
+def cmd_prle_explain(args: argparse.Namespace) -> dict[str, Any]:
+    from projroute.embed import Encoder
+    from projroute.prle import load, pair_features
+
+    model = load(args.model)
+    u, v = Encoder().encode([args.sentence1, args.sentence2], progress=False)
+    return {
+        "sentences": [args.sentence1, args.sentence2],
+        **model.explain(pair_features(u[None], v[None]), args.top)[0],
+    }
+
+
+def show_prle_explain(r: dict[str, Any]) -> str:
+    lines = [f"predicted similarity {r['prediction']:.3f} (0 to 5); top prototypes:"]
+    for p in r["prototypes"]:
+        pair = f" {p['pair'][0]!r} / {p['pair'][1]!r}" if p["pair"] else ""
+        lines.append(
+            f"  weight {p['weight']:.3f}  local prediction {p['local_prediction']:.3f}  "
+            f"gold {p['score']:.2f}  train row {p['row']}:{pair}"
+        )
+    return "\n".join(lines)
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -857,6 +896,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", metavar="DIR", help="teacher model folder (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--stsb", action="store_true", help="report STS-B test Spearman ($PROJROUTE_DATA/stsb)")
     p.add_argument("--seed", type=int, default=0)
+
+    prle = sub.add_parser(
+        "prle",
+        help="prototype regression with local experts (STS-B scores)",
+        description="prototype regression with local experts (STS-B scores)",
+    )
+    prle_sub = prle.add_subparsers(dest="prle_command", required=True, metavar="COMMAND")
+    run_help = "fit PRLE from a TOML config and print one table of it and the baselines on STS-B test"
+    p = prle_sub.add_parser("run", parents=[common], help=run_help, description=run_help)
+    p.set_defaults(run=cmd_prle_run, show=show_prle_run)
+    p.add_argument("config", metavar="CONFIG", help="a TOML run config (e.g. configs/prle_stsb.toml)")
+    explain_help = "predict the similarity of two sentences and show the prototypes behind it"
+    p = prle_sub.add_parser("explain", parents=[common], help=explain_help, description=explain_help)
+    p.set_defaults(run=cmd_prle_explain, show=show_prle_explain)
+    p.add_argument("model", metavar="MODEL", help="a prle model file")
+    p.add_argument("sentence1")
+    p.add_argument("sentence2")
+    p.add_argument("--top", type=positive_int, default=3, help="prototypes to show (default 3)")
     return parser
 
 

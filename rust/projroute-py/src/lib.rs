@@ -85,7 +85,7 @@ fn as_keys(obj: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
 }
 
 /// A loaded projroute model of any kind (global, federated, lda, tree, hierarchical,
-/// transformer, transformer_ensemble).
+/// transformer, transformer_ensemble, prle).
 #[pyclass(module = "projroute._core", frozen)]
 struct Projector {
     inner: core::Projector,
@@ -206,8 +206,8 @@ impl Projector {
         Ok(dense.map(|d| d.into_pyarray(py)))
     }
 
-    /// Model kind: "global", "federated", "lda", "tree", "hierarchical", "transformer"
-    /// or "transformer_ensemble".
+    /// Model kind: "global", "federated", "lda", "tree", "hierarchical", "transformer",
+    /// "transformer_ensemble" or "prle".
     #[getter]
     fn kind(&self) -> &'static str {
         self.inner.kind()

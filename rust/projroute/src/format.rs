@@ -39,8 +39,8 @@ pub struct Config {
     pub format: String,
     /// Format version the file was written with.
     pub version: u32,
-    /// Model kind: `global`, `federated`, `lda`, `tree`, `hierarchical`, `transformer`
-    /// or `transformer_ensemble`.
+    /// Model kind: `global`, `federated`, `lda`, `tree`, `hierarchical`, `transformer`,
+    /// `transformer_ensemble` or `prle`.
     pub kind: String,
     /// Dimension of the input (question) embeddings the kind's tensors take.
     pub dim_in: usize,
@@ -79,6 +79,9 @@ pub struct Config {
     /// Mixture of students (`transformer_ensemble` kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<EnsembleConfig>,
+    /// Prototype regression with local experts (`prle` kind): head and router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prle: Option<PrleConfig>,
     /// A bridged model: queries of this dimension (another encoder's, e.g. a static
     /// model's) are first mapped by the tensors `bridge.W` (input_dim, dim_in) and
     /// optional `bridge.bias` (dim_in,), then served by the kind.
@@ -120,6 +123,19 @@ pub struct EnsembleConfig {
     pub top_k: usize,
     /// Hidden width of the router MLP.
     pub router_hidden: usize,
+}
+
+/// A `prle` model: the kind of its projection head and of its router over the
+/// prototypes (see `docs/format.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrleConfig {
+    /// `linear`, `mlp`, `residual_mlp` or `rff`.
+    pub head: String,
+    /// `knn`, `radius`, `softmax` or `mlp`.
+    pub router: String,
+    /// Radius in value space (`radius` router): prototypes within it share the weight.
+    pub radius: f32,
 }
 
 impl Config {
@@ -510,6 +526,7 @@ mod tests {
             nodes: None,
             transformer: None,
             ensemble: None,
+            prle: None,
             input_dim: None,
             fit: Map::new(),
         }

@@ -22,6 +22,7 @@ mod linalg;
 mod model;
 mod packed;
 mod precision;
+mod prle;
 mod procrustes;
 mod projector;
 mod routing;
@@ -48,14 +49,15 @@ pub use ensemble::Ensemble;
 pub use error::{Error, Result};
 pub use federated::Federated;
 pub use format::{
-    read_config, save_file, Config, EnsembleConfig, ModelFile, Tensor, TransformerConfig, CONFIG_KEY, FORMAT_NAME,
-    FORMAT_VERSION, INDEX_TENSOR,
+    read_config, save_file, Config, EnsembleConfig, ModelFile, PrleConfig, Tensor, TransformerConfig, CONFIG_KEY,
+    FORMAT_NAME, FORMAT_VERSION, INDEX_TENSOR,
 };
 pub use index::FlatIndex;
 pub use lda::Lda;
 pub use model::Model;
 pub use packed::PackedMatrix;
 pub use precision::Precision;
+pub use prle::Prle;
 pub use procrustes::Global;
 pub use projector::Projector;
 pub use routing::{route, softmax_rows, Router, Routing, RoutingParams};

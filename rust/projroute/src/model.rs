@@ -84,6 +84,7 @@ const _: fn() = || {
     check::<crate::Global>();
     check::<crate::Federated>();
     check::<crate::Lda>();
+    check::<crate::Prle>();
     check::<crate::Keyed>();
     check::<crate::Router>();
     check::<crate::FlatIndex>();

@@ -26,6 +26,7 @@ fn build(m: &ModelFile) -> Result<Box<dyn Model>> {
         "global" => Box::new(Global::from_model(m)?),
         "federated" => Box::new(Federated::from_model(m)?),
         "lda" => Box::new(Lda::from_model(m)?),
+        "prle" => Box::new(crate::Prle::from_model(m)?),
         "tree" => Box::new(Keyed::from_model(m, KeyRule::Tree)?),
         "hierarchical" => Box::new(Keyed::from_model(m, KeyRule::Hierarchical)?),
         #[cfg(feature = "candle")]
