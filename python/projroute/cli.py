@@ -705,7 +705,9 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--index-dir", metavar="DIR", help="also write each batch as an answer index shard here")
     ray.add_argument("--id-column", metavar="NAME", help="unique int ids of the rows (the index shards' ids)")
     ray.add_argument("--batch-size", type=positive_int, metavar="N", help="rows per batch and shard (default 16384)")
-    ray.add_argument("--actors", type=positive_int, metavar="N", help="workers, each loading the model once (default 1)")
+    ray.add_argument(
+        "--actors", type=positive_int, metavar="N", help="workers, each loading the model once (default 1)"
+    )
 
     search_help = "answer one question from an index file (static queries) or a model's stored index (MiniLM queries)"
     p = command("search", cmd_search, show_search, search_help)

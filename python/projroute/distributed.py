@@ -145,9 +145,7 @@ class BatchProjector:
         if not ids:
             return
         texts = (
-            column(batch, self.text_column).to_pylist()
-            if self.text_column in batch.column_names
-            else [""] * len(ids)
+            column(batch, self.text_column).to_pylist() if self.text_column in batch.column_names else [""] * len(ids)
         )
         model = self.model_path if self.encoder_path is not None else None
         path = Path(self.index_dir) / f"shard-{ids[0]:012d}.index"
@@ -162,7 +160,7 @@ def column(batch: pa.Table, name: str) -> pa.ChunkedArray:
 
 
 def input_format(paths: Sequence[PathLike]) -> str:
-    """"parquet" or "json" (JSON lines), from the files' suffixes (a folder: the files in it)."""
+    """ "parquet" or "json" (JSON lines), from the files' suffixes (a folder: the files in it)."""
     suffixes = set()
     for p in map(Path, paths):
         files = [f for f in p.iterdir() if f.is_file() and not f.name.startswith((".", "_"))] if p.is_dir() else [p]
@@ -223,7 +221,7 @@ def project(
     paths = [os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
     fmt = input_format(paths)
     output_column = output_column or ("projection" if model is not None else "embedding")
-    options = {
+    options: dict[str, Any] = {
         "column": column,
         "text_column": text_column,
         "output_column": output_column,
@@ -236,21 +234,23 @@ def project(
         Path(index_dir).mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
-    ds = ray.data.read_parquet(paths) if fmt == "parquet" else ray.data.read_json(paths, lines=True)
-    out = ds.map_batches(
-        BatchProjector,
-        fn_constructor_args=(model, encoder),
-        fn_constructor_kwargs=options,
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus_per_actor,
-    )
+    error = None
     try:
-        out.write_parquet(os.fspath(output))
+        read = ray.data.read_parquet if fmt == "parquet" else ray.data.read_json
+        read(paths).map_batches(
+            BatchProjector,
+            fn_constructor_args=(model, encoder),
+            fn_constructor_kwargs=options,
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            zero_copy_batch=True,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=cpus_per_actor,
+        ).write_parquet(os.fspath(output))
     except ray.exceptions.RayTaskError as e:
-        raise worker_error(e) from None
+        error = worker_error(e)
+    if error is not None:
+        raise error  # outside the except block: Ray's exception (and its job) is not kept alive
     written = ray.data.read_parquet(os.fspath(output))
     schema = written.schema()
     return {
@@ -264,12 +264,22 @@ def project(
     }
 
 
-def worker_error(e: BaseException) -> BaseException:
-    """The user error (ValueError, projroute's) that a Ray task raised, else ``e`` itself."""
-    seen = e
-    while seen is not None:
-        cause = getattr(seen, "cause", None) or seen.__cause__
-        if isinstance(cause, (ValueError, projroute.ProjrouteError)):
-            return cause
-        seen = cause
-    return e
+#: Errors a worker raises for bad input, as Python prints their names in a traceback.
+USER_ERRORS: dict[str, type[Exception]] = {
+    "ValueError": ValueError,
+    "TypeError": TypeError,
+    "projroute._core.ProjrouteError": projroute.ProjrouteError,
+    "projroute._core.ModelFormatError": projroute.ModelFormatError,
+}
+
+
+def worker_error(e: ray.exceptions.RayTaskError) -> Exception:
+    """The user error (ValueError, TypeError, projroute's) that a worker raised, rebuilt
+    from the traceback text that Ray passes on; else a RuntimeError with Ray's message.
+    (Ray's option to re-raise the original exception leaves the failed job's actor
+    holding its CPUs, which stalls the next job on a small instance.)"""
+    for line in reversed(str(e).splitlines()):
+        name, sep, message = line.strip().partition(": ")
+        if sep and name in USER_ERRORS:
+            return USER_ERRORS[name](message)
+    return RuntimeError(str(e))
