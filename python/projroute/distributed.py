@@ -159,13 +159,20 @@ def column(batch: pa.Table, name: str) -> pa.ChunkedArray:
     return batch.column(name)
 
 
+def absolute(path: PathLike) -> str:
+    """``path`` made absolute when it is a local path; a URI (``s3://...``) as given."""
+    return os.fspath(path) if "://" in os.fspath(path) else str(Path(path).resolve())
+
+
 def input_format(paths: Sequence[PathLike]) -> str:
-    """ "parquet" or "json" (JSON lines), from the files' suffixes (a folder: the files in it)."""
+    """Format of the inputs, "parquet" or "json" (JSON lines), from the files' suffixes (a
+    local folder: the files in it)."""
     suffixes = set()
-    for p in map(Path, paths):
-        files = [f for f in p.iterdir() if f.is_file() and not f.name.startswith((".", "_"))] if p.is_dir() else [p]
-        if not p.exists():
+    for raw in map(os.fspath, paths):
+        p = Path(raw)
+        if "://" not in raw and not p.exists():
             raise FileNotFoundError(f"no such file or directory: {p}")
+        files = [f for f in p.iterdir() if f.is_file() and not f.name.startswith((".", "_"))] if p.is_dir() else [p]
         suffixes |= {f.suffix for f in files}
     kinds = {FORMATS.get(s) for s in suffixes}
     if len(kinds) != 1 or None in kinds:
@@ -214,18 +221,22 @@ def project(
         Ray's read and write tasks).
 
     Uses the running Ray instance, or starts one with ``ray.init()`` (which joins the
-    cluster at ``RAY_ADDRESS`` when that is set). Returns rows, columns, output and
-    dimensions. Raises ValueError (bad columns or shapes, also from the workers),
+    cluster at ``RAY_ADDRESS`` when that is set). Returns the inputs, format, output,
+    rows written, output columns and index folder. Raises ValueError (bad columns or shapes, also from the workers),
     FileNotFoundError, or projroute's errors.
     """
-    paths = [os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
+    # Absolute paths: Ray's workers do not run in the caller's folder.
+    paths = [absolute(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
     fmt = input_format(paths)
+    model = None if model is None else absolute(model)
+    encoder = None if encoder is None else absolute(encoder)
+    output = absolute(output)
     output_column = output_column or ("projection" if model is not None else "embedding")
     options: dict[str, Any] = {
         "column": column,
         "text_column": text_column,
         "output_column": output_column,
-        "index_dir": None if index_dir is None else os.fspath(Path(index_dir).resolve()),
+        "index_dir": None if index_dir is None else absolute(index_dir),
         "id_column": id_column,
         "threads": threads,
     }
@@ -246,17 +257,17 @@ def project(
             zero_copy_batch=True,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus_per_actor,
-        ).write_parquet(os.fspath(output))
+        ).write_parquet(output)
     except ray.exceptions.RayTaskError as e:
         error = worker_error(e)
     if error is not None:
         raise error  # outside the except block: Ray's exception (and its job) is not kept alive
-    written = ray.data.read_parquet(os.fspath(output))
+    written = ray.data.read_parquet(output)
     schema = written.schema()
     return {
         "inputs": paths,
         "format": fmt,
-        "output": os.fspath(output),
+        "output": output,
         "rows": written.count(),
         "columns": list(schema.names) if schema is not None else [],
         "output_column": output_column,
