@@ -95,7 +95,7 @@ class BatchProjector:
     id_column : str or None
         Unique int64 row ids: the shards' answer ids.
     threads : int
-        Threads of the Rust core per call (0: its default).
+        Threads of the Rust core per batch (0: its default, one per core).
     """
 
     def __init__(
@@ -120,7 +120,6 @@ class BatchProjector:
         self.encoder = None if encoder is None else projroute.StaticEncoder.load(encoder)
         self.column, self.text_column, self.output_column = column, text_column, output_column
         self.index_dir, self.id_column, self.threads = index_dir, id_column, threads
-        projroute.set_num_threads(threads)
 
     def vectors(self, batch: pa.Table) -> np.ndarray:
         """The batch's output vectors (n, D_out) float32: read or encoded, then projected."""
@@ -132,6 +131,8 @@ class BatchProjector:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """``batch`` with its input vector column replaced by ``output_column``."""
+        if self.threads and projroute.get_num_threads() != self.threads:
+            projroute.set_num_threads(self.threads)  # on the thread that runs the batches
         P = self.vectors(batch)
         if self.index_dir is not None:
             self.write_shard(batch, P)
