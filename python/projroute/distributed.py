@@ -169,7 +169,7 @@ def input_format(paths: Sequence[PathLike]) -> str:
     """Format of the inputs, "parquet" or "json" (JSON lines), from the files' suffixes (a
     local folder: the files in it)."""
     suffixes = set()
-    for raw in map(os.fspath, paths):
+    for raw in (os.fspath(p) for p in paths):
         p = Path(raw)
         if "://" not in raw and not p.exists():
             raise FileNotFoundError(f"no such file or directory: {p}")
