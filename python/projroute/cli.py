@@ -190,7 +190,17 @@ def show_fit(r: dict[str, Any]) -> str:
 # --- project --------------------------------------------------------------------------
 
 
+RAY_OPTIONS = ("encoder", "column", "text_column", "output_column", "index_dir", "id_column", "batch_size", "actors")
+
+
 def cmd_project(args: argparse.Namespace) -> dict[str, Any]:
+    if args.ray:
+        return project_ray(args)
+    if len(args.input) != 1:
+        raise ValueError("one INPUT without --ray")
+    if given := [f"--{o.replace('_', '-')}" for o in RAY_OPTIONS if getattr(args, o) is not None]:
+        raise ValueError(f"{', '.join(given)} apply with --ray")
+    args.input = args.input[0]
     model = projroute.load(args.model)
     P = np.asarray(model.project(read_queries(Path(args.input))), dtype=np.float32)
     with atomic_write(args.output) as f:
@@ -204,7 +214,24 @@ def cmd_project(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def project_ray(args: argparse.Namespace) -> dict[str, Any]:
+    """``projroute project --ray``: Parquet/JSONL in, a folder of Parquet out, on Ray Data."""
+    from projroute import distributed
+
+    model = None if args.model == "none" else args.model
+    given = {o: getattr(args, o) for o in RAY_OPTIONS if getattr(args, o) is not None}
+    started = time.perf_counter()
+    result = distributed.project(args.input, args.output, model, **given)
+    return {**result, "model": model, "encoder": args.encoder, "seconds": time.perf_counter() - started}
+
+
 def show_project(r: dict[str, Any]) -> str:
+    if "rows" in r:
+        shards = f"; index shards in {r['index_dir']}" if r["index_dir"] else ""
+        return (
+            f"wrote {r['rows']} rows to {r['output']} (Parquet, columns {', '.join(r['columns'])}) "
+            f"in {r['seconds']:.1f} s on Ray{shards}"
+        )
     n, d = r["shape"]
     return f"wrote {r['output']}: {n} x {d} {r['dtype']} ({r['input']} projected by {r['model']})"
 
@@ -714,9 +741,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = command("project", cmd_project, show_project, "project query embeddings into answer space")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("input", metavar="INPUT", help=".npy of embeddings (n, D), or .jsonl/.txt of questions")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.npy")
+    p.add_argument("model", metavar="MODEL", help='a model file (with --ray and --encoder: "none" to only embed)')
+    p.add_argument(
+        "input",
+        nargs="+",
+        metavar="INPUT",
+        help=".npy of embeddings (n, D), or .jsonl/.txt of questions; with --ray: .parquet/.jsonl files or folders",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.npy; with --ray: a folder of Parquet")
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray Data (the ray extra): the running cluster at RAY_ADDRESS, or a local one",
+    )
+    ray = p.add_argument_group("with --ray")
+    ray.add_argument("--encoder", metavar="DIR", help="static model folder: embed the text column first")
+    ray.add_argument("--column", metavar="NAME", help='input vectors, a list of floats a row (default "embedding")')
+    ray.add_argument("--text-column", metavar="NAME", help='input texts, with --encoder (default "text")')
+    ray.add_argument("--output-column", metavar="NAME", help='output vectors (default "projection")')
+    ray.add_argument("--index-dir", metavar="DIR", help="also write each batch as an answer index shard here")
+    ray.add_argument("--id-column", metavar="NAME", help="unique int ids of the rows (the index shards' ids)")
+    ray.add_argument("--batch-size", type=positive_int, metavar="N", help="rows per batch and shard (default 16384)")
+    ray.add_argument(
+        "--actors", type=positive_int, metavar="N", help="workers, each loading the model once (default 1)"
+    )
 
     search_help = "answer one question from an index file (static queries) or a model's stored index (MiniLM queries)"
     p = command("search", cmd_search, show_search, search_help)

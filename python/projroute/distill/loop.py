@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from projroute.distill import parallel
 from projroute.distill.student import project_numpy
 from projroute.metrics import mean_cosine
 
@@ -116,6 +117,7 @@ def train(
     val: tuple[np.ndarray, np.ndarray] | None = None,
     patience: int | None = None,
     keep_start: bool = False,
+    distributed: bool = False,
     desc: str = "distilling",
     progress: bool = True,
 ) -> tuple[History, int]:
@@ -135,6 +137,12 @@ def train(
         Stop after this many epochs without a better validation cosine.
     keep_start : bool
         The starting weights stay a candidate (scored before the first epoch).
+    distributed : bool
+        Each process of the torch process group runs the same ``data``, ``rng`` and
+        ``val`` and takes its share of each global mini-batch (see
+        :mod:`projroute.distill.parallel`); ``loss`` runs the DistributedDataParallel
+        wrapper of ``module``, which averages the gradients. The loss is scaled so that
+        a step is the single-process step on the global batch.
 
     Returns
     -------
@@ -153,21 +161,29 @@ def train(
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = warmup_cosine(optim, max(1, epochs * math.ceil(size / batch_size)))
     history: History = {"train_loss": [], "val_cosine": []}
+    device = next(module.parameters()).device
+    world = parallel.rank_and_size()[1] if distributed else 1
     bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress)
     for epoch in bar:
-        batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data().items()}
-        order = torch.from_numpy(rng.permutation(size))
+        batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in data().items()}
+        order = torch.from_numpy(rng.permutation(size)).to(device)
         module.train()
         total = 0.0
         for s in range(0, size, batch_size):
             idx = order[s : s + batch_size]
-            step = loss({k: v[idx] for k, v in batch.items()}).mean()
+            if distributed:
+                # This process's rows; the DDP mean over processes then gives the global mean.
+                losses = loss({k: v[parallel.local_rows(idx)] for k, v in batch.items()})
+                step = losses.sum() * (world / len(idx))
+            else:
+                losses = loss({k: v[idx] for k, v in batch.items()})
+                step = losses.mean()
             optim.zero_grad(set_to_none=True)
             step.backward()
             optim.step()
             sched.step()
-            total += step.item() * len(idx)
-        history["train_loss"].append(total / size)
+            total += losses.sum().item()
+        history["train_loss"].append((parallel.sum_over_group(total) if distributed else total) / size)
         postfix = {"loss": f"{history['train_loss'][-1]:.4f}"}
         cosine = score()
         if cosine is not None:

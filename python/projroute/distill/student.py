@@ -276,10 +276,11 @@ def project_numpy(student: nn.Module, X: Any, batch_size: int = 4096) -> np.ndar
     Returns (B, dim_out) float32 numpy, in batches of ``batch_size`` rows.
     """
     X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    device = next(student.parameters()).device
     was_training = student.training
     student.eval()
     try:
-        out = [student(X[s : s + batch_size]) for s in range(0, len(X), batch_size)]
+        out = [student(X[s : s + batch_size].to(device)).cpu() for s in range(0, len(X), batch_size)]
     finally:
         student.train(was_training)
     # A student has an int ``dim_out`` (as ProjectionTransformer, MLPBaseline, TransformerEnsemble do).

@@ -20,6 +20,7 @@ from torch import nn
 
 from projroute.clustering import kmeans_labels
 from projroute.distill import augment as augmentation
+from projroute.distill import parallel
 from projroute.distill.loop import as_queries, kl_divergence, output_losses, plot_history, split_queries, train
 from projroute.distill.student import CrossAttentionBlock, ProjectionTransformer
 from projroute.distill.teacher import Teacher
@@ -242,6 +243,7 @@ def distill(
     progress: bool = True,
     plot: str | os.PathLike[str] | None = None,
     keys: Sequence[str] | None = None,
+    distributed: bool = False,
 ) -> DistillResult:
     """Train a student to reproduce ``teacher.project`` (and optionally its routing).
 
@@ -288,6 +290,13 @@ def distill(
         One key per training query, for keyed teachers (``tree``, ``hierarchical``):
         every query, augmented ones included, is labelled with the key of its nearest
         training query (see :class:`~projroute.distill.teacher.Teacher`).
+    distributed : bool
+        Train with torch DistributedDataParallel in each process of a ``torchrun`` group
+        (gloo on the CPU, NCCL where GPUs exist; see :mod:`projroute.distill.torchrun`):
+        every process passes the same arguments, computes the same epochs, and trains on
+        its share of each global batch of ``batch_size`` rows, so that the run follows
+        the single-process one with the same seed up to float rounding. Every process
+        returns the same student (on the CPU); save it from rank 0.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -313,6 +322,9 @@ def distill(
         "seed": seed,
         "n_extra_queries": None if extra_queries is None else len(extra_queries),
     }
+    device = parallel.init() if distributed else None
+    if distributed:
+        settings["processes"] = parallel.rank_and_size()[1]
 
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -346,9 +358,10 @@ def distill(
         fit_skip(net, X_fit, teach.project(X_fit))
 
     loss_weights = {"mse": mse_weight, "cos": cos_weight, "routing": routing_weight}
+    forward = net if device is None else parallel.wrap(net, device)
 
     def loss(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        return b["w"] * sample_losses(net, b["x"], b["t"], b.get("route"), loss_weights)
+        return b["w"] * sample_losses(forward, b["x"], b["t"], b.get("route"), loss_weights)
 
     history, best_epoch = train(
         net,
@@ -363,8 +376,10 @@ def distill(
         rng=rng,
         val=None if T_val is None else (Q_val, T_val),
         patience=patience,
+        distributed=distributed,
         progress=progress,
     )
+    net.cpu()
     n_params = sum(p.numel() for p in net.parameters())
     if plot is not None:
         plot_history(history, best_epoch, plot)

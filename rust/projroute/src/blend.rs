@@ -2,28 +2,40 @@
 //!
 //! `blend_maps` computes `out_i = Σ_j w_ij · (x_i @ W_{c_ij})` grouped by cluster: the
 //! queries routed to a cluster are gathered (pre-scaled by their weights) and sent
-//! through one GEMM with that cluster's map, so the cost is B·k·D², not B·K·D².
+//! through one GEMM with that cluster's map, so the cost is B·k·D², not B·K·D². Each
+//! row's terms are then summed in its routing order, so a row's output is the same bits
+//! whatever batch it comes in and however many threads run (batching, micro-batching
+//! and distributed jobs reproduce a one-query call exactly).
 //! `blend_vectors` computes `out_i = Σ_j w_ij · a_{c_ij}` for per-cluster vectors.
 
-use ndarray::{s, Array2, ArrayView2, Axis, Zip};
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
 
 use crate::packed::PackedMatrix;
 use crate::routing::Routing;
 
-/// One unit of work: a slice of the queries routed to one cluster.
+/// Rows blended at once: bounds the buffer of per-term products (TILE · k · D_out floats).
+const TILE: usize = 4096;
+
+/// A routed term: the query (row in the tile), its weight, and its position among all
+/// the tile's terms (row by row, in routing order).
+type Term = (u32, f32, u32);
+
+/// One unit of work: a slice of the terms routed to one cluster.
 struct Chunk<'a> {
     cluster: usize,
-    rows: &'a [(u32, f32)],
+    rows: &'a [Term],
 }
 
-/// Queries routed to each cluster, as (query, weight) lists.
-fn group_by_cluster(routing: &Routing, n_clusters: usize) -> Vec<Vec<(u32, f32)>> {
-    let mut groups: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n_clusters];
-    for i in 0..routing.len() {
+/// The terms of rows `rows` routed to each cluster.
+fn group_by_cluster(routing: &Routing, rows: std::ops::Range<usize>, n_clusters: usize) -> Vec<Vec<Term>> {
+    let mut groups: Vec<Vec<Term>> = vec![Vec::new(); n_clusters];
+    let mut term = 0u32;
+    for (local, i) in rows.enumerate() {
         let (c, w) = routing.row(i);
         for (&c, &w) in c.iter().zip(w) {
-            groups[c as usize].push((i as u32, w));
+            groups[c as usize].push((local as u32, w, term));
+            term += 1;
         }
     }
     groups
@@ -32,7 +44,7 @@ fn group_by_cluster(routing: &Routing, n_clusters: usize) -> Vec<Vec<(u32, f32)>
 /// Split the groups into chunks and deal them into `n_bins` bins of about equal rows
 /// (largest first, each to the lightest bin), so that every thread gets a share even
 /// when one cluster takes most queries.
-fn plan(groups: &[Vec<(u32, f32)>], n_bins: usize) -> Vec<Vec<Chunk<'_>>> {
+fn plan(groups: &[Vec<Term>], n_bins: usize) -> Vec<Vec<Chunk<'_>>> {
     let total: usize = groups.iter().map(Vec::len).sum();
     let max_rows = total.div_ceil(2 * n_bins).max(32);
     let mut chunks: Vec<Chunk<'_>> = groups
@@ -50,52 +62,74 @@ fn plan(groups: &[Vec<(u32, f32)>], n_bins: usize) -> Vec<Vec<Chunk<'_>>> {
     bins.into_iter().map(|(_, chunks)| chunks).filter(|c| !c.is_empty()).collect()
 }
 
-/// `out_i = Σ_j w_ij · (x_i @ maps[c_ij])`.
+/// `out_i = Σ_j w_ij · (x_i @ maps[c_ij])`, each row's terms summed in routing order.
 ///
 /// `x`: (B, D_in); `maps`: K packed (D_in, D_out) maps; returns (B, D_out).
 pub fn blend_maps(x: ArrayView2<f32>, routing: &Routing, maps: &[PackedMatrix]) -> Array2<f32> {
-    let (b, d_in) = x.dim();
     let d_out = maps.first().map_or(0, PackedMatrix::cols);
-    let groups = group_by_cluster(routing, maps.len());
+    let mut out = Array2::<f32>::zeros((x.nrows(), d_out));
+    for start in (0..x.nrows()).step_by(TILE) {
+        let end = (start + TILE).min(x.nrows());
+        blend_tile(x, routing, start..end, maps, out.slice_mut(s![start..end, ..]));
+    }
+    out
+}
+
+/// [`blend_maps`] for the rows `rows` of `x` into `out` (rows.len(), D_out).
+fn blend_tile(
+    x: ArrayView2<f32>,
+    routing: &Routing,
+    rows: std::ops::Range<usize>,
+    maps: &[PackedMatrix],
+    mut out: ArrayViewMut2<f32>,
+) {
+    let (d_in, d_out) = (x.ncols(), out.ncols());
+    let first = rows.start;
+    let groups = group_by_cluster(routing, rows.clone(), maps.len());
     let bins = plan(&groups, rayon::current_num_threads().max(1));
-    let partials: Vec<Array2<f32>> = bins
+    // Where each term's product lands: (bin, row of that bin's products).
+    let n_terms: usize = groups.iter().map(Vec::len).sum();
+    let mut place = vec![(0u32, 0u32); n_terms];
+    for (b, chunks) in bins.iter().enumerate() {
+        for (r, &(_, _, term)) in chunks.iter().flat_map(|c| c.rows).enumerate() {
+            place[term as usize] = (b as u32, r as u32);
+        }
+    }
+    let products: Vec<Vec<f32>> = bins
         .par_iter()
         .map(|chunks| {
-            let mut acc = Array2::<f32>::zeros((b, d_out));
+            let n_rows: usize = chunks.iter().map(|c| c.rows.len()).sum();
+            let mut product = vec![0.0f32; n_rows * d_out];
             let mut gathered = Array2::<f32>::zeros((0, d_in));
-            let mut product = Vec::new();
             let mut scratch = Vec::new();
+            let mut at = 0;
             for chunk in chunks {
                 let n = chunk.rows.len();
                 if gathered.nrows() < n {
                     gathered = Array2::zeros((n, d_in));
                 }
-                for (dst, &(i, w)) in gathered.axis_iter_mut(Axis(0)).zip(chunk.rows) {
-                    Zip::from(dst).and(x.row(i as usize)).for_each(|d, &v| *d = v * w);
+                for (dst, &(i, w, _)) in gathered.axis_iter_mut(Axis(0)).zip(chunk.rows) {
+                    Zip::from(dst).and(x.row(first + i as usize)).for_each(|d, &v| *d = v * w);
                 }
-                product.resize(n * d_out, 0.0);
-                maps[chunk.cluster].matmul_into(gathered.slice(s![..n, ..]), &mut product, d_out, &mut scratch);
-                for (src, &(i, _)) in product.chunks_exact(d_out).zip(chunk.rows) {
-                    for (d, &v) in acc.row_mut(i as usize).iter_mut().zip(src) {
-                        *d += v;
-                    }
-                }
+                let c = &mut product[at * d_out..(at + n) * d_out];
+                maps[chunk.cluster].matmul_into(gathered.slice(s![..n, ..]), c, d_out, &mut scratch);
+                at += n;
             }
-            acc
+            product
         })
         .collect();
-    sum_partials(partials, (b, d_out))
-}
-
-/// Sum the per-thread partial outputs.
-fn sum_partials(mut partials: Vec<Array2<f32>>, dim: (usize, usize)) -> Array2<f32> {
-    let Some(mut out) = partials.pop() else {
-        return Array2::zeros(dim);
-    };
-    for p in &partials {
-        Zip::from(out.axis_iter_mut(Axis(0))).and(p.axis_iter(Axis(0))).par_for_each(|mut o, p| o += &p);
+    let mut term_start = vec![0usize; rows.len() + 1];
+    for (local, i) in rows.enumerate() {
+        term_start[local + 1] = term_start[local] + routing.row(i).0.len();
     }
-    out
+    out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(local, mut row)| {
+        for &(b, r) in &place[term_start[local]..term_start[local + 1]] {
+            let src = &products[b as usize][r as usize * d_out..(r as usize + 1) * d_out];
+            for (d, &v) in row.iter_mut().zip(src) {
+                *d += v;
+            }
+        }
+    });
 }
 
 /// `out_i = Σ_j w_ij · vectors[c_ij]`, row by row (for sparse routings; a dense one
@@ -165,6 +199,43 @@ mod tests {
         let want = routing.to_dense(k).dot(&vectors);
         for (a, b) in got.iter().zip(want.iter()) {
             assert!((a - b).abs() < 1e-5);
+        }
+    }
+
+    /// A row's output is the same bits alone, in any batch, across tiles and on any
+    /// number of threads.
+    #[test]
+    fn blend_is_batch_and_thread_invariant() {
+        let mut seed = 11;
+        let (b, d, k, top) = (TILE + 300, 24, 7, 3);
+        let x = Array2::from_shape_fn((b, d), |_| lcg(&mut seed));
+        let maps = Array3::from_shape_fn((k, d, d), |_| lcg(&mut seed));
+        let packed: Vec<PackedMatrix> = maps.outer_iter().map(PackedMatrix::pack).collect();
+        let mut routing = Routing { offsets: vec![0], clusters: vec![], weights: vec![] };
+        for i in 0..b {
+            for j in 0..top {
+                routing.clusters.push(((i * 5 + j * 3) % k) as u32);
+                routing.weights.push(lcg(&mut seed) + 0.5);
+            }
+            routing.offsets.push(routing.clusters.len());
+        }
+        let all = blend_maps(x.view(), &routing, &packed);
+        let sub = |rows: std::ops::Range<usize>| {
+            let mut r = Routing { offsets: vec![0], clusters: vec![], weights: vec![] };
+            for i in rows.clone() {
+                let (c, w) = routing.row(i);
+                r.clusters.extend_from_slice(c);
+                r.weights.extend_from_slice(w);
+                r.offsets.push(r.clusters.len());
+            }
+            blend_maps(x.slice(s![rows, ..]), &r, &packed)
+        };
+        for rows in [0..1, 5..6, 100..357, TILE - 10..TILE + 20, 0..b] {
+            assert_eq!(sub(rows.clone()), all.slice(s![rows, ..]), "rows differ from the full batch");
+        }
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            assert_eq!(pool.install(|| blend_maps(x.view(), &routing, &packed)), all, "{threads} threads");
         }
     }
 }
