@@ -54,9 +54,9 @@ class Server:
             status, text, kind = e.code, e.read().decode(), e.headers["Content-Type"]
         return status, json.loads(text) if kind == "application/json" else text
 
-    def stop(self) -> tuple[int, str]:
-        """SIGTERM, then the exit status and stderr."""
-        self.proc.send_signal(signal.SIGTERM)
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        """Send ``sig``, then wait: the exit status and stderr."""
+        self.proc.send_signal(sig)
         _, err = self.proc.communicate(timeout=30)
         return self.proc.returncode, err
 
@@ -136,10 +136,11 @@ def test_wrong_method_content_type_and_path(server):
     assert server.request("GET", "/nowhere") == (404, {"error": "no such endpoint (see GET /openapi.json)"})
 
 
-def test_sigterm_stops_the_server_cleanly(model_file):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_server_cleanly(model_file, sig):
     s = Server(str(model_file), "--no-batching")
     assert s.request("POST", "/project", {"vectors": [Q1]})[0] == 200
-    code, err = s.stop()
+    code, err = s.stop(sig)
     assert (code, err) == (0, "")
 
 

@@ -853,7 +853,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_serve(argv: Sequence[str]) -> int:
     """``projroute serve ...``: the HTTP service in Rust. Its command line is parsed by the
     service itself (the same as the ``projroute-serve`` binary's), so it is written once."""
-    return projroute._core.serve(["projroute serve", *argv])
+    try:
+        return projroute._core.serve(["projroute serve", *argv])
+    except KeyboardInterrupt:  # Ctrl-C: the service has already shut down cleanly
+        return 0
 
 
 def error_message(e: BaseException) -> str:

@@ -67,13 +67,14 @@ pub fn run(options: &Options) -> Result<(), RunError> {
             .await
             .map_err(|e| RunError::Start(format!("cannot listen on {}:{}: {e}", options.host, options.port)))?;
         let addr = listener.local_addr().map_err(RunError::Serve)?;
+        let shutdown = shutdown_signal(); // handlers installed before the address is printed
         let what = service.describe();
         let app = router(service, limits, batching);
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "projroute serve: {what}; listening on http://{addr}");
         let _ = out.flush();
         drop(out);
-        serve(listener, app, shutdown_signal()).await.map_err(RunError::Serve)
+        serve(listener, app, shutdown).await.map_err(RunError::Serve)
     })
 }
 
