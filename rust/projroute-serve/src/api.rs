@@ -157,7 +157,7 @@ impl ModelService {
                     v.len()
                 )));
             }
-            if let Some(j) = v.iter().position(|x| !(x.abs() <= MAX_ABS_VALUE)) {
+            if let Some(j) = v.iter().position(|x| x.is_nan() || x.abs() > MAX_ABS_VALUE) {
                 return Err(ApiError::invalid(format!(
                     "query {i}, value {j} is {}: values must be finite, of magnitude at most {MAX_ABS_VALUE:e}",
                     v[j]

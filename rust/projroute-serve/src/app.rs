@@ -51,7 +51,7 @@ pub fn router(service: Service, limits: Limits, batching: Option<Batching>) -> R
     let endpoints = match service {
         Service::Model(model) => {
             let has_answers = model.answers.is_some();
-            let api = Arc::new(ModelApi::new(model, limits, batching, &metrics));
+            let api = Arc::new(ModelApi::new(*model, limits, batching, &metrics));
             let mut r = Router::new().route("/project", post(api::project).with_state(api.clone()));
             if has_answers {
                 r = r.route("/search", post(api::search_vectors).with_state(api));
@@ -59,7 +59,7 @@ pub fn router(service: Service, limits: Limits, batching: Option<Batching>) -> R
             r
         }
         Service::Index(searcher) => {
-            let api = Arc::new(IndexApi::new(searcher, limits, batching, &metrics));
+            let api = Arc::new(IndexApi::new(*searcher, limits, batching, &metrics));
             Router::new()
                 .route("/embed", post(api::embed).with_state(api.clone()))
                 .route("/search", post(api::search_texts).with_state(api))
@@ -180,7 +180,7 @@ mod tests {
             .route(
                 "/boom",
                 get(|| async {
-                    let fine: Option<&str> = None;
+                    let fine: Option<&str> = std::hint::black_box(None);
                     fine.expect("boom")
                 }),
             )

@@ -30,10 +30,10 @@ pub struct Answers {
 #[derive(Debug)]
 pub enum Service {
     /// A model file.
-    Model(ModelService),
+    Model(Box<ModelService>),
     /// An answer index with its static encoder (and model, if it records one):
     /// `POST /embed` and `POST /search`, text in.
-    Index(Searcher),
+    Index(Box<Searcher>),
 }
 
 impl Service {
@@ -42,12 +42,12 @@ impl Service {
     /// they are errors for a model file.
     pub fn open(path: &Path, encoder: Option<&Path>, model: Option<&Path>) -> projroute::Result<Self> {
         match file_kind(path)? {
-            FileKind::Index => Ok(Service::Index(Searcher::open_index(path, encoder, model)?)),
+            FileKind::Index => Ok(Service::Index(Box::new(Searcher::open_index(path, encoder, model)?))),
             FileKind::Model if encoder.is_some() || model.is_some() => Err(projroute::Error::InvalidInput(format!(
                 "--encoder and --model apply to an index file; {} is a model file",
                 path.display()
             ))),
-            FileKind::Model => ModelService::new(Projector::load(path)?).map(Service::Model),
+            FileKind::Model => Ok(Service::Model(Box::new(ModelService::new(Projector::load(path)?)?))),
         }
     }
 
