@@ -8,7 +8,7 @@ STAMP := $(VENV)/.deps-installed
 # The real data sets (slow tests, benchmarks, scripts): read in place, never copied.
 export PROJROUTE_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test test-rust test-python lint build bench bench-python bench-rust fuzz clean
+.PHONY: demo test test-rust test-python lint build bench bench-python bench-rust bench-serve fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,19 +28,20 @@ test: test-rust test-python
 
 # The core crate without features, with candle, with candle and text (the static
 # encoder and the Searcher), and with ann too (approximate indexes, usearch's C++; the
-# wheel enables all three).
+# wheel enables all three); then the HTTP service (`projroute serve`).
 test-rust:
 	cargo test --release -p projroute
 	cargo test --release -p projroute --features candle
 	cargo test --release -p projroute --features candle,text
 	cargo test --release -p projroute --features candle,text,ann
+	cargo test --release -p projroute-serve
 
 test-python: build
 	$(PY) -m pytest -q
 
 # Every habit CI checks: ruff lint and format, the type check of the public Python
 # API (py.typed, _core.pyi), rustfmt and clippy (without features, with candle, with
-# candle and text, and with ann too).
+# candle and text, and with ann too; the workspace run covers the HTTP service).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -58,6 +59,17 @@ bench-python: build
 
 bench-rust:
 	cargo bench -p projroute
+
+# Load test of the HTTP service (not part of CI): oha, from crates.io, into target/tools;
+# a federated model at D=384 with 10,000 answers, 1, 8 and 64 connections, micro-batching
+# on and off. Prints the README's table.
+OHA := target/tools/bin/oha
+$(OHA):
+	cargo install oha --version 1.16.0 --locked --root target/tools
+
+bench-serve: build $(OHA)
+	cargo build --release -p projroute-serve
+	$(PY) benches/serve_load.py
 
 # Fuzz every target for FUZZ_SECONDS each (cargo-fuzz targets on the model loader and
 # the projection entry points, atheris on the Python data readers); prints executions

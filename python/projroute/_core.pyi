@@ -146,3 +146,9 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """Threads a call into the core uses (see ``set_num_threads``)."""
+
+def serve(argv: Sequence[str]) -> int:
+    """Run ``projroute serve`` with the command line ``argv`` (the first item names the
+    program): serves a model or index file over HTTP until SIGINT or SIGTERM, with the
+    GIL released, and returns the exit status (0 after a clean shutdown or ``--help``,
+    2 for a usage or start-up error, 1 if serving failed)."""

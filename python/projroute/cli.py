@@ -782,6 +782,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ef", type=positive_int, metavar="N", help="index file only: graph candidates per query (approximate search)"
     )
 
+    # Listed for --help only: main() hands `serve` and its arguments to the service.
+    serve_help = "serve a model or index file over HTTP (see projroute serve --help)"
+    p = sub.add_parser("serve", help=serve_help, description=serve_help, add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
     p = command("eval", cmd_eval, show_eval, "compare models with raw cosine on held-out queries")
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("data", metavar="DATA", help=data_help)
@@ -965,6 +970,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- serve ----------------------------------------------------------------------------
+
+
+def cmd_serve(argv: Sequence[str]) -> int:
+    """``projroute serve ...``: the HTTP service in Rust. Its command line is parsed by the
+    service itself (the same as the ``projroute-serve`` binary's), so it is written once."""
+    try:
+        return projroute._core.serve(["projroute serve", *argv])
+    except KeyboardInterrupt:  # Ctrl-C: the service has already shut down cleanly
+        return 0
+
+
 def error_message(e: BaseException) -> str:
     """One line describing a user error."""
     text = f"{e.strerror or e}: {e.filename}" if isinstance(e, OSError) and e.filename else str(e) or type(e).__name__
@@ -972,7 +989,11 @@ def error_message(e: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns 0, exits 2 on user errors."""
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns 0, exits 2 on user errors
+    (``serve`` returns the service's exit status)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:
+        return cmd_serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -631,6 +631,16 @@ fn get_num_threads() -> usize {
     core::threads::num_threads()
 }
 
+/// Run `projroute serve` with the command line `argv` (its first item is the program
+/// name used in messages; see `projroute serve --help`): serve a model or index file
+/// over HTTP until SIGINT or SIGTERM, with the GIL released, and return the exit
+/// status (0 after a clean shutdown or `--help`, 2 for a usage or start-up error, 1 if
+/// serving failed). Messages go to the process's stdout and stderr.
+#[pyfunction]
+fn serve(py: Python<'_>, argv: Vec<String>) -> i32 {
+    py.detach(|| projroute_serve::main(argv))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Projector>()?;
@@ -645,6 +655,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(file_kind, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add("ProjrouteError", m.py().get_type::<ProjrouteError>())?;
     m.add("ModelFormatError", m.py().get_type::<ModelFormatError>())?;
     m.add("FORMAT_VERSION", core::FORMAT_VERSION)?;

@@ -1,0 +1,200 @@
+//! [`Batcher`]: micro-batching. Concurrent small requests are queued to one task that
+//! gathers them for at most [`Batching::wait`] (or until [`Batching::max_rows`] queries),
+//! runs the core once for all of them on a blocking thread, and hands each request its
+//! rows back, so that under load the core runs GEMMs instead of GEMVs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Requests that may wait in a batcher's queue; beyond that, submitting waits.
+const QUEUE: usize = 4096;
+
+/// How requests are coalesced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// Longest a batch waits for more requests after its first (zero: take only what is
+    /// already queued). Tokio's timers tick in milliseconds, so waits round up to them.
+    pub wait: Duration,
+    /// A batch closes once it holds this many queries; a request with this many or
+    /// more runs alone.
+    pub max_rows: usize,
+}
+
+/// The core's work for a batch: one output per input, or an error for the batch.
+pub type Run<I, O> = dyn Fn(&[I]) -> Result<Vec<O>, ApiError> + Send + Sync;
+
+struct Job<I, O> {
+    input: I,
+    rows: usize,
+    reply: oneshot::Sender<Result<O, ApiError>>,
+}
+
+/// Runs requests of one endpoint through the core: batched, or each on its own
+/// blocking thread when batching is off.
+pub struct Batcher<I, O> {
+    run: Arc<Run<I, O>>,
+    path: &'static str,
+    metrics: Arc<Metrics>,
+    /// The collecting task's queue and its batching; `None` when batching is off.
+    queue: Option<(mpsc::Sender<Job<I, O>>, Batching)>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// A batcher for the endpoint `path` running `run`; with `batching`, its collecting
+    /// task is spawned on the current tokio runtime and ends when the batcher is dropped.
+    pub fn new(path: &'static str, metrics: Arc<Metrics>, batching: Option<Batching>, run: Arc<Run<I, O>>) -> Self {
+        let queue = batching.map(|b| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(collect(rx, b, run.clone(), path, metrics.clone()));
+            (tx, b)
+        });
+        Batcher { run, path, metrics, queue }
+    }
+
+    /// The output for `input`, which holds `rows` queries (validated by the caller).
+    pub async fn submit(&self, input: I, rows: usize) -> Result<O, ApiError> {
+        match &self.queue {
+            Some((tx, b)) if rows < b.max_rows => {
+                let (reply, answer) = oneshot::channel();
+                tx.send(Job { input, rows, reply })
+                    .await
+                    .map_err(|_| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+                answer.await.map_err(|_| ApiError::internal("the batch was dropped"))?
+            }
+            _ => {
+                let run = self.run.clone();
+                self.metrics.batch(self.path, 1, rows);
+                let out = tokio::task::spawn_blocking(move || run(std::slice::from_ref(&input)))
+                    .await
+                    .map_err(panicked)??;
+                out.into_iter().next().ok_or_else(|| ApiError::internal("the core returned no output"))
+            }
+        }
+    }
+}
+
+fn panicked(err: tokio::task::JoinError) -> ApiError {
+    ApiError::internal(format!("internal error: the computation failed ({err})"))
+}
+
+/// The collecting task: gather a batch, run it on a blocking thread, answer, repeat.
+/// One batch runs at a time; requests arriving meanwhile make up the next one.
+async fn collect<I: Send + 'static, O: Send + 'static>(
+    mut rx: mpsc::Receiver<Job<I, O>>,
+    b: Batching,
+    run: Arc<Run<I, O>>,
+    path: &'static str,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(first) = rx.recv().await {
+        let deadline = Instant::now() + b.wait;
+        let mut rows = first.rows;
+        let mut jobs = vec![first];
+        while rows < b.max_rows {
+            let job = match rx.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::error::TryRecvError::Empty) if !b.wait.is_zero() => {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(job)) => job,
+                        _ => break,
+                    }
+                }
+                Err(_) => break,
+            };
+            rows += job.rows;
+            jobs.push(job);
+        }
+        metrics.batch(path, jobs.len(), rows);
+        let (inputs, replies): (Vec<I>, Vec<_>) = jobs.into_iter().map(|j| (j.input, j.reply)).unzip();
+        let run = run.clone();
+        let outputs = tokio::task::spawn_blocking(move || run_each_on_error(run.as_ref(), &inputs)).await;
+        match outputs {
+            Ok(outputs) => replies.into_iter().zip(outputs).for_each(|(reply, out)| {
+                let _ = reply.send(out);
+            }),
+            Err(err) => {
+                let err = panicked(err);
+                replies.into_iter().for_each(|reply| {
+                    let _ = reply.send(Err(err.clone()));
+                })
+            }
+        }
+    }
+}
+
+/// `run` over all `inputs` at once; if that fails (or miscounts), each input alone, so
+/// that one bad request fails by itself.
+fn run_each_on_error<I, O>(run: &Run<I, O>, inputs: &[I]) -> Vec<Result<O, ApiError>> {
+    match run(inputs) {
+        Ok(outputs) if outputs.len() == inputs.len() => outputs.into_iter().map(Ok).collect(),
+        Err(err) if inputs.len() == 1 => vec![Err(err)],
+        _ => inputs
+            .iter()
+            .map(|input| {
+                let out = run(std::slice::from_ref(input))?;
+                out.into_iter().next().ok_or_else(|| ApiError::internal("the core returned no output"))
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batcher(batching: Option<Batching>) -> (Batcher<i64, i64>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let run: Arc<Run<i64, i64>> = Arc::new(|xs: &[i64]| {
+            if xs.contains(&-1) {
+                return Err(ApiError::invalid("negative"));
+            }
+            Ok(xs.iter().map(|x| x * 10).collect())
+        });
+        (Batcher::new("/project", metrics.clone(), batching, run), metrics)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_batches_and_errors_stay_their_own() {
+        let b = Batching { wait: Duration::from_millis(50), max_rows: 64 };
+        let (batcher, metrics) = batcher(Some(b));
+        let batcher = Arc::new(batcher);
+        let tasks: Vec<_> = (-1..20)
+            .map(|x| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.submit(x, 1).await })
+            })
+            .collect();
+        for (x, t) in (-1..20).zip(tasks) {
+            let out = t.await.unwrap();
+            if x == -1 {
+                assert_eq!(out.unwrap_err().message, "negative");
+            } else {
+                assert_eq!(out.unwrap(), x * 10);
+            }
+        }
+        let text = metrics.render();
+        let batches: u64 = text
+            .lines()
+            .find(|l| l.starts_with("projroute_batches_total{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap();
+        assert!(batches < 21, "21 requests in {batches} batches");
+        assert!(text.contains("projroute_batched_requests_total{path=\"/project\"} 21"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn unbatched_and_large_requests_run_alone() {
+        for batching in [None, Some(Batching { wait: Duration::ZERO, max_rows: 4 })] {
+            let (batcher, metrics) = batcher(batching);
+            assert_eq!(batcher.submit(3, 4).await.unwrap(), 30);
+            assert_eq!(batcher.submit(-1, 1).await.unwrap_err().status, 422);
+            assert!(metrics.render().contains("projroute_batches_total{path=\"/project\"} 2"));
+        }
+    }
+}
