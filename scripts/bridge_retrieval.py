@@ -20,19 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 from pathlib import Path
+
+from machine import cpu_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REGIME = {"stackfaq": "known-answers", "trecqa": "new-answers"}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from projroute._estimator import Projection, check_pairs
 from projroute.federated import FederatedProjection
 from projroute.metrics import mean_cosine
-from projroute.ridge import RIDGE_GRID, ridge_solve
+from projroute.ridge import RIDGE_GRID, RidgeSystem
 from projroute.validation import check_validation, choose
 
 BRIDGE_W = "bridge.W"
@@ -36,24 +36,12 @@ class Estimator(Protocol):
     def _tensors(self) -> dict[str, np.ndarray]: ...
 
 
-class Bridge:
-    """The centred normal equations of a ridge map from ``S`` (m, d_q) to ``M`` (m, d_a),
-    computed once (float64) and solved for any ``alpha``."""
-
-    def __init__(self, S: np.ndarray, M: np.ndarray) -> None:
-        self.mu_s, self.mu_m = S.mean(axis=0, dtype=np.float64), M.mean(axis=0, dtype=np.float64)
-        Sc = S - self.mu_s
-        self.gram, self.cross = Sc.T @ Sc, Sc.T @ (M - self.mu_m)
-
-    def solve(self, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        """``(W, b)`` float32: ``W`` (d_q, d_a) from :func:`ridge_solve`, ``b = mean_M - mean_S @ W``."""
-        W = ridge_solve(self.gram, self.cross, alpha)
-        return W.astype(np.float32), (self.mu_m - self.mu_s @ W).astype(np.float32)
-
-    def apply(self, X: np.ndarray, alpha: float) -> np.ndarray:
-        """``X @ W + b`` for the map at ``alpha``."""
-        W, b = self.solve(alpha)
-        return X @ W + b
+def bridge_map(system: RidgeSystem, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, b)`` float32 of a centred, baseless :class:`~projroute.ridge.RidgeSystem`
+    from the query encoder's space to the answer encoder's, at ``alpha``."""
+    W, b = system.solve(alpha)
+    assert b is not None  # centred
+    return W.astype(np.float32), b.astype(np.float32)
 
 
 def corpus_folds(n: int, n_folds: int, random_state: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -118,15 +106,16 @@ class BridgedProjection(Projection):
         if self.alpha == "auto":
             scores = []
             for train, val in corpus_folds(len(S), self.cv, self.random_state):
-                bridge = Bridge(S[train], M[train])
-                scores.append([mean_cosine(bridge.apply(S[val], alpha), M[val]) for alpha in RIDGE_GRID])
+                system = RidgeSystem(S[train], M[train], None, center=True)
+                maps = [bridge_map(system, alpha) for alpha in RIDGE_GRID]
+                scores.append([mean_cosine(S[val] @ W + b, M[val]) for W, b in maps])
             self.alpha_ = choose(RIDGE_GRID, np.array(scores))
             self.validation_ = dict(zip(RIDGE_GRID, np.mean(scores, axis=0).tolist()))
         elif isinstance(self.alpha, (int, float)) and self.alpha > 0:
             self.alpha_, self.validation_ = float(self.alpha), {}
         else:
             raise ValueError(f"alpha must be 'auto' or a number > 0, got {self.alpha!r}")
-        self.W_in_, self.b_in_ = Bridge(S, M).solve(self.alpha_)
+        self.W_in_, self.b_in_ = bridge_map(RidgeSystem(S, M, None, center=True), self.alpha_)
         self.n_corpus_ = len(S)
         self.model_: Estimator = self.model or FederatedProjection(
             validation=self.validation, random_state=self.random_state

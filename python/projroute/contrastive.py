@@ -14,7 +14,7 @@ import numpy as np
 from projroute._estimator import LinearProjection, check_pairs
 from projroute.procrustes import GlobalProjection
 from projroute.reference import unit_rows
-from projroute.validation import RetrievalTask, check_validation, choose, cross_validate
+from projroute.validation import RetrievalTask, select
 
 #: Optimiser steps tried by cross-validation (early stopping), fewest first; 0 keeps
 #: the starting map.
@@ -127,23 +127,19 @@ class ContrastiveProjection(LinearProjection):
     def fit(self, Q: np.ndarray, A: np.ndarray) -> ContrastiveProjection:
         """Fit on pairs ``Q`` (n, d), ``A`` (n, d) of question and answer embeddings."""
         Q, A = check_pairs(Q, A, same_dim=True)
-        check_validation(self.validation)
         if self.init not in ("global", "identity"):
             raise ValueError(f"init must be 'global' or 'identity', got {self.init!r}")
         if not (self.temperature > 0 and self.learning_rate > 0 and self.batch_size >= 1):
             raise ValueError("temperature and learning_rate must be > 0 and batch_size >= 1")
-        if self.steps == "auto":
 
-            def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[np.ndarray]:
-                return [task.rr(task.queries @ W) for W in self._refine(Q[train], A[train], STEPS_GRID)]
+        def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[np.ndarray]:
+            return [task.rr(task.queries @ W) for W in self._refine(Q[train], A[train], STEPS_GRID)]
 
-            mrr = cross_validate(Q, A, self.cv, self.random_state, fold_scores, self.validation)
-            self.steps_ = int(choose(STEPS_GRID, mrr))
-            self.validation_ = dict(zip(STEPS_GRID, mrr.mean(axis=0).tolist()))
-        elif isinstance(self.steps, int) and self.steps >= 0:
-            self.steps_, self.validation_ = self.steps, {}
-        else:
-            raise ValueError(f"steps must be 'auto' or an int >= 0, got {self.steps!r}")
+        steps, self.validation_ = select(
+            self.steps, STEPS_GRID, lambda v: isinstance(v, int) and v >= 0, "steps must be 'auto' or an int >= 0",
+            Q, A, self.cv, self.random_state, fold_scores, self.validation,
+        )  # fmt: skip
+        self.steps_ = int(steps)
         (W,) = self._refine(Q, A, (self.steps_,))
         self.W_ = W.astype(np.float32)
         self._build(Q.shape[1], A.shape[1])

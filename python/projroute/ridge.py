@@ -49,7 +49,7 @@ class SpanRidge:
         return (self.left / (self.eig + alpha * self.m)) @ self.right
 
 
-class _System:
+class RidgeSystem:
     """The centred (or raw) normal equations of a ridge map toward a base, solved for
     any ``alpha``: ``W = B + (G + alpha * m * I)^-1 Qc^T (Ac - Qc B)``, ``B = 0`` without
     a base."""
@@ -105,13 +105,13 @@ class RidgeProjection(LinearProjection):
         self.validation = validation
         self.random_state = random_state
 
-    def _system(self, Q: np.ndarray, A: np.ndarray) -> _System:
+    def _system(self, Q: np.ndarray, A: np.ndarray) -> RidgeSystem:
         if self.base == "zero":
-            return _System(Q, A, None, self.center)
+            return RidgeSystem(Q, A, None, self.center)
         if self.base == "identity":
-            return _System(Q, A, np.eye(Q.shape[1]), self.center)
+            return RidgeSystem(Q, A, np.eye(Q.shape[1]), self.center)
         B = GlobalProjection(validation=self.validation, random_state=self.random_state).fit(Q, A).W_
-        return _System(Q, A, B.astype(np.float64), self.center)
+        return RidgeSystem(Q, A, B.astype(np.float64), self.center)
 
     def fit(self, Q: np.ndarray, A: np.ndarray) -> RidgeProjection:
         """Fit on pairs ``Q`` (n, d_q) and ``A`` (n, d_a) of query and answer embeddings."""

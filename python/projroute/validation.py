@@ -78,6 +78,11 @@ def paraphrase(Q: np.ndarray, n_copies: int, random_state: int) -> np.ndarray:
     return unit_rows(np.repeat(Qn, n_copies, axis=0) + s * z).astype(np.float32)
 
 
+def first_rows(Q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The first of ``rows`` for each distinct question among ``Q[rows]``."""
+    return rows[np.unique(question_groups(Q[rows]), return_index=True)[1]]
+
+
 class RetrievalTask:
     """Validation queries (m, d) against every distinct training answer.
 
@@ -94,15 +99,15 @@ class RetrievalTask:
         self.gold = [answers[g] for g in groups[rows]]
 
     @classmethod
-    def held_out(cls, Q: np.ndarray, A: np.ndarray, val: np.ndarray, fold: int = 0) -> RetrievalTask:
-        """The held-out pairs ``val``: one query per distinct question."""
-        first = val[np.unique(question_groups(Q[val]), return_index=True)[1]]
-        return cls(Q, A, Q[first], first, np.full(len(first), fold))
+    def held_out(cls, Q: np.ndarray, A: np.ndarray, val: np.ndarray) -> RetrievalTask:
+        """The held-out pairs ``val``: one query per distinct question, all in fold 0."""
+        first = first_rows(Q, val)
+        return cls(Q, A, Q[first], first, np.zeros(len(first), np.int64))
 
     @classmethod
     def paraphrased(cls, Q: np.ndarray, A: np.ndarray, folds: Sequence[np.ndarray], random_state: int) -> RetrievalTask:
         """Augmented copies (:func:`paraphrase`) of each fold's distinct questions."""
-        firsts = [val[np.unique(question_groups(Q[val]), return_index=True)[1]] for val in folds]
+        firsts = [first_rows(Q, val) for val in folds]
         rows = np.repeat(np.concatenate(firsts), N_PARAPHRASES)
         fold = np.repeat(np.arange(len(folds)), [len(f) * N_PARAPHRASES for f in firsts])
         queries = paraphrase(Q[np.concatenate(firsts)], N_PARAPHRASES, random_state)
@@ -111,10 +116,6 @@ class RetrievalTask:
     def rr(self, P: np.ndarray) -> np.ndarray:
         """Reciprocal rank (m,) of each projected query ``P`` (m, d) over the corpus."""
         return 1.0 / query_ranks(P, self.corpus, self.gold)
-
-    def mrr(self, P: np.ndarray) -> float:
-        """MRR of projected queries ``P`` (m, d) over the corpus."""
-        return float(self.rr(P).mean())
 
 
 #: ``fold_scores(train_rows, task)``: one reciprocal-rank vector (m,) per candidate.
@@ -156,7 +157,7 @@ SHRINKAGE_GRID = tuple(round(float(a), 2) for a in np.linspace(0.0, 1.0, 11))
 RIDGE_GRID = (100.0, 10.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.001)
 
 
-def _select(
+def select(
     value: float | str,
     grid: Sequence[float],
     allowed: Callable[[float], bool],
@@ -168,6 +169,10 @@ def _select(
     fold_scores: FoldScores,
     validation: str,
 ) -> tuple[float, dict[float, float]]:
+    """(value, validation MRR per grid value): ``value`` as given (no validation) when
+    ``allowed``, else for ``"auto"`` the ``grid`` value chosen by :func:`choose` from
+    ``fold_scores`` (one per grid value) in cross-validation; anything else is a
+    ValueError saying what was ``expected``."""
     check_validation(validation)
     if value == "auto":
         scores = cross_validate(Q, A, n_folds, random_state, fold_scores, validation)
@@ -189,7 +194,7 @@ def choose_shrinkage(
     """(shrinkage, validation MRR per grid value): a number in [0, 1] as given (no
     validation), or for ``"auto"`` the :data:`SHRINKAGE_GRID` value chosen by
     :func:`choose` from ``fold_scores`` (one per grid value) in cross-validation."""
-    return _select(
+    return select(
         shrinkage, SHRINKAGE_GRID, lambda v: 0.0 <= v <= 1.0, "shrinkage must be 'auto' or in [0, 1]",
         Q, A, n_folds, random_state, fold_scores, validation,
     )  # fmt: skip
@@ -206,7 +211,7 @@ def choose_alpha(
 ) -> tuple[float, dict[float, float]]:
     """(ridge alpha, validation MRR per grid value): a number > 0 as given, or for
     ``"auto"`` the :data:`RIDGE_GRID` value chosen as in :func:`choose_shrinkage`."""
-    return _select(
+    return select(
         alpha, RIDGE_GRID, lambda v: v > 0.0, "alpha must be 'auto' or a number > 0",
         Q, A, n_folds, random_state, fold_scores, validation,
     )  # fmt: skip
