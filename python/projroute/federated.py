@@ -215,9 +215,14 @@ class FederatedProjection(RoutedProjection):
         self._check_params()
 
         ridge = self.cluster_map == "ridge"
+        # Known-answers validation fits on every pair: that fit is the final one too.
+        on_all_pairs: list[tuple[np.ndarray, np.ndarray, Callable[[float], np.ndarray], np.ndarray]] = []
 
         def fold_scores(train: np.ndarray, task: RetrievalTask) -> list[np.ndarray]:
-            base, centroids, corrections, labels = self._fit_parts(Q[train], A[train])
+            parts = self._fit_parts(Q[train], A[train])
+            if len(train) == len(Q):
+                on_all_pairs.append(parts)
+            base, centroids, corrections, labels = parts
             X = task.queries
             w = self._weights(X, centroids, labels, self._routing_tensors(Q[train], labels, centroids, train))
             if ridge:
@@ -234,7 +239,7 @@ class FederatedProjection(RoutedProjection):
             self.alpha_ = strength
         else:
             self.shrinkage_ = strength
-        base, self.centroids_, corrections, self.labels_ = self._fit_parts(Q, A)
+        base, self.centroids_, corrections, self.labels_ = on_all_pairs[0] if on_all_pairs else self._fit_parts(Q, A)
         self.routing_ = self._routing_tensors(Q, self.labels_, self.centroids_, np.arange(len(Q)))
         self.W_ = base[None] + corrections(strength)
         self.top_k_, self.coverage_ = resolve_top_k(self.top_k, len(self.centroids_))
