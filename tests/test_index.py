@@ -300,7 +300,7 @@ def test_approximate_index_errors(encoder_dir, tmp_path):
     path = tmp_path / "ann.index"
     build_index(ANSWERS, path, encoder=encoder_dir, approximate=True)
     searcher = projroute.Searcher.open_index(path)
-    assert searcher.ann["connectivity"] == 16 and searcher.ann["ef_search"] == 64
+    assert searcher.ann["connectivity"] == 32 and searcher.ann["ef_search"] == 128
     assert same_hits(searcher.search(ANSWERS, 8), searcher.search(ANSWERS, 8, exact=True))
     with pytest.raises(ValueError, match="k must be between 1 and the index size"):
         searcher.search(["x"], k=len(ANSWERS) + 1)
@@ -333,7 +333,7 @@ def test_cli_approximate_build_and_search(capsys, encoder_dir, tmp_path):
     r = run_json(capsys, *argv, "--approximate", "--connectivity", "8", "--ef-search", "32")
     assert r["ann"]["connectivity"] == 8 and r["ann"]["ef_search"] == 32 and r["seconds"] >= 0
     assert cli.main([*argv, "--approximate"]) == 0
-    assert "approximate (HNSW) graph: connectivity 16" in capsys.readouterr().out
+    assert "approximate (HNSW) graph: connectivity 32" in capsys.readouterr().out
     r = run_json(capsys, "search", str(out), ANSWERS[3], "-k", "3", "--ef", "16")
     assert r["search"] == "approximate" and r["results"][0]["text"] == ANSWERS[3]
     r = run_json(capsys, "search", str(out), ANSWERS[3], "-k", "3", "--exact")

@@ -188,6 +188,44 @@ mod tests {
         assert!(text.contains("projroute_batched_requests_total{path=\"/project\"} 21"), "{text}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_wait_requests_queued_behind_a_running_batch_make_up_the_next() {
+        let metrics = Arc::new(Metrics::default());
+        let (started, release) = (Arc::new(std::sync::Barrier::new(2)), Arc::new(std::sync::Barrier::new(2)));
+        let (s, r) = (started.clone(), release.clone());
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let run: Arc<Run<i64, i64>> = Arc::new(move |xs: &[i64]| {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                s.wait(); // the first batch is running...
+                r.wait(); // ...until every later request is queued
+            }
+            Ok(xs.iter().map(|x| x * 10).collect())
+        });
+        let b = Batching { wait: Duration::ZERO, max_rows: 64 };
+        let batcher = Arc::new(Batcher::new("/project", metrics.clone(), Some(b), run));
+        let lone = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.submit(0, 1).await }
+        });
+        tokio::task::spawn_blocking(move || started.wait()).await.unwrap();
+        let queued: Vec<_> = (1..11)
+            .map(|x| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.submit(x, 1).await })
+            })
+            .collect();
+        while batcher.queue.as_ref().unwrap().0.capacity() > QUEUE - 10 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::task::spawn_blocking(move || release.wait()).await.unwrap();
+        assert_eq!(lone.await.unwrap().unwrap(), 0);
+        for (x, t) in (1..11).zip(queued) {
+            assert_eq!(t.await.unwrap().unwrap(), x * 10);
+        }
+        let text = metrics.render();
+        assert!(text.contains("projroute_batches_total{path=\"/project\"} 2"), "{text}");
+    }
+
     #[tokio::test]
     async fn unbatched_and_large_requests_run_alone() {
         for batching in [None, Some(Batching { wait: Duration::ZERO, max_rows: 4 })] {

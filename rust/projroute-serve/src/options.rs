@@ -40,8 +40,10 @@ pub struct Options {
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub timeout_ms: u64,
     /// Micro-batching: longest a batch waits for more requests after its first, in
-    /// microseconds (0: only what is already queued; timers tick in milliseconds).
-    #[arg(long, default_value_t = 1000, value_name = "US")]
+    /// microseconds. 0 (the default) takes only what is already queued: requests that
+    /// arrive while a batch runs make up the next, so batches grow with the load and an
+    /// idle server answers at once. Timers tick in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "US")]
     pub batch_wait_us: u64,
     /// Micro-batching: a batch closes at this many queries; requests this large run alone.
     #[arg(long, default_value_t = 64, value_name = "N")]

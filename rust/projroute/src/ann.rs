@@ -33,9 +33,10 @@ impl AnnParams {
 }
 
 impl Default for AnnParams {
-    /// M = 16, ef_construction = 128, ef_search = 64.
+    /// M = 32, ef_construction = 128, ef_search = 128: recall@10 0.95 at 2.8 ms over
+    /// 10^6 corpus texts on 2 cores (README, "Approximate index").
     fn default() -> Self {
-        AnnParams::new(16, 128, 64).expect("the defaults are valid")
+        AnnParams::new(32, 128, 128).expect("the defaults are valid")
     }
 }
 

@@ -61,14 +61,7 @@ impl FlatIndex {
                 .zip(sims.axis_iter(Axis(0)))
                 .for_each(|((mut id_row, mut score_row), sim)| {
                     let sim = sim.as_slice().expect("fresh GEMM output is contiguous");
-                    let by_score = |a: &u32, b: &u32| sim[*b as usize].total_cmp(&sim[*a as usize]).then(a.cmp(b));
-                    let mut order: Vec<u32> = (0..sim.len() as u32).collect();
-                    if k < order.len() {
-                        order.select_nth_unstable_by(k - 1, by_score);
-                        order.truncate(k);
-                    }
-                    order.sort_unstable_by(by_score);
-                    for (j, &i) in order.iter().enumerate() {
+                    for (j, i) in top_k(sim, k).into_iter().enumerate() {
                         id_row[j] = i;
                         score_row[j] = sim[i as usize];
                     }
@@ -76,6 +69,42 @@ impl FlatIndex {
         }
         Ok((ids, scores))
     }
+}
+
+/// Below this many items per wanted one, [`top_k`] selects by partitioning instead of scanning.
+const SCAN_RATIO: usize = 64;
+
+/// Ids of the `k` (>= 1) highest of `sim`, best first; equal scores in id order (scores
+/// compared by `f32::total_cmp`).
+fn top_k(sim: &[f32], k: usize) -> Vec<u32> {
+    if k.saturating_mul(SCAN_RATIO) > sim.len() {
+        let by_score = |a: &u32, b: &u32| sim[*b as usize].total_cmp(&sim[*a as usize]).then(a.cmp(b));
+        let mut order: Vec<u32> = (0..sim.len() as u32).collect();
+        if k < order.len() {
+            order.select_nth_unstable_by(k - 1, by_score);
+            order.truncate(k);
+        }
+        order.sort_unstable_by(by_score);
+        return order;
+    }
+    // One pass with a sorted buffer of the best k: almost every item is turned away by
+    // one integer comparison with the k-th best. `total_key` orders like `total_cmp`.
+    let total_key = |v: f32| {
+        let bits = v.to_bits() as i32;
+        bits ^ ((((bits >> 31) as u32) >> 1) as i32)
+    };
+    let mut best: Vec<(i32, u32)> = Vec::with_capacity(k + 1);
+    for (i, &v) in sim.iter().enumerate() {
+        let key = total_key(v);
+        if best.len() == k && key <= best[k - 1].0 {
+            continue;
+        }
+        // After the equal keys: their ids are lower.
+        let at = best.partition_point(|&(b, _)| b >= key);
+        best.insert(at, (key, i as u32));
+        best.truncate(k);
+    }
+    best.into_iter().map(|(_, i)| i).collect()
 }
 
 #[cfg(test)]
@@ -91,5 +120,28 @@ mod tests {
         assert!((scores[[0, 0]] - 1.0).abs() < 1e-6);
         assert!(index.search(array![[1.0f32, 0.0]].view(), 4).is_err());
         assert!(index.search(array![[1.0f32, 0.0]].view(), 0).is_err());
+    }
+
+    #[test]
+    fn both_selections_give_the_sorted_order_with_ties_to_the_lower_id() {
+        let mut rng = 7u64;
+        let mut next = || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (rng >> 33) as u32
+        };
+        for n in [1usize, 5, 64, 65, 640, 5000] {
+            // Few distinct values, so that ties are common; signed zeros and infinities too.
+            let mut sim: Vec<f32> = (0..n).map(|_| (next() % 9) as f32 * 0.25 - 1.0).collect();
+            for (i, v) in [0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY].into_iter().enumerate() {
+                if i < n {
+                    sim[next() as usize % n] = v;
+                }
+            }
+            let mut want: Vec<u32> = (0..n as u32).collect();
+            want.sort_by(|a, b| sim[*b as usize].total_cmp(&sim[*a as usize]).then(a.cmp(b)));
+            for k in [1, 2, 10, n / 2, n].into_iter().filter(|&k| (1..=n).contains(&k)) {
+                assert_eq!(top_k(&sim, k), want[..k], "n {n} k {k}");
+            }
+        }
     }
 }
