@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from projroute import Projector
+from projroute import Projector, kernel_info
 from projroute._format import header
 
 SEED = 20240601
@@ -34,11 +34,26 @@ MEMBW_N_BLOCKS = 8
 _LOADAVG_AT_START = os.getloadavg() if hasattr(os, "getloadavg") else None
 
 
+def pytest_report_header(config) -> str:
+    """The machine a figure belongs to, printed at the top of every bench run."""
+    info = kernel_info()
+    features = " ".join(info["features"]) or "none"
+    return f"cpu: {info['cpu_model']}; features: {features}; projroute kernel: {info['kernel']}"
+
+
+@pytest.fixture(scope="session")
+def machine() -> dict:
+    """``cpu_model``, the CPU's SIMD ``features`` and the core's ``kernel`` path."""
+    return kernel_info()
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
-    """Add what the figures depend on: cores, numpy's BLAS and its threads, and the
-    load average when the session started (other work on a shared machine)."""
+    """Add what the figures depend on: the CPU model, its SIMD features and the core's
+    kernel path, cores, numpy's BLAS and its threads, and the load average when the
+    session started (other work on a shared machine)."""
     import numpy
 
+    machine_info["projroute"] = kernel_info()
     machine_info["nproc"] = n_cpus()
     machine_info["loadavg_at_start"] = _LOADAVG_AT_START
     machine_info["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import os
-import platform
 import time
 
 THREADS = int(os.environ.get("PROJROUTE_BENCH_THREADS", "2"))
@@ -73,28 +72,6 @@ def stsb_sentences(split: str) -> list[str]:
         return [s for row in csv.reader(f) for s in row[:2]]
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def rust_kernel() -> str:
-    """Which path projroute's packed GEMM (the Searcher's exact search) takes: the AVX2
-    kernel where the CPU has AVX2, FMA and F16C (detected at run time), else portable."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return "avx2+fma+f16c" if {"avx2", "fma", "f16c"} <= set(flags) else "portable"
-
-
 @pytest.fixture(scope="module")
 def torch():
     torch = pytest.importorskip("torch")
@@ -103,7 +80,7 @@ def torch():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def threads(request):
+def threads(request, machine):
     """numpy's BLAS at THREADS for the whole module; prints the thread settings, the CPU
     model and the kernel paths once."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
@@ -115,8 +92,8 @@ def threads(request):
         info = {
             "threads": THREADS,
             "RAYON_NUM_THREADS": os.environ["RAYON_NUM_THREADS"],
-            "cpu_model": cpu_model(),
-            "rust_kernel": rust_kernel(),
+            "cpu_model": machine["cpu_model"],
+            "rust_kernel": machine["kernel"],
             "numpy_blas": "; ".join(blas),
         }
         try:

@@ -4,6 +4,7 @@ setting (``projroute.set_num_threads``, ``RAYON_NUM_THREADS``). Throughput is me
 in ``benches/test_bench_threads.py``, not here."""
 
 import os
+import platform
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -74,3 +75,16 @@ def test_rayon_num_threads_sets_the_default():
     env = {**os.environ, "RAYON_NUM_THREADS": "3"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "3"
+
+
+def test_kernel_info_names_the_path_the_features_allow():
+    info = pr.kernel_info()
+    assert isinstance(info["cpu_model"], str) and info["cpu_model"]
+    assert all(isinstance(f, str) for f in info["features"])
+    avx2 = {"avx2", "fma", "f16c"} <= set(info["features"])
+    assert info["kernel"] == ("avx2+fma+f16c" if avx2 else "portable")
+    if platform.machine() == "x86_64" and os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
+        assert avx2 == ({"avx2", "fma", "f16c"} <= set(flags))
+        assert ("avx512f" in info["features"]) == ("avx512f" in flags)

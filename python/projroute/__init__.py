@@ -14,6 +14,7 @@ from projroute._core import (
     StaticEncoder,
     __version__,
     get_num_threads,
+    kernel_info,
     set_num_threads,
 )
 from projroute.bridge import BridgedProjection
@@ -45,6 +46,7 @@ __all__ = [
     "__version__",
     "build_index",
     "get_num_threads",
+    "kernel_info",
     "load",
     "set_num_threads",
     "with_weights_dtype",

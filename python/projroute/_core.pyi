@@ -147,6 +147,11 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Threads a call into the core uses (see ``set_num_threads``)."""
 
+def kernel_info() -> dict[str, Any]:
+    """``{"cpu_model": str, "kernel": str, "features": [str, ...]}``: the CPU's model, the
+    path the packed GEMM kernel takes on it (``"avx2+fma+f16c"`` or ``"portable"``) and
+    the SIMD features it has."""
+
 def serve(argv: Sequence[str]) -> int:
     """Run ``projroute serve`` with the command line ``argv`` (the first item names the
     program): serves a model or index file over HTTP until SIGINT or SIGTERM, with the

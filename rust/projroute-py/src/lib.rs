@@ -631,6 +631,18 @@ fn get_num_threads() -> usize {
     core::threads::num_threads()
 }
 
+/// The CPU's model, the SIMD features it has and the path the core's packed GEMM
+/// kernel takes on it (`"avx2+fma+f16c"` or `"portable"`), so that a figure names its
+/// machine.
+#[pyfunction]
+fn kernel_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("cpu_model", core::cpu::cpu_model())?;
+    d.set_item("kernel", core::cpu::kernel_path())?;
+    d.set_item("features", core::cpu::cpu_features())?;
+    Ok(d)
+}
+
 /// Run `projroute serve` with the command line `argv` (its first item is the program
 /// name used in messages; see `projroute serve --help`): serve a model or index file
 /// over HTTP until SIGINT or SIGTERM, with the GIL released, and return the exit
@@ -655,6 +667,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(file_kind, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_info, m)?)?;
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add("ProjrouteError", m.py().get_type::<ProjrouteError>())?;
     m.add("ModelFormatError", m.py().get_type::<ModelFormatError>())?;

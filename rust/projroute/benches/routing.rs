@@ -1,7 +1,7 @@
 //! criterion benches of the core operations, one group per op, with FLOP throughput.
 //! Run: `cargo bench -p projroute` (or `make bench-rust`).
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array2, Array3};
 use projroute::{route, Federated, FlatIndex, Lda, PackedMatrix, Router, RoutingParams};
 
@@ -120,4 +120,9 @@ unsafe fn fma_chains(steps: usize) -> f32 {
 }
 
 criterion_group!(benches, federated, lda, routing, index, packed_gemm);
-criterion_main!(benches);
+
+fn main() {
+    eprintln!("{}", projroute::cpu::describe());
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -17,7 +17,7 @@ mod stsb;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use ndarray::Array2;
 use projroute::{AnswerIndex, Searcher, StaticEncoder};
 use safetensors::tensor::{Dtype, TensorView};
@@ -110,4 +110,9 @@ fn text(c: &mut Criterion) {
 }
 
 criterion_group!(benches, text);
-criterion_main!(benches);
+
+fn main() {
+    eprintln!("{}", projroute::cpu::describe());
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

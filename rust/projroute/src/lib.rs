@@ -7,7 +7,7 @@ mod ann;
 mod answer_index;
 mod atomic_file;
 mod blend;
-mod cpu;
+pub mod cpu;
 #[cfg(feature = "candle")]
 mod dense;
 #[cfg(feature = "candle")]
