@@ -8,6 +8,8 @@
 //! and distributed jobs reproduce a one-query call exactly).
 //! `blend_vectors` computes `out_i = Σ_j w_ij · a_{c_ij}` for per-cluster vectors.
 
+use std::cell::RefCell;
+
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
 
@@ -16,6 +18,14 @@ use crate::routing::Routing;
 
 /// Rows blended at once: bounds the buffer of per-term products (TILE · k · D_out floats).
 const TILE: usize = 4096;
+/// Product buffers up to this many floats in all (32 MiB) are kept for the calling
+/// thread's next call, so that a large batch does not fault fresh pages in every time.
+const KEEP_FLOATS: usize = 1 << 23;
+
+thread_local! {
+    /// Each bin's product buffer from this thread's last [`blend_tile`].
+    static PRODUCTS: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
 
 /// A routed term: the query (row in the tile), its weight, and its position among all
 /// the tile's terms (row by row, in routing order).
@@ -95,29 +105,30 @@ fn blend_tile(
             place[term as usize] = (b as u32, r as u32);
         }
     }
-    let products: Vec<Vec<f32>> = bins
-        .par_iter()
-        .map(|chunks| {
-            let n_rows: usize = chunks.iter().map(|c| c.rows.len()).sum();
-            let mut product = vec![0.0f32; n_rows * d_out];
-            let mut gathered = Array2::<f32>::zeros((0, d_in));
-            let mut scratch = Vec::new();
-            let mut at = 0;
-            for chunk in chunks {
-                let n = chunk.rows.len();
-                if gathered.nrows() < n {
-                    gathered = Array2::zeros((n, d_in));
-                }
-                for (dst, &(i, w, _)) in gathered.axis_iter_mut(Axis(0)).zip(chunk.rows) {
-                    Zip::from(dst).and(x.row(first + i as usize)).for_each(|d, &v| *d = v * w);
-                }
-                let c = &mut product[at * d_out..(at + n) * d_out];
-                maps[chunk.cluster].matmul_into(gathered.slice(s![..n, ..]), c, d_out, &mut scratch);
-                at += n;
+    let mut products = PRODUCTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    products.resize_with(bins.len(), Vec::new);
+    bins.par_iter().zip(products.par_iter_mut()).for_each(|(chunks, product)| {
+        let n_rows: usize = chunks.iter().map(|c| c.rows.len()).sum();
+        if product.len() < n_rows * d_out {
+            // Every float of the first n_rows · d_out is written below before it is read.
+            product.resize(n_rows * d_out, 0.0);
+        }
+        let mut gathered = Array2::<f32>::zeros((0, d_in));
+        let mut scratch = Vec::new();
+        let mut at = 0;
+        for chunk in chunks {
+            let n = chunk.rows.len();
+            if gathered.nrows() < n {
+                gathered = Array2::zeros((n, d_in));
             }
-            product
-        })
-        .collect();
+            for (dst, &(i, w, _)) in gathered.axis_iter_mut(Axis(0)).zip(chunk.rows) {
+                Zip::from(dst).and(x.row(first + i as usize)).for_each(|d, &v| *d = v * w);
+            }
+            let c = &mut product[at * d_out..(at + n) * d_out];
+            maps[chunk.cluster].matmul_into(gathered.slice(s![..n, ..]), c, d_out, &mut scratch);
+            at += n;
+        }
+    });
     let mut term_start = vec![0usize; rows.len() + 1];
     for (local, i) in rows.enumerate() {
         term_start[local + 1] = term_start[local] + routing.row(i).0.len();
@@ -130,6 +141,9 @@ fn blend_tile(
             }
         }
     });
+    if products.iter().map(Vec::capacity).sum::<usize>() <= KEEP_FLOATS {
+        PRODUCTS.with(|p| *p.borrow_mut() = products);
+    }
 }
 
 /// `out_i = Σ_j w_ij · vectors[c_ij]`, row by row (for sparse routings; a dense one
