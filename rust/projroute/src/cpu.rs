@@ -1,4 +1,4 @@
-//! What the CPU can run, detected once per call site at run time.
+//! What the CPU is and can run (detected at run time), and which kernel path the core takes on it.
 
 /// Whether this CPU has AVX2, FMA and F16C: the features the packed kernel's AVX2 build
 /// and the vectorised loops of `fastmath` are compiled for. Always `false` off x86-64.
