@@ -22,6 +22,12 @@ pub fn cpu_features() -> Vec<&'static str> {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
+        // The newest families from the kernel's flags (their detection macros need a
+        // recent toolchain); Linux lists them only when it has enabled their state.
+        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let listed = |flag: &str| {
+            flags.lines().find(|l| l.starts_with("flags")).is_some_and(|l| l.split_whitespace().any(|f| f == flag))
+        };
         let all = [
             ("avx2", has!("avx2")),
             ("fma", has!("fma")),
@@ -29,9 +35,9 @@ pub fn cpu_features() -> Vec<&'static str> {
             ("avx512f", has!("avx512f")),
             ("avx512bw", has!("avx512bw")),
             ("avx512vl", has!("avx512vl")),
-            ("avx512fp16", has!("avx512fp16")),
-            ("avx512bf16", has!("avx512bf16")),
-            ("amx-tile", std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|s| s.contains(" amx_tile"))),
+            ("avx512fp16", listed("avx512_fp16")),
+            ("avx512bf16", listed("avx512_bf16")),
+            ("amx-tile", listed("amx_tile")),
         ];
         all.into_iter().filter(|(_, on)| *on).map(|(name, _)| name).collect()
     }
