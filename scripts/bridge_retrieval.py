@@ -22,7 +22,7 @@ import json
 import os
 from pathlib import Path
 
-from machine import cpu_model
+from projroute import kernel_info
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bridge_retrieval.json")
     args = ap.parse_args()
+    cpu = kernel_info()["cpu_model"]
 
     import numpy as np
 
@@ -45,7 +46,7 @@ def main() -> None:
     from projroute.embed import Encoder, embed_pairs
     from projroute.metrics import retrieval_metrics
 
-    print(f"CPU: {cpu_model()}; bridge corpus: {args.bridge_sentences} sentences", flush=True)
+    print(f"CPU: {cpu}; bridge corpus: {args.bridge_sentences} sentences", flush=True)
     minilm = Encoder()
     sentences = static.read_corpus([static.default_corpus()])
     order = np.random.default_rng(args.seed).permutation(len(sentences))[: args.bridge_sentences]
@@ -75,7 +76,7 @@ def main() -> None:
             bridged.fit(enc.encode(pairs.questions), A, corpus[name])
             row(f"static ({name}) + corpus bridge", sq @ bridged.W_in_ + bridged.b_in_, answers)
             row(f"static ({name}) + bridge + federated", bridged.project(sq), answers)
-    Path(args.out).write_text(json.dumps({"cpu": cpu_model(), "args": vars(args), "rows": rows}, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps({"cpu": cpu, "args": vars(args), "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from machine import cpu_model
+from projroute import kernel_info
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="maps.json")
     args = ap.parse_args()
+    cpu = kernel_info()["cpu_model"]
 
     import projroute as pr
     from projroute import datasets
@@ -48,7 +49,7 @@ def main() -> None:
             "federated (ridge)": pr.FederatedProjection(cluster_map="ridge", progress=False, **kw),
         }
 
-    print(f"CPU: {cpu_model()}", flush=True)
+    print(f"CPU: {cpu}", flush=True)
     encoder, rows = Encoder(), []
     for data in args.data:
         pairs, ev = datasets.load_pairs(data), datasets.load_eval(data)
@@ -68,7 +69,7 @@ def main() -> None:
                 est.fit(Q, A)
                 chosen = next(getattr(est, a) for a in ("shrinkage_", "alpha_", "steps_") if hasattr(est, a))
                 row(name, validation, est.project(X), chosen)
-    Path(args.out).write_text(json.dumps({"cpu": cpu_model(), "args": vars(args), "rows": rows}, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps({"cpu": cpu, "args": vars(args), "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from machine import cpu_model
+from projroute import kernel_info
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--skip-minilm", action="store_true", help="do not score MiniLM itself")
     ap.add_argument("--fresh", action="store_true", help="re-distil even when a model folder exists")
     args = ap.parse_args()
+    cpu = kernel_info()["cpu_model"]
 
     import torch
 
@@ -84,7 +85,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores visible, torch threads {torch.get_num_threads()})")
+    print(f"CPU: {cpu} ({os.cpu_count()} logical cores visible, torch threads {torch.get_num_threads()})")
     print(f"data: {static.default_corpus().parent.parent}", flush=True)
     results: list[dict] = []
     results_path = out / "results.json"
