@@ -82,9 +82,57 @@ def test_kernel_info_names_the_path_the_features_allow():
     assert isinstance(info["cpu_model"], str) and info["cpu_model"]
     assert all(isinstance(f, str) for f in info["features"])
     avx2 = {"avx2", "fma", "f16c"} <= set(info["features"])
-    assert info["kernel"] == ("avx2+fma+f16c" if avx2 else "portable")
+    assert info["kernel"] == available_kernels(info)[-1]
     if platform.machine() == "x86_64" and os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
         assert avx2 == ({"avx2", "fma", "f16c"} <= set(flags))
         assert ("avx512f" in info["features"]) == ("avx512f" in flags)
+
+
+KERNEL_CAPS = {"portable": "portable", "avx2": "avx2+fma+f16c", "avx512": "avx512f"}
+
+
+def available_kernels(info: dict) -> list[str]:
+    """The kernel paths this CPU's features allow, narrowest first."""
+    features = set(info["features"])
+    paths = ["portable"]
+    if {"avx2", "fma", "f16c"} <= features:
+        paths.append("avx2+fma+f16c")
+    if "avx512f" in features:
+        paths.append("avx512f")
+    return paths
+
+
+def test_every_kernel_path_projects_what_the_default_does(tmp_path):
+    """``PROJROUTE_KERNEL`` forces each path this CPU has (a cap above what it has falls
+    back to the widest it runs); every fixture model projects the same under each, to
+    float32 rounding (rtol 1e-4, atol 1e-5)."""
+    available = available_kernels(pr.kernel_info())
+    script = (
+        "import sys, numpy as np, projroute as pr\n"
+        "from pathlib import Path\n"
+        "X = np.random.default_rng(0).normal(size=(300, 64)).astype(np.float32)\n"
+        "out = {}\n"
+        "for p in sorted(Path(sys.argv[1]).glob('*.safetensors')):\n"
+        "    m = pr.load(p)\n"
+        "    keys = (Path(sys.argv[1]) / 'query_keys.txt').read_text().split()\n"
+        "    Xm = np.resize(X, (300, m.dim_in)).astype(np.float32)\n"
+        "    ks = [keys[i % len(keys)] for i in range(300)] if m.kind in ('tree', 'hierarchical') else None\n"
+        "    out[p.stem] = m.project(Xm) if ks is None else m.project(Xm, ks)\n"
+        "np.savez(sys.argv[2], kernel=pr.kernel_info()['kernel'], **out)\n"
+    )
+    results = {}
+    for cap, path in KERNEL_CAPS.items():
+        dest = tmp_path / f"{cap}.npz"
+        env = {**os.environ, "PROJROUTE_KERNEL": cap}
+        subprocess.run([sys.executable, "-c", script, str(FIXTURES), str(dest)], check=True, env=env)
+        results[cap] = dict(np.load(dest))
+        wanted = path if path in available else available[-1]
+        assert str(results[cap].pop("kernel")) == wanted
+    assert set(results["portable"]) == set(MODELS)
+    for cap in ("avx2", "avx512"):
+        for name in MODELS:
+            np.testing.assert_allclose(
+                results[cap][name], results["portable"][name], rtol=1e-4, atol=1e-5, err_msg=f"{cap} {name}"
+            )

@@ -47,14 +47,11 @@ pub fn cpu_features() -> Vec<&'static str> {
     }
 }
 
-/// The path the packed GEMM kernel (and `fastmath`) takes on this CPU: `"avx2+fma+f16c"`
-/// or `"portable"`.
+/// The microkernel the packed GEMMs take on this CPU: `"avx512f"`, `"avx2+fma+f16c"` or
+/// `"portable"`: the widest the CPU runs, capped by `PROJROUTE_KERNEL` (`avx512`, `avx2`
+/// or `portable`) when the process starts with it set.
 pub fn kernel_path() -> &'static str {
-    if has_avx2_fma() {
-        "avx2+fma+f16c"
-    } else {
-        "portable"
-    }
+    crate::packed::kernel_path()
 }
 
 /// The CPU's model name (Linux: `model name` in /proc/cpuinfo), else the architecture.

@@ -9,13 +9,15 @@
 //! one, each depth slice (16 KiB, in L1) against every strip of `MR` rows, so an
 //! output tile stays in L1 while it accumulates over the depth and the map streams
 //! from memory once per row block. Maps may be stored as f16 or bf16 ([`Precision`]),
-//! widened to f32 as they are loaded. On x86-64 with AVX2, FMA and F16C an explicit
-//! 6x16 register-blocked kernel runs; elsewhere a portable kernel with the same
-//! layout does.
+//! widened to f32 as they are loaded. The kernel is chosen at run time from the CPU's
+//! features: on x86-64 with AVX-512F a 12x16 register-blocked kernel of 16-lane
+//! vectors, with AVX2, FMA and F16C a 6x16 one of 8-lane vectors; elsewhere a portable
+//! kernel with the same layout. `PROJROUTE_KERNEL` (`avx512`, `avx2` or `portable`),
+//! read once, caps the choice, to compare the paths on one machine.
 //!
 //! This file holds the layout and the driver (blocking, threads, the right edge, and
 //! the choice of kernel, with the bounds every kernel call relies on checked once per
-//! call); `portable` and `avx2` hold one microkernel each.
+//! call); `portable`, `avx2` and `avx512` hold one microkernel each.
 
 use std::ops::Range;
 
@@ -26,6 +28,8 @@ use crate::precision::Precision;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod portable;
 
 /// Columns per packed panel.
@@ -36,6 +40,8 @@ const MR: usize = 6;
 const KC: usize = 256;
 /// Most rows of `a` in one block.
 const MC: usize = 120;
+/// A block holds a multiple of this many rows: the strip heights of every kernel divide it.
+const STRIP: usize = 12;
 /// Floats of `a` kept in L2 at once (a block of rows, all of its depth): 192 KiB.
 const A_BLOCK: usize = 48 * 1024;
 
@@ -50,10 +56,11 @@ struct Line([f32; NR]);
 #[repr(C, align(32))]
 struct HalfLine([u16; NR]);
 
-// The AVX2 kernel steps through a panel `4 * NR` (f32) or `2 * NR` (f16, bf16) bytes a
-// row with aligned 32- and 16-byte loads: lines are exactly that long and at least that
-// aligned.
-const _: () = assert!(std::mem::size_of::<Line>() == 4 * NR && std::mem::align_of::<Line>() >= 32);
+// The SIMD kernels step through a panel `4 * NR` (f32) or `2 * NR` (f16, bf16) bytes a
+// row, f32 lines with aligned 64-byte (AVX-512) or 32-byte (AVX2) loads, half lines with
+// 16-byte aligned (AVX2) or unaligned loads: lines are exactly that long and at least
+// that aligned.
+const _: () = assert!(std::mem::size_of::<Line>() == 4 * NR && std::mem::align_of::<Line>() >= 64);
 const _: () = assert!(std::mem::size_of::<HalfLine>() == 2 * NR && std::mem::align_of::<HalfLine>() >= 16);
 
 /// A packed matrix's lines at its precision.
@@ -84,6 +91,16 @@ impl Panel<'_> {
         match self {
             Panel::F32(l) => l.len(),
             Panel::Half(_, l) => l.len(),
+        }
+    }
+
+    /// What the SIMD kernels take: the address of the first line, and its `KIND`
+    /// (0 = f32 `Line`s, 1 = f16 and 2 = bf16 `HalfLine`s).
+    fn raw(&self) -> (*const u8, u8) {
+        match self {
+            Panel::F32(l) => (l.as_ptr().cast(), 0),
+            Panel::Half(Precision::F16, l) => (l.as_ptr().cast(), 1),
+            Panel::Half(_, l) => (l.as_ptr().cast(), 2),
         }
     }
 }
@@ -235,6 +252,19 @@ impl PackedMatrix {
         ldc: usize,
         scratch: &mut Vec<f32>,
     ) {
+        self.panels_with(Kernel::detect(), a, panels, c, ldc, scratch)
+    }
+
+    /// [`panels_into`](Self::panels_into) on the `kernel` given.
+    fn panels_with(
+        &self,
+        kernel: Kernel,
+        a: ArrayView2<f32>,
+        panels: Range<usize>,
+        c: &mut [f32],
+        ldc: usize,
+        scratch: &mut Vec<f32>,
+    ) {
         let (m, k) = a.dim();
         let width = (panels.end * NR).min(self.n) - panels.start * NR;
         assert_eq!(k, self.k, "inner dimensions differ");
@@ -257,10 +287,10 @@ impl PackedMatrix {
             }
         };
         let lda = k;
-        let kernel = Kernel::detect();
         let mut tile = [0.0f32; MR * NR];
-        // Rows per block: all of their depth stays in L2 while every panel passes.
-        let mc_max = (A_BLOCK / k).clamp(MR, MC) / MR * MR;
+        // Rows per block: all of their depth stays in L2 while every panel passes; a
+        // whole number of the widest kernel's strips.
+        let mc_max = (A_BLOCK / k).clamp(STRIP, MC) / STRIP * STRIP;
         for i0 in (0..m).step_by(mc_max) {
             let mc = mc_max.min(m - i0);
             for j in panels.clone() {
@@ -305,17 +335,71 @@ enum Kernel {
     /// The AVX2/FMA/F16C kernel: only constructed from the detection's proof.
     #[cfg(target_arch = "x86_64")]
     Avx2(avx2::Features),
+    /// The AVX-512F kernel: only constructed from the detection's proof.
+    #[cfg(target_arch = "x86_64")]
+    Avx512(avx512::Features),
 }
 
 impl Kernel {
-    /// The AVX2 kernel where the CPU has its features, else the portable one.
+    /// The widest kernel this CPU runs, at most the one `PROJROUTE_KERNEL` names
+    /// (`avx512`, `avx2` or `portable`; anything else, or unset, caps nothing). Detected
+    /// once per process.
     fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(features) = avx2::Features::detect() {
-            return Kernel::Avx2(features);
-        }
-        Kernel::Portable
+        static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let cap = std::env::var("PROJROUTE_KERNEL").unwrap_or_default();
+            let allowed = match cap.as_str() {
+                "portable" => 0,
+                "avx2" => 1,
+                _ => 2,
+            };
+            Kernel::available()
+                .into_iter()
+                .filter(|k| k.rank() <= allowed)
+                .max_by_key(|k| k.rank())
+                .unwrap_or(Kernel::Portable)
+        })
     }
+
+    /// Every kernel this CPU can run, portable first.
+    fn available() -> Vec<Self> {
+        #[allow(unused_mut)]
+        let mut all = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            all.extend(avx2::Features::detect().map(Kernel::Avx2));
+            all.extend(avx512::Features::detect().map(Kernel::Avx512));
+        }
+        all
+    }
+
+    /// 0 portable, 1 AVX2, 2 AVX-512: the order of preference.
+    fn rank(self) -> u8 {
+        match self {
+            Kernel::Portable => 0,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(_) => 1,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(_) => 2,
+        }
+    }
+
+    /// The name [`kernel_path`] reports.
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(_) => "avx2+fma+f16c",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(_) => "avx512f",
+        }
+    }
+}
+
+/// The microkernel every packed product in this process runs: `"avx512f"`,
+/// `"avx2+fma+f16c"` or `"portable"`.
+pub fn kernel_path() -> &'static str {
+    Kernel::detect().name()
 }
 
 /// Whether a slice of `len` elements holds `rows` rows of `cols` elements spaced `stride`
@@ -328,8 +412,8 @@ fn holds(len: usize, rows: usize, cols: usize, stride: usize) -> bool {
 /// `lda`) against one full panel, into `c` (mc, NR) with row stride `ldc`; one
 /// dispatch per panel.
 ///
-/// Panics unless `a`, `b` and `c` hold all of that (checked once per panel: the AVX2
-/// kernel's reads and writes are unchecked).
+/// Panics unless `a`, `b` and `c` hold all of that (checked once per panel: the SIMD
+/// kernels' reads and writes are unchecked).
 #[allow(clippy::too_many_arguments)]
 fn strips(
     kernel: Kernel,
@@ -346,41 +430,40 @@ fn strips(
         holds(a.len(), mc, kc, lda) && b.len() >= kc && holds(c.len(), mc, NR, ldc),
         "packed kernel: {mc}x{kc} strip block out of bounds"
     );
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2(_) => {
-            // SAFETY: `Kernel::Avx2` is only built from `Features::detect`, so the CPU
-            // has AVX2, FMA and F16C. The assert above bounds every access: rows
-            // `r < mc` of `a` are read at `r * lda + p` (`p < kc`) and of `c` written at
-            // `r * ldc + 0..NR`, and `b` has at least `kc` lines. The pointer given for
-            // `b` is that of its `Line`s (`KIND` 0) or `HalfLine`s (1 = f16, 2 = bf16),
-            // whose size and alignment are what the kernel's loads expect (the const
-            // asserts beside their definitions). `c` is borrowed exclusively, so
-            // nothing else reads or writes it meanwhile.
-            unsafe {
-                match b {
-                    Panel::F32(l) => avx2::strips::<0>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
-                    Panel::Half(Precision::F16, l) => {
-                        avx2::strips::<1>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate)
-                    }
-                    Panel::Half(_, l) => avx2::strips::<2>(mc, kc, a, lda, l.as_ptr().cast(), c, ldc, accumulate),
-                }
+    #[cfg(target_arch = "x86_64")]
+    if !matches!(kernel, Kernel::Portable) {
+        // SAFETY: `Kernel::Avx2` and `Kernel::Avx512` are only built from their
+        // `Features::detect`, so the CPU has AVX2, FMA and F16C, or AVX-512F. The assert
+        // above bounds every access: rows `r < mc` of `a` are read at `r * lda + p`
+        // (`p < kc`) and of `c` written at `r * ldc + 0..NR`, and `b` has at least `kc`
+        // lines. The pointer given for `b` is that of its `Line`s (`KIND` 0) or
+        // `HalfLine`s (1 = f16, 2 = bf16), whose size and alignment are what the
+        // kernels' loads expect (the const asserts beside their definitions). `c` is
+        // borrowed exclusively, so nothing else reads or writes it meanwhile.
+        unsafe {
+            let (ptr, kind) = b.raw();
+            match (kernel, kind) {
+                (Kernel::Avx512(_), 0) => avx512::strips::<0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (Kernel::Avx512(_), 1) => avx512::strips::<1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (Kernel::Avx512(_), _) => avx512::strips::<2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (_, 0) => avx2::strips::<0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (_, 1) => avx2::strips::<1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (_, _) => avx2::strips::<2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
             }
         }
-        Kernel::Portable => {
-            for s in (0..mc).step_by(MR) {
-                let mr = MR.min(mc - s);
-                micro(kernel, mr, kc, &a[s * lda..], lda, b, &mut c[s * ldc..], ldc, accumulate, s == 0);
-            }
-        }
+        return;
+    }
+    for s in (0..mc).step_by(MR) {
+        let mr = MR.min(mc - s);
+        micro(kernel, mr, kc, &a[s * lda..], lda, b, &mut c[s * ldc..], ldc, accumulate, s == 0);
     }
 }
 
 /// `c[r, 0..NR] (+)= sum_p a[r * lda + p] * b[p][0..NR]` for `r < mr`, `p < kc`.
-/// With `prefetch`, the panel after `b` is fetched into cache meanwhile (AVX2 kernel).
+/// With `prefetch`, the panel after `b` is fetched into cache meanwhile (SIMD kernels).
 ///
 /// Panics unless `1 <= mr <= MR` and `a`, `b` and `c` hold all of that (checked once
-/// per call: the AVX2 kernel's reads and writes are unchecked).
+/// per call: the SIMD kernels' reads and writes are unchecked).
 #[allow(clippy::too_many_arguments)]
 fn micro(
     kernel: Kernel,
@@ -398,50 +481,46 @@ fn micro(
         (1..=MR).contains(&mr) && holds(a.len(), mr, kc, lda) && b.len() >= kc && holds(c.len(), mr, NR, ldc),
         "packed kernel: {mr}x{kc} tile out of bounds"
     );
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2(_) => {
-            // SAFETY: `Kernel::Avx2` is only built from `Features::detect`, so the CPU
-            // has AVX2, FMA and F16C. The assert above makes `mr` one of the `M` below
-            // (1..=6) and bounds every access of that `M`x16 kernel: rows `r < mr` of
-            // `a` are read at `r * lda + p` (`p < kc`) and of `c` written at
-            // `r * ldc + 0..NR`, and `b` has at least `kc` lines. The pointer given for
-            // `b` is that of its `Line`s (`kind` 0) or `HalfLine`s (1 = f16, 2 = bf16),
-            // whose size and alignment are what the kernel's loads expect (the const
-            // asserts beside their definitions); the prefetch of the next panel may
-            // point past `b` but never faults. `c` is borrowed exclusively, so nothing
-            // else reads or writes it meanwhile.
-            unsafe {
-                let (ptr, kind) = match b {
-                    Panel::F32(l) => (l.as_ptr().cast::<u8>(), 0),
-                    Panel::Half(Precision::F16, l) => (l.as_ptr().cast::<u8>(), 1),
-                    Panel::Half(_, l) => (l.as_ptr().cast::<u8>(), 2),
+    #[cfg(target_arch = "x86_64")]
+    if !matches!(kernel, Kernel::Portable) {
+        // SAFETY: `Kernel::Avx2` and `Kernel::Avx512` are only built from their
+        // `Features::detect`, so the CPU has AVX2, FMA and F16C, or AVX-512F. The assert
+        // above makes `mr` one of the `M` below (1..=6) and bounds every access of that
+        // `M`x16 kernel: rows `r < mr` of `a` are read at `r * lda + p` (`p < kc`) and of
+        // `c` written at `r * ldc + 0..NR`, and `b` has at least `kc` lines. The pointer
+        // given for `b` is that of its `Line`s (`kind` 0) or `HalfLine`s (1 = f16, 2 =
+        // bf16), whose size and alignment are what the kernels' loads expect (the const
+        // asserts beside their definitions); the prefetch of the next panel may point
+        // past `b` but never faults. `c` is borrowed exclusively, so nothing else reads
+        // or writes it meanwhile.
+        unsafe {
+            let (ptr, kind) = b.raw();
+            let (a, c) = (a.as_ptr(), c.as_mut_ptr());
+            macro_rules! go {
+                ($module:ident, $k:literal) => {
+                    match mr {
+                        1 => $module::micro::<1, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                        2 => $module::micro::<2, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                        3 => $module::micro::<3, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                        4 => $module::micro::<4, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                        5 => $module::micro::<5, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                        _ => $module::micro::<6, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
+                    }
                 };
-                let (a, c) = (a.as_ptr(), c.as_mut_ptr());
-                macro_rules! go {
-                    ($k:literal) => {
-                        match mr {
-                            1 => avx2::micro::<1, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                            2 => avx2::micro::<2, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                            3 => avx2::micro::<3, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                            4 => avx2::micro::<4, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                            5 => avx2::micro::<5, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                            _ => avx2::micro::<6, $k>(kc, a, lda, ptr, c, ldc, accumulate, prefetch),
-                        }
-                    };
-                }
-                match kind {
-                    0 => go!(0),
-                    1 => go!(1),
-                    _ => go!(2),
-                }
+            }
+            match (kernel, kind) {
+                (Kernel::Avx512(_), 0) => go!(avx512, 0),
+                (Kernel::Avx512(_), 1) => go!(avx512, 1),
+                (Kernel::Avx512(_), _) => go!(avx512, 2),
+                (_, 0) => go!(avx2, 0),
+                (_, 1) => go!(avx2, 1),
+                (_, _) => go!(avx2, 2),
             }
         }
-        Kernel::Portable => {
-            let _ = prefetch; // the portable kernel leaves caching to the hardware prefetcher
-            portable::micro(mr, kc, a, lda, b, c, ldc, accumulate)
-        }
+        return;
     }
+    let _ = prefetch; // the portable kernel leaves caching to the hardware prefetcher
+    portable::micro(mr, kc, a, lda, b, c, ldc, accumulate)
 }
 
 #[cfg(test)]
@@ -489,6 +568,27 @@ mod tests {
         let mut c = vec![f32::NAN; m * n];
         packed.matmul_into(a.view(), &mut c, n, &mut Vec::new());
         assert_close(&c, &a.dot(&b), &format!("{m}x{k}x{n} {}", precision.name()));
+    }
+
+    /// Each kernel this CPU can run, forced through the whole driver (blocks, strips,
+    /// right edges), against ndarray: the paths a machine without some of them cannot
+    /// reach are tested wherever the CI's machine has them.
+    #[test]
+    fn every_available_kernel_matches_ndarray() {
+        let kernels = Kernel::available();
+        eprintln!("kernels on this CPU: {:?}", kernels.iter().map(|k| k.name()).collect::<Vec<_>>());
+        for kernel in kernels {
+            for (m, k, n) in SHAPES.into_iter().chain([(37, 600, 70), (130, 96, 48)]) {
+                for precision in PRECISIONS {
+                    let a = filled(m, k, 21);
+                    let b = filled(k, n, 22).mapv(|v| precision.round(v));
+                    let packed = PackedMatrix::pack_as(b.view(), precision);
+                    let mut c = vec![f32::NAN; m * n];
+                    packed.panels_with(kernel, a.view(), 0..n.div_ceil(NR), &mut c, n, &mut Vec::new());
+                    assert_close(&c, &a.dot(&b), &format!("{} {m}x{k}x{n} {}", kernel.name(), precision.name()));
+                }
+            }
+        }
     }
 
     #[test]
