@@ -49,7 +49,9 @@ def main() -> None:
     for seed in args.seeds:
         test, dev = one_seed(cfg, data, seed)
         runs.append(test)
-        print(f"seed {seed}: PRLE dev {dev:.4f}; test " + ", ".join(f"{m} {v:.4f}" for m, v in test.items()), flush=True)
+        print(
+            f"seed {seed}: PRLE dev {dev:.4f}; test " + ", ".join(f"{m} {v:.4f}" for m, v in test.items()), flush=True
+        )
     methods = list(runs[0])
     table = np.array([[r[m] for m in methods] for r in runs])
     print(f"\nSTS-B test Spearman over seeds {args.seeds}: mean ± sd; PRLE minus method, mean ± sd (paired)")
