@@ -28,6 +28,8 @@ MATCHING = {"stackfaq": "known-answers", "trecqa": "new-answers", "demo": "known
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", default=["stackfaq", "trecqa", "demo"])
+    ap.add_argument("--models", nargs="+", help="only the maps whose names contain one of these")
+    ap.add_argument("--regimes", nargs="+", default=["known-answers", "new-answers"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="maps.json")
     args = ap.parse_args()
@@ -47,6 +49,7 @@ def main() -> None:
             "contrastive from global": pr.ContrastiveProjection(progress=False, **kw),
             "federated (rotations)": pr.FederatedProjection(progress=False, **kw),
             "federated (ridge)": pr.FederatedProjection(cluster_map="ridge", progress=False, **kw),
+            "federated + contrastive": pr.FederatedProjection(refine_steps="auto", progress=False, **kw),
         }
 
     print(f"CPU: {cpu}", flush=True)
@@ -64,10 +67,14 @@ def main() -> None:
                   f"Hit@1 {m['hit@1']:.3f}  MRR {m['mrr']:.3f}", flush=True)  # fmt: skip
 
         row("raw cosine", "-", X, None)
-        for validation in ("known-answers", "new-answers"):
+        for validation in args.regimes:
             for name, est in maps(validation).items():
+                if args.models and not any(m in name for m in args.models):
+                    continue
                 est.fit(Q, A)
                 chosen = next(getattr(est, a) for a in ("shrinkage_", "alpha_", "steps_") if hasattr(est, a))
+                if getattr(est, "refine_steps_", 0):
+                    chosen = f"{chosen}, {est.refine_steps_} steps"
                 row(name, validation, est.project(X), chosen)
     Path(args.out).write_text(json.dumps({"cpu": cpu, "args": vars(args), "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -7,6 +7,7 @@ starts from a fitted one and descends that objective directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,26 +20,72 @@ from projroute.validation import RetrievalTask, select
 #: Optimiser steps tried by cross-validation (early stopping), fewest first; 0 keeps
 #: the starting map.
 STEPS_GRID = (0, 50, 100, 200, 400, 800)
+#: Defaults of the refinement: softmax temperature, Adam's learning rate, pairs a step.
+TEMPERATURE, LEARNING_RATE, BATCH_SIZE = 0.05, 1e-3, 128
 
 
-def infonce(
-    Q: np.ndarray, C: np.ndarray, gold: np.ndarray, W: np.ndarray, temperature: float
-) -> tuple[float, np.ndarray]:
-    """Mean InfoNCE loss ``-log softmax_j(cos(q_i W, c_j) / temperature)[gold_i]`` of
-    queries Q (b, d_q) against unit answers C (m, d_a), with ``gold`` (b,) indices into
-    C, and its gradient (d_q, d_a) with respect to W. float64."""
-    P = Q @ W
+def infonce_at(P: np.ndarray, C: np.ndarray, gold: np.ndarray, temperature: float) -> tuple[float, np.ndarray]:
+    """Mean InfoNCE loss ``-log softmax_j(cos(p_i, c_j) / temperature)[gold_i]`` of
+    projected queries P (b, d_a) against unit answers C (m, d_a), with ``gold`` (b,)
+    indices into C, and its gradient (b, d_a) with respect to P. float64."""
     norm = np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12)
     Ph = P / norm
     S = Ph @ C.T / temperature
     S -= S.max(axis=1, keepdims=True)
     prob = np.exp(S)
     prob /= prob.sum(axis=1, keepdims=True)
-    rows = np.arange(len(Q))
+    rows = np.arange(len(P))
     loss = float(np.mean(-np.log(prob[rows, gold])))
     prob[rows, gold] -= 1.0  # d loss / d S, times the batch size
-    dPh = prob @ C / (temperature * len(Q))
-    return loss, Q.T @ ((dPh - Ph * np.sum(Ph * dPh, axis=1, keepdims=True)) / norm)
+    dPh = prob @ C / (temperature * len(P))
+    return loss, (dPh - Ph * np.sum(Ph * dPh, axis=1, keepdims=True)) / norm
+
+
+def infonce(
+    Q: np.ndarray, C: np.ndarray, gold: np.ndarray, W: np.ndarray, temperature: float
+) -> tuple[float, np.ndarray]:
+    """:func:`infonce_at` of ``P = Q @ W`` (Q (b, d_q)), with its gradient (d_q, d_a)
+    with respect to W. float64."""
+    loss, dP = infonce_at(Q @ W, C, gold, temperature)
+    return loss, Q.T @ dP
+
+
+def adam_steps(
+    params: list[np.ndarray],
+    grads: Callable[[np.ndarray], list[np.ndarray]],
+    n: int,
+    steps: tuple[int, ...],
+    learning_rate: float,
+    batch_size: int,
+    random_state: int,
+    progress: bool = False,
+) -> list[list[np.ndarray]]:
+    """Adam on ``params`` (updated in place) over seeded batches of ``n`` rows without
+    replacement; ``grads(rows)`` gives each parameter's gradient on those rows. Returns
+    copies of the parameters after each count in ``steps`` (0: the start)."""
+    from tqdm.auto import tqdm
+
+    m, v = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
+    rng, batch = np.random.default_rng(random_state), min(batch_size, n)
+    out = [[p.copy() for p in params]] if 0 in steps else []
+    for t in tqdm(range(1, max(steps) + 1), desc="contrastive steps", disable=not progress, leave=False):
+        for p, g, mp, vp in zip(params, grads(rng.choice(n, batch, replace=False)), m, v):
+            mp *= 0.9
+            mp += 0.1 * g
+            vp *= 0.999
+            vp += 0.001 * g**2
+            p -= learning_rate * (mp / (1 - 0.9**t)) / (np.sqrt(vp / (1 - 0.999**t)) + 1e-8)
+        if t in steps:
+            out.append([p.copy() for p in params])
+    return out
+
+
+def answer_targets(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct answers of A (n, d_a) as unit rows (m, d_a) float64, and the index
+    (n,) of each pair's answer among them: the softmax of every InfoNCE step runs over
+    all of them, so each batch sees its in-batch negatives and the hardest ones."""
+    corpus, gold = np.unique(A, axis=0, return_inverse=True)
+    return unit_rows(corpus, dtype=np.float64), gold.ravel()
 
 
 def infonce_steps(
@@ -53,25 +100,73 @@ def infonce_steps(
     progress: bool = False,
 ) -> list[np.ndarray]:
     """The map ``W`` (d_q, d_a) after each count in ``steps`` of Adam on :func:`infonce`
-    over seeded batches of the pairs Q (n, d_q), A (n, d_a), from ``W0``. The softmax
-    runs over every distinct answer of ``A``, so each batch sees its in-batch negatives
-    and the hardest ones. float64."""
-    from tqdm.auto import tqdm
-
-    corpus, gold = np.unique(A, axis=0, return_inverse=True)
-    C, gold = unit_rows(corpus, dtype=np.float64), gold.ravel()
+    over seeded batches of the pairs Q (n, d_q), A (n, d_a), from ``W0``, against every
+    distinct answer (:func:`answer_targets`). float64."""
+    C, gold = answer_targets(A)
     Q64, W = np.asarray(Q, np.float64), np.array(W0, np.float64)
-    m, v = np.zeros_like(W), np.zeros_like(W)
-    rng, batch = np.random.default_rng(random_state), min(batch_size, len(Q))
-    out = [W.copy()] if 0 in steps else []
-    for t in tqdm(range(1, max(steps) + 1), desc="contrastive steps", disable=not progress, leave=False):
-        rows = rng.choice(len(Q), batch, replace=False)
-        _, grad = infonce(Q64[rows], C, gold[rows], W, temperature)
-        m = 0.9 * m + 0.1 * grad
-        v = 0.999 * v + 0.001 * grad**2
-        W -= learning_rate * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
-        if t in steps:
-            out.append(W.copy())
+    grads = lambda rows: [infonce(Q64[rows], C, gold[rows], W, temperature)[1]]  # noqa: E731
+    return [W for (W,) in adam_steps([W], grads, len(Q), steps, learning_rate, batch_size, random_state, progress)]
+
+
+def infonce_federated(
+    Q: np.ndarray,
+    weights: np.ndarray,
+    C: np.ndarray,
+    gold: np.ndarray,
+    params: list[np.ndarray],
+    spans: list[np.ndarray],
+    temperature: float,
+) -> tuple[float, list[np.ndarray]]:
+    """:func:`infonce_at` of the blend ``p_i = q_i B + Σ_k weights[i, k] (q_i U_k) M_k``
+    of queries Q (b, d_q), ``params = [B, M_1, ...]`` (B (d_q, d_a), M_k (r_k, d_a)),
+    ``spans = [U_1, ...]`` (d_q, r_k), ``weights`` (b, len(spans)) summing to 1 a row;
+    and the gradients of the loss with respect to each parameter. float64."""
+    P, parts = Q @ params[0], []
+    for k, (U, M) in enumerate(zip(spans, params[1:])):
+        on = np.flatnonzero(weights[:, k])
+        zw = (Q[on] @ U) * weights[on, k, None]  # weighted coordinates in the span
+        P[on] += zw @ M
+        parts.append((on, zw))
+    loss, dP = infonce_at(P, C, gold, temperature)
+    return loss, [Q.T @ dP, *[zw.T @ dP[on] for on, zw in parts]]
+
+
+def infonce_federated_steps(
+    Q: np.ndarray,
+    A: np.ndarray,
+    weights: np.ndarray,
+    base: np.ndarray,
+    deltas: np.ndarray,
+    spans: list[np.ndarray | None],
+    steps: tuple[int, ...],
+    temperature: float,
+    learning_rate: float,
+    batch_size: int,
+    random_state: int,
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """Federated maps ``W_k = B + U_k M_k`` (K, d_q, d_a) after each count in ``steps``
+    of Adam on the InfoNCE loss of the blended projection ``p_i = Σ_k weights[i, k] q_i W_k``
+    of the pairs Q (n, d_q), A (n, d_a) routed by ``weights`` (n, K), against every
+    distinct answer (:func:`answer_targets`).
+
+    The base ``B`` (d_q, d_a) is refined for every query; each cluster's correction only
+    inside the span of its questions, ``U_k`` (d_q, r_k) orthonormal (``None``: the
+    cluster keeps ``B``), starting from ``M_k = U_k^T deltas[k]``: the fitted corrections
+    (K, d_q, d_a), which lie in those spans. float64."""
+    C, gold = answer_targets(A)
+    Q64 = np.asarray(Q, np.float64)
+    live = [(k, U) for k, U in enumerate(spans) if U is not None]
+    U_live = [U for _, U in live]
+    params = [np.array(base, np.float64), *[U.T @ np.asarray(deltas[k], np.float64) for k, U in live]]
+    W_live = np.asarray(weights)[:, [k for k, _ in live]]
+    grads = lambda rows: infonce_federated(Q64[rows], W_live[rows], C, gold[rows], params, U_live, temperature)[1]  # noqa: E731
+    out = []
+    for b, *M in adam_steps(params, grads, len(Q), steps, learning_rate, batch_size, random_state, progress):
+        W = np.repeat(b[None], len(spans), axis=0)
+        for (k, U), Mk in zip(live, M):
+            W[k] += U @ Mk
+        out.append(W)
     return out
 
 
@@ -95,9 +190,9 @@ class ContrastiveProjection(LinearProjection):
         self,
         init: str = "global",
         steps: int | str = "auto",
-        temperature: float = 0.05,
-        learning_rate: float = 1e-3,
-        batch_size: int = 128,
+        temperature: float = TEMPERATURE,
+        learning_rate: float = LEARNING_RATE,
+        batch_size: int = BATCH_SIZE,
         cv: int = 5,
         validation: str = "known-answers",
         random_state: int = 0,

@@ -18,10 +18,18 @@ from projroute._estimator import (
     top_k_record,
 )
 from projroute.clustering import cluster_pairs
-from projroute.procrustes import GlobalProjection, cluster_delta
+from projroute.contrastive import BATCH_SIZE, LEARNING_RATE, STEPS_GRID, TEMPERATURE, infonce_federated_steps
+from projroute.procrustes import GlobalProjection, cluster_delta, question_span
 from projroute.reference import blend_maps, route_questions, route_weights, routing_entropy, unit_rows
 from projroute.ridge import SpanRidge
-from projroute.validation import RIDGE_GRID, SHRINKAGE_GRID, RetrievalTask, choose_alpha, choose_shrinkage
+from projroute.validation import (
+    RIDGE_GRID,
+    SHRINKAGE_GRID,
+    RetrievalTask,
+    choose_alpha,
+    choose_shrinkage,
+    select,
+)
 
 
 class FederatedProjection(RoutedProjection):
@@ -41,6 +49,14 @@ class FederatedProjection(RoutedProjection):
     can also rescale directions, where a rotation cannot. Clusters
     with fewer than ``min_cluster_size`` pairs keep ``B``.
 
+    ``refine_steps`` (default 0: off) refines the fitted maps contrastively, as the
+    served blend: InfoNCE of ``Σ_k w_k(q) q W_k`` against every distinct training answer
+    (:func:`~projroute.contrastive.infonce_federated_steps`), the common base map for
+    every query and each cluster's correction only inside its questions' span.
+    ``"auto"`` chooses the number of Adam steps from
+    :data:`~projroute.contrastive.STEPS_GRID` by the same cross-validation (0 keeps the
+    fitted maps, so the refinement stays only where it raises the validation MRR).
+
     Serving: ``p = sum_k w_k(q) q @ W_k`` with ``w = softmax(cos(q, c_k) / T)`` over the
     ``top_k`` best clusters, renormalised (``top_k`` in (0, 1) is a coverage target;
     ``"auto"``: 10, or all clusters when there are fewer). An int ``top_k`` above an int
@@ -57,7 +73,8 @@ class FederatedProjection(RoutedProjection):
 
     Fitted: ``centroids_`` (K, d), ``W_`` (K, d, d), ``labels_`` (n,) the cluster of
     each training pair, ``shrinkage_`` (Procrustes) or ``alpha_`` (ridge), and
-    ``validation_`` (mean validation MRR per grid value).
+    ``validation_`` (mean validation MRR per grid value), ``refine_steps_`` and
+    ``refine_validation_``.
     """
 
     kind = "federated"
@@ -76,6 +93,7 @@ class FederatedProjection(RoutedProjection):
         cluster_map: str = "procrustes",
         alpha: float | str = "auto",
         min_cluster_size: int = 2,
+        refine_steps: int | str = 0,
         cv: int = 5,
         validation: str = "known-answers",
         random_state: int = 0,
@@ -93,6 +111,7 @@ class FederatedProjection(RoutedProjection):
         self.cluster_map = cluster_map
         self.alpha = alpha
         self.min_cluster_size = min_cluster_size
+        self.refine_steps = refine_steps
         self.cv = cv
         self.validation = validation
         self.random_state = random_state
@@ -203,6 +222,29 @@ class FederatedProjection(RoutedProjection):
 
         return base.astype(np.float32), unit_rows(centroids), corrections, labels
 
+    def _refine(
+        self,
+        Q: np.ndarray,
+        A: np.ndarray,
+        train: np.ndarray,
+        parts: tuple[np.ndarray, np.ndarray, Callable[[float], np.ndarray], np.ndarray],
+        strength: float,
+        steps: tuple[int, ...],
+    ) -> list[np.ndarray]:
+        """The maps (K, d, d) fitted on the pairs ``train`` (``parts`` at ``strength``)
+        after each count in ``steps`` of contrastive refinement on those pairs."""
+        base, centroids, corrections, labels = parts
+        Qt, At = Q[train], A[train]
+        w = self._weights(Qt, centroids, labels, self._routing_tensors(Qt, labels, centroids, train))
+        spans = [
+            question_span(Qt[labels == k]) if (labels == k).sum() >= self.min_cluster_size else None
+            for k in range(len(centroids))
+        ]
+        return infonce_federated_steps(
+            Qt, At, w, base, corrections(strength), spans, steps, TEMPERATURE, LEARNING_RATE, BATCH_SIZE,
+            self.random_state, self.progress,
+        )  # fmt: skip
+
     def fit(self, Q: np.ndarray, A: np.ndarray) -> FederatedProjection:
         """Fit on pairs ``Q`` (n, d), ``A`` (n, d) of question and answer embeddings."""
         Q, A = check_pairs(Q, A, same_dim=True)
@@ -239,9 +281,32 @@ class FederatedProjection(RoutedProjection):
             self.alpha_ = strength
         else:
             self.shrinkage_ = strength
-        base, self.centroids_, corrections, self.labels_ = on_all_pairs[0] if on_all_pairs else self._fit_parts(Q, A)
-        self.routing_ = self._routing_tensors(Q, self.labels_, self.centroids_, np.arange(len(Q)))
-        self.W_ = base[None] + corrections(strength)
+
+        def parts_on(train: np.ndarray) -> tuple[np.ndarray, np.ndarray, Callable[[float], np.ndarray], np.ndarray]:
+            return on_all_pairs[0] if on_all_pairs and len(train) == len(Q) else self._fit_parts(Q[train], A[train])
+
+        def refine_scores(train: np.ndarray, task: RetrievalTask) -> list[np.ndarray]:
+            parts = parts_on(train)
+            _, centroids, _, labels = parts
+            X = task.queries
+            w = self._weights(X, centroids, labels, self._routing_tensors(Q[train], labels, centroids, train))
+            return [task.rr(blend_maps(X, w, W)) for W in self._refine(Q, A, train, parts, strength, STEPS_GRID)]
+
+        steps, self.refine_validation_ = select(
+            self.refine_steps, STEPS_GRID, lambda v: isinstance(v, int) and v >= 0,
+            "refine_steps must be 'auto' or an int >= 0", Q, A, self.cv, self.random_state, refine_scores,
+            self.validation,
+        )  # fmt: skip
+        self.refine_steps_ = int(steps)
+        all_rows = np.arange(len(Q))
+        parts = parts_on(all_rows)
+        base, self.centroids_, corrections, self.labels_ = parts
+        self.routing_ = self._routing_tensors(Q, self.labels_, self.centroids_, all_rows)
+        if self.refine_steps_:
+            (W,) = self._refine(Q, A, all_rows, parts, strength, (self.refine_steps_,))
+            self.W_ = W.astype(np.float32)
+        else:
+            self.W_ = base[None] + corrections(strength)
         self.top_k_, self.coverage_ = resolve_top_k(self.top_k, len(self.centroids_))
         self._build(Q.shape[1], A.shape[1])
         return self
@@ -261,6 +326,8 @@ class FederatedProjection(RoutedProjection):
             "fit": {
                 "cluster_map": self.cluster_map,
                 **({"alpha": self.alpha_} if self.cluster_map == "ridge" else {"shrinkage": self.shrinkage_}),
+                "refine_steps": self.refine_steps_,
+                **({"refine_validation_mrr": self.refine_validation_} if self.refine_validation_ else {}),
                 "validation": self.validation,
                 "validation_mrr": self.validation_,
                 "base": self.base,

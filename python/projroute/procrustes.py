@@ -37,10 +37,16 @@ def cluster_delta(Qc: np.ndarray, Ac: np.ndarray, base: np.ndarray) -> np.ndarra
     outside that span: only the directions the cluster's data determine are changed.
     Computed in the span (rank r <= n_c): ``U_q (u v^T - U_q^T base)``.
     """
-    U, s, _ = np.linalg.svd(np.asarray(Qc, np.float64).T, full_matrices=False)
-    Uq = U[:, : int((s > s[0] * 1e-6).sum())]
+    Uq = question_span(Qc)
     u, _, vt = np.linalg.svd((np.asarray(Qc, np.float64) @ Uq).T @ Ac, full_matrices=False)
     return Uq @ (u @ vt - Uq.T @ base)
+
+
+def question_span(Qc: np.ndarray) -> np.ndarray:
+    """An orthonormal basis (d, r) of the span of the questions Qc (n_c, d): the left
+    singular vectors of Qc^T above 1e-6 of the largest singular value. float64."""
+    U, s, _ = np.linalg.svd(np.asarray(Qc, np.float64).T, full_matrices=False)
+    return U[:, : int((s > s[0] * 1e-6).sum())]
 
 
 class GlobalProjection(LinearProjection):
