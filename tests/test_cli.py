@@ -123,8 +123,10 @@ def test_fit_text_summary_and_options(capsys, tmp_path, data):
         (["--kind", "global", "--n-clusters", "3"], "--n-clusters does not apply to a global model"),
         (["--kind", "lda", "--shrinkage", "0.5"], "--shrinkage does not apply to a lda model"),
         (["--kind", "global", "--shrinkage", "2"], "shrinkage must be 'auto' or in [0, 1]"),
+        (["--kind", "global", "--refine-steps", "50"], "--refine-steps does not apply to a global model"),
+        (["--kind", "federated", "--refine-steps", "-5"], "refine_steps must be 'auto' or an int >= 0"),
     ],
-    ids=["clusters-global", "shrinkage-lda", "shrinkage-range"],
+    ids=["clusters-global", "shrinkage-lda", "shrinkage-range", "refine-global", "refine-negative"],
 )
 def test_fit_bad_options(capsys, tmp_path, data, extra, message):
     assert message in run_error(capsys, "fit", str(data), "-o", str(tmp_path / "m.safetensors"), *extra)

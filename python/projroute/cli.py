@@ -107,6 +107,7 @@ def make_estimator(args: argparse.Namespace) -> GlobalProjection | FederatedProj
         "--shrinkage": ("shrinkage", args.shrinkage),
         "--validation": ("validation", args.validation),
         "--cluster-map": ("cluster_map", args.cluster_map),
+        "--refine-steps": ("refine_steps", args.refine_steps),
     }
     takes = inspect.signature(cls).parameters
     params = {"random_state": args.seed}
@@ -711,6 +712,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster-map",
         choices=["procrustes", "ridge"],
         help="each cluster's correction: a rotation, or a ridge least-squares map (federated; default procrustes)",
+    )
+    p.add_argument(
+        "--refine-steps",
+        type=auto_or(int),
+        metavar="N",
+        help="auto or N >= 0 steps of contrastive refinement of the fitted maps (federated; default 0: none)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed for k-means and cross-validation")
     p.add_argument("--no-index", action="store_true", help="do not store the training answers in the model")
