@@ -17,7 +17,8 @@
 //!
 //! This file holds the layout and the driver (blocking, threads, the right edge, and
 //! the choice of kernel, with the bounds every kernel call relies on checked once per
-//! call); `portable`, `avx2` and `avx512` hold one microkernel each.
+//! call); `portable` holds the portable microkernel, `tile` the SIMD one, written once
+//! over 16-lane vectors that `avx2` and `avx512` implement.
 
 use std::ops::Range;
 
@@ -31,6 +32,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod portable;
+#[cfg(target_arch = "x86_64")]
+mod tile;
 
 /// Columns per packed panel.
 pub const NR: usize = 16;

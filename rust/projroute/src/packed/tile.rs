@@ -1,0 +1,291 @@
+//! The register-blocked tile both SIMD kernels run, written once over [`Lanes`]: sixteen
+//! f32 lanes, one panel row. `avx2` implements them as two 8-lane vectors (a 6x16 tile
+//! in twelve registers), `avx512` as one 16-lane vector (a 12x16 tile in twelve), and
+//! the tests as a plain array, so that the tile's indexing, heights and depth
+//! remainders are checked on every machine, whatever vectors it has.
+//!
+//! Nothing here checks bounds or features: the driver asserts the bounds once per call,
+//! and only the kernels' entry points, compiled with their target features and called
+//! with a detection's proof in hand, instantiate these functions (which are
+//! `inline(always)`, so that they and the intrinsics inline into those entry points).
+
+use super::NR;
+use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+
+/// Sixteen f32 lanes: one panel row, or one accumulated row of a tile.
+pub(super) trait Lanes: Copy {
+    /// All zeros.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have what the implementation's instructions need.
+    unsafe fn zero() -> Self;
+
+    /// Panel row `p`: `KIND` 0 = a `Line` of f32, 1 = f16 and 2 = bf16 `HalfLine`s,
+    /// widened to f32.
+    ///
+    /// # Safety
+    ///
+    /// As [`zero`](Self::zero); and `b` must point to at least `p + 1` readable lines of
+    /// the `KIND` given, laid out and aligned as `Line` (64 bytes) or `HalfLine` (32 bytes).
+    unsafe fn load<const KIND: u8>(b: *const u8, p: usize) -> Self;
+
+    /// `self + a · b` in every lane, with one rounding.
+    ///
+    /// # Safety
+    ///
+    /// As [`zero`](Self::zero).
+    unsafe fn fma(self, a: f32, b: Self) -> Self;
+
+    /// `self + c[0..16]`.
+    ///
+    /// # Safety
+    ///
+    /// As [`zero`](Self::zero); and `c[0..16]` must be readable.
+    unsafe fn add_from(self, c: *const f32) -> Self;
+
+    /// Write the lanes to `c[0..16]`.
+    ///
+    /// # Safety
+    ///
+    /// As [`zero`](Self::zero); and `c[0..16]` must be writable.
+    unsafe fn store(self, c: *mut f32);
+}
+
+/// `Σ_p a[r * lda + p] · b[p]` for each row `r < M`; with `PREFETCH`, the panel that
+/// follows `b` in memory is fetched meanwhile.
+///
+/// # Safety
+///
+/// As [`Lanes`] requires of `V`. `a[r * lda + p]` must be readable for every `r < M`,
+/// `p < kc`, and `b` must point to at least `kc` readable panel lines of the `KIND`
+/// given. (The prefetch may point past the panel: it never faults, and the address is
+/// formed with wrapping arithmetic.)
+#[inline(always)]
+unsafe fn accumulate_panel<V: Lanes, const M: usize, const KIND: u8, const PREFETCH: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const u8,
+) -> [V; M] {
+    let line = if KIND == 0 { 4 * NR } else { 2 * NR };
+    let mut acc = [V::zero(); M];
+    // A macro, not a closure: closures do not inherit the target features.
+    macro_rules! step {
+        ($p:expr) => {{
+            let p = $p;
+            if PREFETCH && (KIND == 0 || p % 2 == 0) {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kc + p) * line).cast::<i8>());
+            }
+            let bp = V::load::<KIND>(b, p);
+            for (r, x) in acc.iter_mut().enumerate() {
+                *x = x.fma(*a.add(r * lda + p), bp);
+            }
+        }};
+    }
+    // Unrolled by four: the loop bookkeeping would otherwise compete with the FMAs for
+    // issue slots.
+    let mut p = 0;
+    while p + 4 <= kc {
+        step!(p);
+        step!(p + 1);
+        step!(p + 2);
+        step!(p + 3);
+        p += 4;
+    }
+    while p < kc {
+        step!(p);
+        p += 1;
+    }
+    acc
+}
+
+/// The `M`x16 tile: `c[r, 0..16] (+)= Σ_p a[r * lda + p] · b[p]` for `r < M`, `p < kc`;
+/// with `prefetch`, the next panel is fetched meanwhile.
+///
+/// # Safety
+///
+/// As [`accumulate_panel`]; and `c[r * ldc..r * ldc + 16]` writable, and neither read
+/// nor written through any other pointer meanwhile, for every `r < M`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn tile<V: Lanes, const M: usize, const KIND: u8>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const u8,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    prefetch: bool,
+) {
+    let acc = if prefetch {
+        accumulate_panel::<V, M, KIND, true>(kc, a, lda, b)
+    } else {
+        accumulate_panel::<V, M, KIND, false>(kc, a, lda, b)
+    };
+    for (r, x) in acc.into_iter().enumerate() {
+        let row = c.add(r * ldc);
+        let x = if accumulate { x.add_from(row) } else { x };
+        x.store(row);
+    }
+}
+
+/// [`tile`] over the strips of `a` (`mc` rows of depth `kc`, row stride `lda`) into `c`
+/// (mc, 16): full strips of `ROWS` (at most 12), then one of the remaining height. The
+/// first strip prefetches the next panel.
+///
+/// # Safety
+///
+/// As [`accumulate_panel`] for every row `r < mc`; and `c` must hold `mc` rows of 16
+/// writable floats spaced `ldc` apart, not accessed through any other pointer meanwhile.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn strips<V: Lanes, const ROWS: usize, const KIND: u8>(
+    mc: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const u8,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let full = mc - mc % ROWS;
+    for s in (0..full).step_by(ROWS) {
+        tile::<V, ROWS, KIND>(kc, a.add(s * lda), lda, b, c.add(s * ldc), ldc, accumulate, s == 0);
+    }
+    let (a, c, first) = (a.add(full * lda), c.add(full * ldc), full == 0);
+    macro_rules! rest {
+        ($($m:literal)*) => {
+            match mc - full {
+                $($m if $m < ROWS => tile::<V, $m, KIND>(kc, a, lda, b, c, ldc, accumulate, first),)*
+                _ => {}
+            }
+        };
+    }
+    rest!(1 2 3 4 5 6 7 8 9 10 11);
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::super::tests::{filled, PRECISIONS};
+    use super::super::{micro, strips as drive_strips, Kernel, PackedMatrix, Panel, MR};
+    use super::*;
+
+    /// Sixteen lanes as a plain array: each [`Lanes`] operation by its scalar
+    /// definition (the FMA fused, as the instructions are).
+    #[derive(Clone, Copy)]
+    struct Emulated([f32; NR]);
+
+    impl Lanes for Emulated {
+        unsafe fn zero() -> Self {
+            Emulated([0.0; NR])
+        }
+
+        unsafe fn load<const KIND: u8>(b: *const u8, p: usize) -> Self {
+            if KIND == 0 {
+                return Emulated(*b.cast::<[f32; NR]>().add(p));
+            }
+            let bits = *b.cast::<[u16; NR]>().add(p);
+            Emulated(bits.map(|h| {
+                if KIND == 1 {
+                    half::f16::from_bits(h).to_f32()
+                } else {
+                    half::bf16::from_bits(h).to_f32()
+                }
+            }))
+        }
+
+        unsafe fn fma(self, a: f32, b: Self) -> Self {
+            Emulated(std::array::from_fn(|i| a.mul_add(b.0[i], self.0[i])))
+        }
+
+        unsafe fn add_from(self, c: *const f32) -> Self {
+            Emulated(std::array::from_fn(|i| self.0[i] + *c.add(i)))
+        }
+
+        unsafe fn store(self, c: *mut f32) {
+            c.cast::<[f32; NR]>().write_unaligned(self.0);
+        }
+    }
+
+    /// Run `kernel` (mc, kc, a, lda, panel, c, ldc, accumulate) and the portable kernel on
+    /// the same inputs, for every strip height up to two full strips of `rows` and one
+    /// more, depth remainder (the loop is unrolled by four), precision and accumulate
+    /// setting; they must agree everywhere, rows the kernel must not touch included.
+    pub(in super::super) fn against_portable(
+        rows: usize,
+        kernel: impl Fn(usize, usize, &[f32], usize, Panel<'_>, &mut [f32], usize, bool),
+    ) {
+        for precision in PRECISIONS {
+            for kc in [1, 2, 3, 4, 5, 7, 8, 61, 256] {
+                let b = filled(kc, 2 * NR, 7).mapv(|v| precision.round(v));
+                let packed = PackedMatrix::pack_as(b.view(), precision);
+                let (lda, ldc, n) = (kc + 3, NR + 5, 2 * rows + 1);
+                let a = filled(n, lda, 8).into_raw_vec_and_offset().0;
+                let start = filled(n, ldc, 9).into_raw_vec_and_offset().0;
+                for accumulate in [false, true] {
+                    for mc in 1..=n {
+                        let (mut got, mut want) = (start.clone(), start.clone());
+                        let panel = packed.panel(0, 1);
+                        kernel(mc, kc, &a, lda, panel, &mut got, ldc, accumulate);
+                        drive_strips(Kernel::Portable, mc, kc, &a, lda, panel, &mut want, ldc, accumulate);
+                        for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (x - y).abs() <= 1e-5 * kc as f32 * (1.0 + y.abs()),
+                                "kc {kc}, {mc} rows, element {i}: {x} vs {y}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `kernel`'s edge tiles (1..=MR rows; prefetch on, and accumulate on with prefetch
+    /// off) against the portable kernel's.
+    pub(in super::super) fn edges_against_portable(kernel: Kernel) {
+        for precision in PRECISIONS {
+            for kc in [1, 3, 4, 7, 256] {
+                let b = filled(kc, NR, 7).mapv(|v| precision.round(v));
+                let packed = PackedMatrix::pack_as(b.view(), precision);
+                let (lda, ldc) = (kc + 3, NR + 5);
+                let a = filled(MR, lda, 8).into_raw_vec_and_offset().0;
+                let start = filled(MR, ldc, 9).into_raw_vec_and_offset().0;
+                for (mr, accumulate, prefetch) in (1..=MR).flat_map(|m| [(m, false, true), (m, true, false)]) {
+                    let (mut got, mut want) = (start.clone(), start.clone());
+                    let panel = packed.panel(0, 0);
+                    micro(kernel, mr, kc, &a, lda, panel, &mut got, ldc, accumulate, prefetch);
+                    micro(Kernel::Portable, mr, kc, &a, lda, panel, &mut want, ldc, accumulate, prefetch);
+                    for (x, y) in got.iter().zip(&want) {
+                        assert!((x - y).abs() <= 1e-5 * kc as f32 * (1.0 + y.abs()), "{mr} rows, kc {kc}: {x} vs {y}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tile's code on emulated lanes, at both kernels' strip heights.
+    #[test]
+    fn emulated_tile_matches_portable() {
+        for rows in [6, 12] {
+            against_portable(rows, |mc, kc, a, lda, panel, c, ldc, accumulate| {
+                let (ptr, kind) = panel.raw();
+                // SAFETY: `against_portable` gives `mc` rows of `lda >= kc` floats of `a`,
+                // `mc` rows of `ldc >= 16` of `c`, and a panel of `kc` lines of `kind`.
+                unsafe {
+                    let (a, c) = (a.as_ptr(), c.as_mut_ptr());
+                    match (rows, kind) {
+                        (6, 0) => strips::<Emulated, 6, 0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                        (6, 1) => strips::<Emulated, 6, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                        (6, _) => strips::<Emulated, 6, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                        (_, 0) => strips::<Emulated, 12, 0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                        (_, 1) => strips::<Emulated, 12, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                        (_, _) => strips::<Emulated, 12, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                    }
+                }
+            });
+        }
+    }
+}
