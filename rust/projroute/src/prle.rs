@@ -273,7 +273,7 @@ impl Prle {
             // Each parallel step called from outside the pool is a hand-off to a worker
             // and back (about ten per prediction); a small batch makes one hand-off and
             // runs every step on that worker, where they run inline.
-            return rayon::scope(|_| self.predict_here(x));
+            return rayon::scope(|_| crate::packed::on_this_thread(|| self.predict_here(x)));
         }
         self.predict_here(x)
     }

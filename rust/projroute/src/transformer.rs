@@ -214,7 +214,7 @@ impl Transformer {
         out.axis_chunks_iter_mut(Axis(0), CHUNK)
             .into_par_iter()
             .zip(x.axis_chunks_iter(Axis(0), CHUNK))
-            .try_for_each(|(mut o, x)| self.forward(x).map(|y| o.assign(&y)))?;
+            .try_for_each(|(mut o, x)| crate::packed::on_this_thread(|| self.forward(x)).map(|y| o.assign(&y)))?;
         Ok(out)
     }
 

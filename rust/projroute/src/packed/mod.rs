@@ -182,9 +182,10 @@ impl PackedMatrix {
         self.panel(kb, j).row(row - kb)[col % NR]
     }
 
-    /// `a @ self` (m, n) on the whole rayon pool: row blocks per thread for a tall
-    /// `a`, column panels per thread for a short one. Called from inside the pool
-    /// (the caller already runs in parallel), it computes on the calling thread.
+    /// `a @ self` (m, n) on the current rayon pool: row blocks per thread for a tall
+    /// `a`, column panels per thread for a short one. Where the core has already split
+    /// the work across threads (one chunk of a batch per thread), it computes on the
+    /// calling thread.
     pub fn matmul(&self, a: ArrayView2<f32>) -> Array2<f32> {
         self.matmul_then(a, |_, _| {})
     }
@@ -196,10 +197,10 @@ impl PackedMatrix {
         let (m, n) = (a.nrows(), self.n);
         let threads = rayon::current_num_threads().max(1);
         let mut out = Array2::<f32>::zeros((m, n));
-        let in_pool = rayon::current_thread_index().is_some();
-        if in_pool || m >= 4 * MR * threads {
-            // Row blocks, two per thread; inside the pool one block, run on this thread.
-            let rows = if in_pool { m.max(1) } else { m.div_ceil(2 * threads).div_ceil(MR) * MR };
+        let here = on_this_thread_now();
+        if here || m >= 4 * MR * threads {
+            // Row blocks, two per thread; or one block, run on this thread.
+            let rows = if here { m.max(1) } else { m.div_ceil(2 * threads).div_ceil(MR) * MR };
             out.axis_chunks_iter_mut(Axis(0), rows)
                 .into_par_iter()
                 .zip(a.axis_chunks_iter(Axis(0), rows))
@@ -328,6 +329,32 @@ impl PackedMatrix {
     pub(crate) fn to_array(&self) -> Array2<f32> {
         Array2::from_shape_fn((self.k, self.n), |(row, col)| self.get(row, col))
     }
+}
+
+thread_local! {
+    /// Set while [`on_this_thread`] runs on this thread.
+    static ON_THIS_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with every [`PackedMatrix::matmul`] it makes computed on the calling thread:
+/// for work the caller has already split across the pool (one chunk of a batch per
+/// thread). Being on a pool thread is not enough to tell: `threads::install` runs a
+/// whole call on one, and its products should use the pool.
+pub(crate) fn on_this_thread<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the flag on the way out, panics included.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ON_THIS_THREAD.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(ON_THIS_THREAD.with(|c| c.replace(true)));
+    f()
+}
+
+/// Whether this thread is inside [`on_this_thread`].
+fn on_this_thread_now() -> bool {
+    ON_THIS_THREAD.with(|c| c.get())
 }
 
 /// The microkernel a product runs on.
@@ -611,18 +638,42 @@ mod tests {
             for (x, y) in got.iter().zip(want.iter()) {
                 assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{m}x{k}x{n}: {x} vs {y}");
             }
-            // The epilogue sees each row once, with its index; also when called from
-            // inside the pool (one block on the calling thread).
+            // The epilogue sees each row once, with its index; also on one thread (one
+            // block).
             let packed = PackedMatrix::pack(b.view());
             let shift = |i: usize, row: &mut [f32]| row.iter_mut().for_each(|v| *v -= i as f32);
             let outside = packed.matmul_then(a.view(), shift);
-            let (inside, _) = rayon::join(|| packed.matmul_then(a.view(), shift), || ());
+            let inside = on_this_thread(|| packed.matmul_then(a.view(), shift));
             for shifted in [outside, inside] {
                 for (((i, _), y), x) in want.indexed_iter().zip(shifted.iter()) {
                     assert!((x + i as f32 - y).abs() <= 1e-4 * (1.0 + y.abs() + i as f32), "{m}x{k}x{n} epilogue");
                 }
             }
         }
+    }
+
+    /// A call the pool runs whole (as `threads::install` does) still splits its products
+    /// across the pool; only `on_this_thread` keeps them on the calling thread, and the
+    /// flag is restored after it, panics included.
+    #[test]
+    fn only_on_this_thread_keeps_a_product_on_its_thread() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        assert!(!pool.install(on_this_thread_now));
+        assert!(pool.install(|| on_this_thread(on_this_thread_now)));
+        assert!(std::panic::catch_unwind(|| on_this_thread(|| panic!("inside"))).is_err());
+        assert!(!on_this_thread_now());
+        // On a pool of two, a tall product's row blocks are shared out: the epilogue runs
+        // on more than one thread in some call (each call may or may not be stolen from).
+        let (a, b) = (filled(4096, 256, 1), PackedMatrix::pack(filled(256, 256, 2).view()));
+        let used = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        for _ in 0..20 {
+            pool.install(|| {
+                b.matmul_then(a.view(), |_, _| {
+                    used.lock().unwrap().insert(rayon::current_thread_index());
+                })
+            });
+        }
+        assert_eq!(used.into_inner().unwrap().len(), 2, "all row blocks ran on one thread");
     }
 
     #[test]
