@@ -438,9 +438,9 @@ fn holds(len: usize, rows: usize, cols: usize, stride: usize) -> bool {
     rows == 0 || (rows - 1).checked_mul(stride).and_then(|r| r.checked_add(cols)).is_some_and(|end| end <= len)
 }
 
-/// [`micro`] over every strip of `MR` rows of `a` (mc rows of depth kc, row stride
-/// `lda`) against one full panel, into `c` (mc, NR) with row stride `ldc`; one
-/// dispatch per panel.
+/// `kernel`'s tiles over every strip of `a` (mc rows of depth kc, row stride `lda`;
+/// strips of 6 rows for the portable and AVX2 kernels, 12 for AVX-512) against one full
+/// panel, into `c` (mc, NR) with row stride `ldc`; one dispatch per panel.
 ///
 /// Panics unless `a`, `b` and `c` hold all of that (checked once per panel: the SIMD
 /// kernels' reads and writes are unchecked).
