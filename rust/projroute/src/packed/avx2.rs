@@ -112,23 +112,3 @@ pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
 ) {
     tile::tile::<Pair, M, KIND>(kc, a, lda, b, c, ldc, accumulate, prefetch);
 }
-
-#[cfg(test)]
-mod tests {
-    use super::super::tile::tests::{against_portable, edges_against_portable};
-    use super::super::{strips, Kernel};
-    use super::*;
-
-    /// The AVX2 kernel through the driver's dispatch, where the CPU has it: every strip
-    /// height, and every edge tile, against the portable kernel.
-    #[test]
-    fn avx2_kernel_matches_portable() {
-        let Some(features) = Features::detect() else {
-            eprintln!("no AVX2/FMA/F16C on this CPU: the AVX2 kernel is not tested");
-            return;
-        };
-        let kernel = Kernel::Avx2(features);
-        against_portable(ROWS, |mc, kc, a, lda, panel, c, ldc, acc| strips(kernel, mc, kc, a, lda, panel, c, ldc, acc));
-        edges_against_portable(kernel);
-    }
-}

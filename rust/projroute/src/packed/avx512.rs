@@ -103,24 +103,3 @@ pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
 ) {
     tile::tile::<__m512, M, KIND>(kc, a, lda, b, c, ldc, accumulate, prefetch);
 }
-
-#[cfg(test)]
-mod tests {
-    use super::super::tile::tests::{against_portable, edges_against_portable};
-    use super::super::{strips, Kernel};
-    use super::*;
-
-    /// The real kernel through the driver's dispatch, where the CPU has AVX-512F: every
-    /// strip height, and every edge tile, against the portable kernel. (Its code runs on
-    /// emulated lanes on every machine: `tile::tests`.)
-    #[test]
-    fn avx512_kernel_matches_portable() {
-        let Some(features) = Features::detect() else {
-            eprintln!("no AVX-512F on this CPU: the kernel's code is tested on emulated lanes only");
-            return;
-        };
-        let kernel = Kernel::Avx512(features);
-        against_portable(ROWS, |mc, kc, a, lda, panel, c, ldc, acc| strips(kernel, mc, kc, a, lda, panel, c, ldc, acc));
-        edges_against_portable(kernel);
-    }
-}

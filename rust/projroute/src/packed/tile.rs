@@ -168,7 +168,7 @@ pub(super) unsafe fn strips<V: Lanes, const ROWS: usize, const KIND: u8>(
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::super::tests::{filled, PRECISIONS};
     use super::super::{micro, strips as drive_strips, Kernel, PackedMatrix, Panel, MR};
     use super::*;
@@ -214,10 +214,7 @@ pub(super) mod tests {
     /// the same inputs, for every strip height up to two full strips of `rows` and one
     /// more, depth remainder (the loop is unrolled by four), precision and accumulate
     /// setting; they must agree everywhere, rows the kernel must not touch included.
-    pub(in super::super) fn against_portable(
-        rows: usize,
-        kernel: impl Fn(usize, usize, &[f32], usize, Panel<'_>, &mut [f32], usize, bool),
-    ) {
+    fn against_portable(rows: usize, kernel: impl Fn(usize, usize, &[f32], usize, Panel<'_>, &mut [f32], usize, bool)) {
         for precision in PRECISIONS {
             for kc in [1, 2, 3, 4, 5, 7, 8, 61, 256] {
                 let b = filled(kc, 2 * NR, 7).mapv(|v| precision.round(v));
@@ -245,7 +242,7 @@ pub(super) mod tests {
 
     /// `kernel`'s edge tiles (1..=MR rows; prefetch on, and accumulate on with prefetch
     /// off) against the portable kernel's.
-    pub(in super::super) fn edges_against_portable(kernel: Kernel) {
+    fn edges_against_portable(kernel: Kernel) {
         for precision in PRECISIONS {
             for kc in [1, 3, 4, 7, 256] {
                 let b = filled(kc, NR, 7).mapv(|v| precision.round(v));
@@ -263,6 +260,21 @@ pub(super) mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Each SIMD kernel this CPU has, through the driver's dispatch: every strip height
+    /// up to 25 rows (each remainder of 6- and 12-row strips), and every edge tile,
+    /// against the portable kernel. A machine without one still runs its code on
+    /// emulated lanes (below).
+    #[test]
+    fn every_simd_kernel_matches_portable() {
+        for kernel in Kernel::available().into_iter().filter(|k| !matches!(k, Kernel::Portable)) {
+            eprintln!("testing the {} kernel", kernel.name());
+            against_portable(12, |mc, kc, a, lda, panel, c, ldc, acc| {
+                drive_strips(kernel, mc, kc, a, lda, panel, c, ldc, acc)
+            });
+            edges_against_portable(kernel);
         }
     }
 
