@@ -199,7 +199,7 @@ def test_export_round_trip(tmp_path):
         tensors = {k: f.get_tensor(k) for k in names}
     assert set(tensors) == set(m.state_dict())
     assert all(t.dtype == np.float32 and t.flags.c_contiguous for t in tensors.values())
-    assert config["format"] == "projroute" and config["version"] == pr.FORMAT_VERSION
+    assert config["format"] == "projroute" and config["version"] == 1
     assert config["kind"] == "transformer" and (config["dim_in"], config["dim_out"]) == (24, 20)
     assert config["transformer"] == {**SMALL, "layer_norm_eps": 1e-5}
     assert config["fit"]["teacher"] == {"kind": "federated", "parameters": 123}

@@ -121,7 +121,7 @@ def test_save_load_round_trip(tmp_path):
         names = f.keys()
         assert all(f.get_tensor(k).dtype == torch.float32 for k in names)
     assert set(config) == {"format", "version", "kind", "dim_in", "dim_out", "transformer", "ensemble", "fit"}
-    assert config["kind"] == "transformer_ensemble" and config["version"] == pr.FORMAT_VERSION
+    assert config["kind"] == "transformer_ensemble" and config["version"] == 1
     assert config["ensemble"] == {"n_domains": 3, "top_k": 2, "router_hidden": 16}
     assert config["transformer"] == {**ARCH, "layer_norm_eps": 1e-5}
     back = load_ensemble(path)

@@ -125,6 +125,31 @@ def test_federated_project_matches_reference_and_round_trips(tmp_path):
     assert texts == [f"a{i}" for i in range(7)] and len(index) == 7
 
 
+@pytest.mark.parametrize("refine_steps", [0, 20])
+def test_federated_maps_are_stored_factored_where_that_is_smaller(tmp_path, refine_steps):
+    """40 questions per cluster in 160 dimensions: each map is the base plus a
+    correction of rank 40, so the model serves and saves ``W.base + U_k M_k`` (64,000
+    floats, not 76,800) and projects as its whole maps ``W_`` do; with 150 a cluster,
+    where factors would take more, it keeps them whole."""
+    from projroute.procrustes import question_span
+
+    Q, A = piecewise_rotations(np.random.default_rng(6), K=3, per=40, d=160)
+    kw = {"n_clusters": 3, "cluster_on": "questions", "shrinkage": 1.0, "refine_steps": refine_steps, "progress": False}
+    fed = pr.FederatedProjection(**kw).fit(Q, A)
+    assert fed.ranks_ == np.bincount(fed.labels_).tolist() and set(fed.maps_) == {"W.base", "W.U", "W.M"}
+    ends = np.cumsum(fed.ranks_)
+    for k, (end, r) in enumerate(zip(ends, fed.ranks_)):  # the correction lies in its questions' span
+        U, M = question_span(Q[fed.labels_ == k]), fed.maps_["W.M"][end - r : end]
+        np.testing.assert_allclose(fed.W_[k] - fed.maps_["W.base"], U @ M, atol=1e-5)
+    X = Q[::7] + 0.05
+    want = ref.project_federated(X, fed.centroids_, fed.W_, fed.temperature, fed.top_k_)
+    np.testing.assert_allclose(fed.project(X), want, rtol=1e-4, atol=1e-5)
+    fed.save(tmp_path / "fed.safetensors")
+    assert json.loads(pr.load(tmp_path / "fed.safetensors").config)["version"] == 2
+    big = pr.FederatedProjection(**kw).fit(*piecewise_rotations(np.random.default_rng(6), K=3, per=150, d=160))
+    assert big.ranks_ is None and set(big.maps_) == {"W"}
+
+
 def test_lda_is_the_flat_softmax_teacher():
     rng = np.random.default_rng(6)
     Q, A = unit(rng, 90, 8), unit(rng, 90, 8)

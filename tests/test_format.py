@@ -36,7 +36,7 @@ def test_file_is_plain_safetensors_with_json_config(tmp_path):
     np.testing.assert_array_equal(loaded["W"], tensors["W"])
     with safe_open(path, "numpy") as f:
         cfg = json.loads(f.metadata()["projroute"])
-    assert cfg["format"] == "projroute" and cfg["version"] == pr.FORMAT_VERSION
+    assert cfg["format"] == "projroute" and cfg["version"] == 1  # whole maps: every reader opens it
     assert cfg["kind"] == "federated" and cfg["n_clusters"] == 4
 
 
@@ -164,3 +164,63 @@ def test_header_length_overflow_is_an_error_not_a_crash(tmp_path):
     path.write_bytes(struct.pack("<Q", 2**63) + b"{}")
     with pytest.raises(pr.ModelFormatError):
         pr.load(path)
+
+
+def _factored(rng, ranks, d=8):
+    """Tensors of a federated model with factored maps of ``ranks``."""
+    return {
+        "centroids": unit(rng, len(ranks), d),
+        "W.base": rng.normal(size=(d, d)).astype(np.float32),
+        "W.U": rng.normal(size=(d, sum(ranks))).astype(np.float32),
+        "W.M": rng.normal(size=(sum(ranks), d)).astype(np.float32),
+    }
+
+
+def test_factored_maps_round_trip_as_version_2_at_any_precision(tmp_path):
+    from safetensors.numpy import load_file
+
+    rng = np.random.default_rng(3)
+    ranks = [0, 2, 8]
+    tensors = _factored(rng, ranks)
+    model = pr.Projector.from_tensors(
+        tensors, config("federated", 8, 8, n_clusters=3, temperature=0.1, top_k=2, ranks=ranks)
+    )
+    X = rng.normal(size=(5, 8)).astype(np.float32)
+    for dtype in ("float32", "float16"):
+        path = tmp_path / f"{dtype}.safetensors"
+        pr.with_weights_dtype(model, dtype).save(path)
+        loaded = pr.load(path)
+        cfg = json.loads(loaded.config)
+        assert cfg["version"] == 2 and cfg["ranks"] == ranks
+        assert {str(t.dtype) for n, t in load_file(path).items() if n.startswith("W.")} == {dtype}
+        if dtype == "float32":
+            np.testing.assert_array_equal(loaded.project(X), model.project(X))
+            for name, value in tensors.items():
+                np.testing.assert_array_equal(loaded.tensors()[name], value)
+        else:
+            np.testing.assert_allclose(loaded.project(X), model.project(X), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "ranks, version, drop, match",
+    [
+        ([1, 2, 3], 1, None, "needs format version 2"),
+        (None, 1, None, "needs `ranks`"),
+        ([1, 2, 4], 2, None, "do not fit"),
+        ([3, 3], 2, None, "2 ranks for 3 clusters"),
+        ([1, 2, 3], 2, "W.M", "needs a tensor `W.M`"),
+    ],
+    ids=["version-1", "no-ranks", "ranks-sum", "ranks-count", "missing-factor"],
+)
+def test_bad_factored_maps(tmp_path, ranks, version, drop, match):
+    rng = np.random.default_rng(4)
+    tensors = _factored(rng, [1, 2, 3])
+    tensors.pop(drop, None)
+
+    def mutate(c):
+        c.update(version=version)
+        if ranks is not None:
+            c.update(ranks=ranks)
+
+    with pytest.raises(pr.ModelFormatError, match=match):
+        pr.load(_rewrite(tmp_path, mutate, tensors=tensors))

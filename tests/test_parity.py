@@ -5,12 +5,15 @@ Coverage selection compares cumulative sums to a threshold; random scores land o
 the threshold with negligible probability.
 """
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import projroute as pr
+from projroute import _format
 from projroute import reference as ref
 
 from helpers import config, random_model, unit
@@ -49,6 +52,32 @@ def test_federated_matches_reference(p):
     args = (r["temperature"], r["top_k"], r["coverage"])
     np.testing.assert_allclose(model.route(X), ref.route_weights(X, C, *args), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(model.project(X), ref.project_federated(X, C, W, *args), rtol=RTOL, atol=ATOL)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes)
+def test_factored_federated_matches_reference(p):
+    """Maps stored as ``W.base + U_k M_k`` (ranks 0 to D_in, orthonormal U_k as a fit
+    gives) project as the whole maps do in the reference."""
+    rng = np.random.default_rng(p["seed"])
+    K, d_in, d_out = p["K"], p["d_in"], p["d_out"]
+    r = _routing(p)
+    C, X = unit(rng, K, d_in), rng.normal(size=(p["B"], d_in)).astype(np.float32)
+    ranks = rng.integers(0, d_in + 1, size=K).tolist()
+    U = [np.linalg.qr(rng.normal(size=(d_in, d_in)))[0][:, :rk] for rk in ranks]
+    M = [rng.normal(size=(rk, d_out)) / np.sqrt(d_in) for rk in ranks]
+    tensors = {
+        "centroids": C,
+        "W.base": (rng.normal(size=(d_in, d_out)) / np.sqrt(d_in)).astype(np.float32),
+        "W.U": np.concatenate(U, axis=1).astype(np.float32),
+        "W.M": np.concatenate(M, axis=0).astype(np.float32),
+    }
+    model = pr.Projector.from_tensors(tensors, config("federated", d_in, d_out, **r, ranks=ranks))
+    whole, cfg = _format.dense_maps(model.tensors(), json.loads(model.config))
+    assert cfg["version"] == 1 and "ranks" not in cfg and whole["W"].shape == (K, d_in, d_out)
+    args = (r["temperature"], r["top_k"], r["coverage"])
+    want = ref.project_federated(X, C, whole["W"], *args)
+    np.testing.assert_allclose(model.project(X), want, rtol=RTOL, atol=ATOL)
 
 
 @settings(max_examples=60, deadline=None)

@@ -19,6 +19,8 @@ FORMAT = "projroute"
 INDEX_TENSOR = "index.embeddings"
 INDEX_TEXTS = "index.texts"
 WEIGHTS_TENSOR = "W"
+# Factored federated maps W_k = base + U_k M_k (config ``ranks``, format version 2).
+BASE, SPANS, CORRECTIONS = "W.base", "W.U", "W.M"
 WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
 
 PathLike = str | os.PathLike[str]
@@ -26,10 +28,11 @@ PathLike = str | os.PathLike[str]
 
 def header(kind: str, dim_in: int, dim_out: int, **fields: Any) -> dict[str, Any]:
     """The config of a model of ``kind`` mapping ``dim_in`` to ``dim_out`` dimensions,
-    with the kind's own ``fields`` (routing parameters, ``fit`` record, ...)."""
+    with the kind's own ``fields`` (routing parameters, ``fit`` record, ...). The
+    version is the lowest that holds them: 2 with factored maps (``ranks``), else 1."""
     return {
         "format": FORMAT,
-        "version": FORMAT_VERSION,
+        "version": FORMAT_VERSION if "ranks" in fields else 1,
         "kind": kind,
         "dim_in": int(dim_in),
         "dim_out": int(dim_out),
@@ -42,9 +45,46 @@ def with_weights_dtype(config: Mapping[str, Any], tensors: Mapping[str, Any], we
     without ``W``); ValueError for a dtype other than float32, float16 or bfloat16."""
     if weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"weights_dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
-    if WEIGHTS_TENSOR not in tensors:
+    if not any(is_weights(name) for name in tensors):
         return dict(config)
     return {**config, "weights_dtype": weights_dtype}
+
+
+def is_weights(name: str) -> bool:
+    """Whether tensor ``name`` holds maps (``W`` or a factor ``W.*``), stored at the
+    config's ``weights_dtype``."""
+    return name == WEIGHTS_TENSOR or name.startswith("W.")
+
+
+def factor_maps(W: np.ndarray, base: np.ndarray, spans: list[np.ndarray]) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Maps ``W`` (K, D_in, D_out) that equal ``base`` (D_in, D_out) outside the span of
+    each cluster's orthonormal ``spans[k]`` (D_in, r_k), as the tensors ``W.base``,
+    ``W.U`` (D_in, R) and ``W.M`` (R, D_out) with ``M_k = U_k^T (W_k - base)``, and the
+    ranks (K,)."""
+    base64 = np.asarray(base, np.float64)
+    M = [U.T @ (np.asarray(Wk, np.float64) - base64) for U, Wk in zip(spans, W)]
+    tensors = {
+        BASE: base64.astype(np.float32),
+        SPANS: np.concatenate(spans, axis=1).astype(np.float32),
+        CORRECTIONS: np.concatenate(M, axis=0).astype(np.float32),
+    }
+    return tensors, [U.shape[1] for U in spans]
+
+
+def dense_maps(
+    tensors: Mapping[str, np.ndarray], config: Mapping[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``tensors`` and ``config`` with factored maps multiplied out into ``W`` (K, D_in,
+    D_out), float32, and the file version 1; unchanged when the maps are whole."""
+    tensors, config = dict(tensors), dict(config)
+    if "ranks" not in config:
+        return tensors, config
+    base, U, M = (np.asarray(tensors.pop(n), np.float64) for n in (BASE, SPANS, CORRECTIONS))
+    ends = np.cumsum(config.pop("ranks"))
+    tensors[WEIGHTS_TENSOR] = np.stack(
+        [base + U[:, e - r : e] @ M[e - r : e] for e, r in zip(ends, np.diff(ends, prepend=0))]
+    ).astype(np.float32)
+    return tensors, {**config, "version": 1}
 
 
 def save(

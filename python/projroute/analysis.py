@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from projroute import _format
 from projroute._core import Projector
 from projroute._estimator import Projection
 from projroute.clustering import effective_rank, kmeans_labels
@@ -80,7 +81,7 @@ def routing_parts(model: Projector | Projection) -> tuple[dict[str, np.ndarray],
     tensors = projector.tensors()
     if "centroids" not in tensors:
         raise ValueError(f"a {projector.kind} model has no routing; analysis needs a federated or lda model")
-    return tensors, json.loads(projector.config)
+    return _format.dense_maps(tensors, json.loads(projector.config))
 
 
 def coverage_curves(X: np.ndarray, centroids: np.ndarray, temperature: float) -> np.ndarray:
@@ -418,8 +419,7 @@ def analyze(
     }
     if plot:
         plot_coverage(result["granularity"]["curve"], plot, result["granularity"]["top_k"])
-    W = model.tensors().get("W")
-    w_size = 0 if W is None else W.size
+    w_size = sum(t.size for name, t in model.tensors().items() if _format.is_weights(name))
     result["precision"] = {}
     for dtype in ("float16", "bfloat16") if w_size else ():
         cost = merge_cost(model, with_weights_dtype(model, dtype), X, C, ev.gold)

@@ -144,8 +144,9 @@ def infonce_federated_steps(
     batch_size: int,
     random_state: int,
     progress: bool = False,
-) -> list[np.ndarray]:
-    """Federated maps ``W_k = B + U_k M_k`` (K, d_q, d_a) after each count in ``steps``
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The base ``B`` and the federated maps ``W_k = B + U_k M_k`` (K, d_q, d_a), as a
+    pair, after each count in ``steps``
     of Adam on the InfoNCE loss of the blended projection ``p_i = Σ_k weights[i, k] q_i W_k``
     of the pairs Q (n, d_q), A (n, d_a) routed by ``weights`` (n, K), against every
     distinct answer (:func:`answer_targets`).
@@ -166,7 +167,7 @@ def infonce_federated_steps(
         W = np.repeat(b[None], len(spans), axis=0)
         for (k, U), Mk in zip(live, M):
             W[k] += U @ Mk
-        out.append(W)
+        out.append((b.copy(), W))
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from projroute import _format
 from projroute._estimator import (
     RoutedProjection,
     check_pairs,
@@ -74,7 +75,11 @@ class FederatedProjection(RoutedProjection):
     Fitted: ``centroids_`` (K, d), ``W_`` (K, d, d), ``labels_`` (n,) the cluster of
     each training pair, ``shrinkage_`` (Procrustes) or ``alpha_`` (ridge), and
     ``validation_`` (mean validation MRR per grid value), ``refine_steps_`` and
-    ``refine_validation_``.
+    ``refine_validation_``. Every map is the base plus a correction inside its
+    cluster's question span, so it is served and saved factored, ``W_k = B + U_k M_k``
+    (``maps_``: the tensors ``W.base``, ``W.U``, ``W.M``; ``ranks_`` (K,) the r_k), where
+    that stores fewer floats than ``W_`` (``ranks_`` None: ``W`` whole). A query then
+    reads ``D^2 + Σ_k r_k 2D`` floats of maps, not ``top_k D^2``.
     """
 
     kind = "federated"
@@ -230,9 +235,10 @@ class FederatedProjection(RoutedProjection):
         parts: tuple[np.ndarray, np.ndarray, Callable[[float], np.ndarray], np.ndarray],
         strength: float,
         steps: tuple[int, ...],
-    ) -> list[np.ndarray]:
-        """The maps (K, d, d) fitted on the pairs ``train`` (``parts`` at ``strength``)
-        after each count in ``steps`` of contrastive refinement on those pairs."""
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The base (d, d) and maps (K, d, d) fitted on the pairs ``train`` (``parts`` at
+        ``strength``) after each count in ``steps`` of contrastive refinement on those
+        pairs."""
         base, centroids, corrections, labels = parts
         Qt, At = Q[train], A[train]
         w = self._weights(Qt, centroids, labels, self._routing_tensors(Qt, labels, centroids, train))
@@ -290,7 +296,7 @@ class FederatedProjection(RoutedProjection):
             _, centroids, _, labels = parts
             X = task.queries
             w = self._weights(X, centroids, labels, self._routing_tensors(Q[train], labels, centroids, train))
-            return [task.rr(blend_maps(X, w, W)) for W in self._refine(Q, A, train, parts, strength, STEPS_GRID)]
+            return [task.rr(blend_maps(X, w, W)) for _, W in self._refine(Q, A, train, parts, strength, STEPS_GRID)]
 
         steps, self.refine_validation_ = select(
             self.refine_steps, STEPS_GRID, lambda v: isinstance(v, int) and v >= 0,
@@ -303,16 +309,32 @@ class FederatedProjection(RoutedProjection):
         base, self.centroids_, corrections, self.labels_ = parts
         self.routing_ = self._routing_tensors(Q, self.labels_, self.centroids_, all_rows)
         if self.refine_steps_:
-            (W,) = self._refine(Q, A, all_rows, parts, strength, (self.refine_steps_,))
+            ((base, W),) = self._refine(Q, A, all_rows, parts, strength, (self.refine_steps_,))
             self.W_ = W.astype(np.float32)
         else:
             self.W_ = base[None] + corrections(strength)
+        self._store_maps(Q, base)
         self.top_k_, self.coverage_ = resolve_top_k(self.top_k, len(self.centroids_))
         self._build(Q.shape[1], A.shape[1])
         return self
 
+    def _store_maps(self, Q: np.ndarray, base: np.ndarray) -> None:
+        """Keep the maps factored, ``W_k = base + U_k M_k`` with ``U_k`` the span of
+        cluster k's questions (empty for a cluster that keeps the base), where that
+        stores fewer floats than ``W_`` (so also reads fewer per query); else whole."""
+        d = Q.shape[1]
+        counts = np.bincount(self.labels_, minlength=len(self.centroids_))
+        spans = [
+            question_span(Q[self.labels_ == k]) if n >= self.min_cluster_size else np.zeros((d, 0))
+            for k, n in enumerate(counts)
+        ]
+        factors, ranks = _format.factor_maps(self.W_, base, spans)
+        smaller = sum(t.size for t in factors.values()) < self.W_.size
+        self.maps_ = factors if smaller else {_format.WEIGHTS_TENSOR: self.W_}
+        self.ranks_ = ranks if smaller else None
+
     def _tensors(self) -> dict[str, np.ndarray]:
-        return {"centroids": self.centroids_, "W": self.W_, **self.routing_}
+        return {"centroids": self.centroids_, **self.maps_, **self.routing_}
 
     def _config(self) -> dict[str, Any]:
         questions = (
@@ -323,6 +345,7 @@ class FederatedProjection(RoutedProjection):
         return {
             **self._routing_config(),
             **{k: v for k, v in questions.items() if v is not None},
+            **({"ranks": self.ranks_} if self.ranks_ is not None else {}),
             "fit": {
                 "cluster_map": self.cluster_map,
                 **({"alpha": self.alpha_} if self.cluster_map == "ridge" else {"shrinkage": self.shrinkage_}),

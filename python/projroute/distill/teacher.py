@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from projroute._core import FlatIndex
-from projroute._format import INDEX_TENSOR
+from projroute._format import INDEX_TENSOR, dense_maps
 from projroute.reference import blend_maps, route_weights
 
 KEYED_KINDS = ("tree", "hierarchical")
@@ -88,11 +88,9 @@ def teacher_parts(teacher: Any) -> tuple[str, dict[str, np.ndarray], dict[str, A
             "an ensemble needs a routed projroute teacher (federated or lda estimator or Projector), "
             f"got {type(teacher).__name__} of kind {kind!r}"
         )
-    config = json.loads(core.config)
+    tensors, config = dense_maps(core.tensors(), json.loads(core.config))
     tensors = {
-        k: np.ascontiguousarray(v, dtype=np.float32)
-        for k, v in core.tensors().items()
-        if k in ("centroids", "W", "answers")
+        k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items() if k in ("centroids", "W", "answers")
     }
     routing = {
         "temperature": float(config["temperature"]),

@@ -1,7 +1,7 @@
 //! [`Batcher`]: micro-batching. Concurrent small requests are queued to one task that
 //! gathers them for at most [`Batching::wait`] (or until [`Batching::max_rows`] queries),
-//! runs the core once for all of them on a blocking thread, and hands each request its
-//! rows back, so that under load the core runs GEMMs instead of GEMVs.
+//! runs the core once for all of them on rayon's pool, and hands each request its rows
+//! back, so that under load the core runs GEMMs instead of GEMVs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,8 +35,8 @@ struct Job<I, O> {
     reply: oneshot::Sender<Result<O, ApiError>>,
 }
 
-/// Runs requests of one endpoint through the core: batched, or each on its own
-/// blocking thread when batching is off.
+/// Runs requests of one endpoint through the core: batched, or each alone when
+/// batching is off.
 pub struct Batcher<I, O> {
     run: Arc<Run<I, O>>,
     path: &'static str,
@@ -70,17 +70,30 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
             _ => {
                 let run = self.run.clone();
                 self.metrics.batch(self.path, 1, rows);
-                let out = tokio::task::spawn_blocking(move || run(std::slice::from_ref(&input)))
-                    .await
-                    .map_err(panicked)??;
+                let out = on_core(move || run(std::slice::from_ref(&input))).await??;
                 out.into_iter().next().ok_or_else(|| ApiError::internal("the core returned no output"))
             }
         }
     }
 }
 
-fn panicked(err: tokio::task::JoinError) -> ApiError {
-    ApiError::internal(format!("internal error: the computation failed ({err})"))
+/// Run `f` on rayon's global pool, the core's own threads, and await it: the core's
+/// parallel loops then start from a pool thread, rather than each handing its work
+/// from an outside thread to the pool and back. A panic in `f` is an internal error.
+async fn on_core<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    rayon::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.await {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(panic)) => {
+            let what =
+                panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+            Err(ApiError::internal(format!("internal error: the computation failed ({})", what.unwrap_or_default())))
+        }
+        Err(_) => Err(ApiError::internal("internal error: the computation was dropped")),
+    }
 }
 
 /// The collecting task: gather a batch, run it on a blocking thread, answer, repeat.
@@ -113,17 +126,14 @@ async fn collect<I: Send + 'static, O: Send + 'static>(
         metrics.batch(path, jobs.len(), rows);
         let (inputs, replies): (Vec<I>, Vec<_>) = jobs.into_iter().map(|j| (j.input, j.reply)).unzip();
         let run = run.clone();
-        let outputs = tokio::task::spawn_blocking(move || run_each_on_error(run.as_ref(), &inputs)).await;
+        let outputs = on_core(move || run_each_on_error(run.as_ref(), &inputs)).await;
         match outputs {
             Ok(outputs) => replies.into_iter().zip(outputs).for_each(|(reply, out)| {
                 let _ = reply.send(out);
             }),
-            Err(err) => {
-                let err = panicked(err);
-                replies.into_iter().for_each(|reply| {
-                    let _ = reply.send(Err(err.clone()));
-                })
-            }
+            Err(err) => replies.into_iter().for_each(|reply| {
+                let _ = reply.send(Err(err.clone()));
+            }),
         }
     }
 }

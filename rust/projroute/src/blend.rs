@@ -6,7 +6,9 @@
 //! row's terms are then summed in its routing order, so a row's output is the same bits
 //! whatever batch it comes in and however many threads run (batching, micro-batching
 //! and distributed jobs reproduce a one-query call exactly).
-//! `blend_vectors` computes `out_i = Σ_j w_ij · a_{c_ij}` for per-cluster vectors.
+//! [`LowRank`] maps, `W_k = base + U_k M_k`, are blended the same way with each term's
+//! product taken through the cluster's rank, `(x_i U_k) M_k`, and the base applied once
+//! per row. `blend_vectors` computes `out_i = Σ_j w_ij · a_{c_ij}` for per-cluster vectors.
 
 use std::cell::RefCell;
 
@@ -14,6 +16,7 @@ use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
 
 use crate::packed::PackedMatrix;
+use crate::precision::Precision;
 use crate::routing::Routing;
 
 /// Rows blended at once: bounds the buffer of per-term products (TILE · k · D_out floats).
@@ -25,6 +28,82 @@ const KEEP_FLOATS: usize = 1 << 23;
 thread_local! {
     /// Each bin's product buffer from this thread's last [`blend_tile`].
     static PRODUCTS: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Per-cluster maps that a blend multiplies the routed queries by.
+trait ClusterMaps: Sync {
+    fn n_clusters(&self) -> usize;
+    fn dim_out(&self) -> usize;
+    /// `c = x @ W_cluster`: `x` (n, D_in) row-major, `c` (n, D_out) row-major;
+    /// `scratch` is reused between calls.
+    fn product_into(&self, cluster: usize, x: ArrayView2<f32>, c: &mut [f32], scratch: &mut Vec<f32>);
+}
+
+impl ClusterMaps for [PackedMatrix] {
+    fn n_clusters(&self) -> usize {
+        self.len()
+    }
+
+    fn dim_out(&self) -> usize {
+        self.first().map_or(0, PackedMatrix::cols)
+    }
+
+    fn product_into(&self, cluster: usize, x: ArrayView2<f32>, c: &mut [f32], scratch: &mut Vec<f32>) {
+        self[cluster].matmul_into(x, c, self.dim_out(), scratch);
+    }
+}
+
+/// Maps `W_k = base + U_k M_k`: a common base (D_in, D_out) and per cluster a
+/// correction of rank `r_k`, `U_k` (D_in, r_k) and `M_k` (r_k, D_out); `r_k` may be 0.
+/// Stored so, a cluster's map costs `r_k (D_in + D_out)` floats instead of
+/// `D_in D_out`.
+#[derive(Clone, Debug)]
+pub(crate) struct LowRank {
+    pub(crate) base: PackedMatrix,
+    pub(crate) spans: Vec<PackedMatrix>,
+    pub(crate) corrections: Vec<PackedMatrix>,
+}
+
+impl LowRank {
+    /// From the base and each cluster's `(U_k, M_k)`; packed here at `precision`.
+    /// Panics unless the shapes agree (callers check them first).
+    pub(crate) fn new(
+        base: ArrayView2<f32>,
+        factors: &[(ArrayView2<f32>, ArrayView2<f32>)],
+        precision: Precision,
+    ) -> Self {
+        let (d_in, d_out) = base.dim();
+        for (u, m) in factors {
+            assert!(u.nrows() == d_in && m.ncols() == d_out && u.ncols() == m.nrows(), "factor shapes differ");
+        }
+        LowRank {
+            base: PackedMatrix::pack_as(base, precision),
+            spans: factors.iter().map(|(u, _)| PackedMatrix::pack_as(*u, precision)).collect(),
+            corrections: factors.iter().map(|(_, m)| PackedMatrix::pack_as(*m, precision)).collect(),
+        }
+    }
+}
+
+/// The corrections `U_k M_k` of [`LowRank`] maps, as cluster maps.
+struct Corrections<'a>(&'a LowRank);
+
+impl ClusterMaps for Corrections<'_> {
+    fn n_clusters(&self) -> usize {
+        self.0.spans.len()
+    }
+
+    fn dim_out(&self) -> usize {
+        self.0.base.cols()
+    }
+
+    fn product_into(&self, cluster: usize, x: ArrayView2<f32>, c: &mut [f32], scratch: &mut Vec<f32>) {
+        let (u, m) = (&self.0.spans[cluster], &self.0.corrections[cluster]);
+        let (n, r) = (x.nrows(), u.cols());
+        scratch.resize(n * r, 0.0);
+        u.matmul_into(x, scratch, r, &mut Vec::new());
+        let t = ArrayView2::from_shape((n, r), &scratch[..]).expect("n * r floats");
+        m.matmul_into(t, c, self.dim_out(), &mut Vec::new());
+    }
 }
 
 /// A routed term: the query (row in the tile), its weight, and its position among all
@@ -76,7 +155,26 @@ fn plan(groups: &[Vec<Term>], n_bins: usize) -> Vec<Vec<Chunk<'_>>> {
 ///
 /// `x`: (B, D_in); `maps`: K packed (D_in, D_out) maps; returns (B, D_out).
 pub fn blend_maps(x: ArrayView2<f32>, routing: &Routing, maps: &[PackedMatrix]) -> Array2<f32> {
-    let d_out = maps.first().map_or(0, PackedMatrix::cols);
+    blend(x, routing, maps)
+}
+
+/// `out_i = Σ_j w_ij · (x_i @ W_{c_ij})` for [`LowRank`] maps: the corrections blended
+/// as [`blend_maps`] blends maps, then `(Σ_j w_ij) · (x_i @ base)` added to each row.
+///
+/// `x`: (B, D_in); returns (B, D_out).
+pub(crate) fn blend_low_rank(x: ArrayView2<f32>, routing: &Routing, maps: &LowRank) -> Array2<f32> {
+    let mut out = blend(x, routing, &Corrections(maps));
+    let base = maps.base.matmul(x);
+    out.axis_iter_mut(Axis(0)).into_par_iter().zip(base.axis_iter(Axis(0))).enumerate().for_each(|(i, (row, b))| {
+        let total: f32 = routing.row(i).1.iter().sum();
+        Zip::from(row).and(b).for_each(|o, &v| *o += total * v);
+    });
+    out
+}
+
+/// The grouped blend over any [`ClusterMaps`].
+fn blend<M: ClusterMaps + ?Sized>(x: ArrayView2<f32>, routing: &Routing, maps: &M) -> Array2<f32> {
+    let d_out = maps.dim_out();
     let mut out = Array2::<f32>::zeros((x.nrows(), d_out));
     for start in (0..x.nrows()).step_by(TILE) {
         let end = (start + TILE).min(x.nrows());
@@ -86,16 +184,16 @@ pub fn blend_maps(x: ArrayView2<f32>, routing: &Routing, maps: &[PackedMatrix]) 
 }
 
 /// [`blend_maps`] for the rows `rows` of `x` into `out` (rows.len(), D_out).
-fn blend_tile(
+fn blend_tile<M: ClusterMaps + ?Sized>(
     x: ArrayView2<f32>,
     routing: &Routing,
     rows: std::ops::Range<usize>,
-    maps: &[PackedMatrix],
+    maps: &M,
     mut out: ArrayViewMut2<f32>,
 ) {
     let (d_in, d_out) = (x.ncols(), out.ncols());
     let first = rows.start;
-    let groups = group_by_cluster(routing, rows.clone(), maps.len());
+    let groups = group_by_cluster(routing, rows.clone(), maps.n_clusters());
     let bins = plan(&groups, rayon::current_num_threads().max(1));
     // Where each term's product lands: (bin, row of that bin's products).
     let n_terms: usize = groups.iter().map(Vec::len).sum();
@@ -125,7 +223,7 @@ fn blend_tile(
                 Zip::from(dst).and(x.row(first + i as usize)).for_each(|d, &v| *d = v * w);
             }
             let c = &mut product[at * d_out..(at + n) * d_out];
-            maps[chunk.cluster].matmul_into(gathered.slice(s![..n, ..]), c, d_out, &mut scratch);
+            maps.product_into(chunk.cluster, gathered.slice(s![..n, ..]), c, &mut scratch);
             at += n;
         }
     });
@@ -213,6 +311,47 @@ mod tests {
         let want = routing.to_dense(k).dot(&vectors);
         for (a, b) in got.iter().zip(want.iter()) {
             assert!((a - b).abs() < 1e-5);
+        }
+    }
+
+    /// Factored maps blend as their products `base + U_k M_k` do, for ranks 0, 1, an
+    /// odd one and more than one panel, alone, in a batch and on 1 or 3 threads.
+    #[test]
+    fn low_rank_blend_equals_the_dense_maps() {
+        let mut seed = 5;
+        let (b, d_in, d_out, ranks) = (300, 21, 37, [0usize, 1, 7, 19]);
+        let x = Array2::from_shape_fn((b, d_in), |_| lcg(&mut seed));
+        let base = Array2::from_shape_fn((d_in, d_out), |_| lcg(&mut seed));
+        let factors: Vec<(Array2<f32>, Array2<f32>)> = ranks
+            .iter()
+            .map(|&r| {
+                (
+                    Array2::from_shape_fn((d_in, r), |_| lcg(&mut seed)),
+                    Array2::from_shape_fn((r, d_out), |_| lcg(&mut seed)),
+                )
+            })
+            .collect();
+        let views: Vec<_> = factors.iter().map(|(u, m)| (u.view(), m.view())).collect();
+        let maps = LowRank::new(base.view(), &views, Precision::F32);
+        let dense = Array3::from_shape_fn((ranks.len(), d_in, d_out), |(k, i, j)| {
+            base[[i, j]] + factors[k].0.row(i).dot(&factors[k].1.column(j))
+        });
+        let mut routing = Routing { offsets: vec![0], clusters: vec![], weights: vec![] };
+        for i in 0..b {
+            routing.clusters.extend([(i % 4) as u32, ((i / 4) % 4) as u32]);
+            routing.weights.extend([0.6, 0.3]); // not summing to 1: the base is scaled by 0.9
+            routing.offsets.push(routing.clusters.len());
+        }
+        let got = blend_low_rank(x.view(), &routing, &maps);
+        let want = naive(x.view(), &routing, dense.view());
+        for (a, b) in got.iter().zip(want.iter()) {
+            assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        let one = Routing { offsets: vec![0, 2], clusters: routing.clusters[6..8].to_vec(), weights: vec![0.6, 0.3] };
+        assert_eq!(blend_low_rank(x.slice(s![3..4, ..]), &one, &maps), got.slice(s![3..4, ..]));
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            assert_eq!(pool.install(|| blend_low_rank(x.view(), &routing, &maps)), got, "{threads} threads");
         }
     }
 

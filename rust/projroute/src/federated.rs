@@ -1,11 +1,13 @@
 //! Federated projection: softmax routing over cluster centroids, then the routed
-//! clusters' maps blended by weight, `p = Σ_i w_i · (x @ W_i)`.
+//! clusters' maps blended by weight, `p = Σ_i w_i · (x @ W_i)`. The maps are stored
+//! whole, `W` (K, D_in, D_out), or factored as a base and a low-rank correction per
+//! cluster, `W_k = W.base + U_k M_k` (see `docs/format.md`).
 
 use std::collections::BTreeMap;
 
-use ndarray::{Array2, ArrayView2, ArrayView3};
+use ndarray::{s, Array2, ArrayView2, ArrayView3, Axis};
 
-use crate::blend;
+use crate::blend::{self, LowRank};
 use crate::error::{format_err, Result};
 use crate::format::{ModelFile, Tensor};
 use crate::model::{names, stack, Model};
@@ -17,12 +19,25 @@ use crate::routing::{Router, Routing, RoutingParams};
 #[derive(Clone, Debug)]
 pub struct Federated {
     router: Router,
-    maps: Vec<PackedMatrix>,
+    maps: Maps,
     dim_out: usize,
     /// With per-question routing, the file's `centroids` (K, D_in) as given, for export
     /// (the router holds the questions).
     centroids: Option<Tensor>,
 }
+
+/// The K maps, whole or factored.
+#[derive(Clone, Debug)]
+enum Maps {
+    Dense(Vec<PackedMatrix>),
+    LowRank(LowRank),
+}
+
+/// Tensor names of factored maps: the base (D_in, D_out), every cluster's `U_k`
+/// side by side (D_in, R) and every `M_k` stacked (R, D_out), R the sum of the ranks.
+const BASE: &str = "W.base";
+const SPANS: &str = "W.U";
+const CORRECTIONS: &str = "W.M";
 
 impl Federated {
     /// From `centroids` (K, D_in; normalised here), `maps` (K, D_in, D_out; packed here
@@ -43,7 +58,44 @@ impl Federated {
             ));
         }
         let dim_out = maps.dim().2;
-        let maps = maps.outer_iter().map(|w| PackedMatrix::pack_as(w, precision)).collect();
+        let maps = Maps::Dense(maps.outer_iter().map(|w| PackedMatrix::pack_as(w, precision)).collect());
+        Ok(Federated { router, maps, dim_out, centroids: None })
+    }
+
+    /// From any router and factored maps `W_k = base + U_k M_k`: `base` (D_in, D_out),
+    /// `spans` (D_in, R) the `U_k` side by side, `corrections` (R, D_out) the `M_k`
+    /// stacked, `ranks` (K) the width of each (summing to R), stored at `precision`.
+    pub fn low_rank(
+        router: Router,
+        base: ArrayView2<f32>,
+        spans: ArrayView2<f32>,
+        corrections: ArrayView2<f32>,
+        ranks: &[usize],
+        precision: Precision,
+    ) -> Result<Self> {
+        let (k, d_in, dim_out) = (router.n_clusters(), router.dim(), base.ncols());
+        let total: usize = ranks.iter().sum();
+        if ranks.len() != k {
+            return format_err(format!("{} ranks for {k} clusters", ranks.len()));
+        }
+        if base.nrows() != d_in || spans.dim() != (d_in, total) || corrections.dim() != (total, dim_out) {
+            return format_err(format!(
+                "{BASE} {:?}, {SPANS} {:?} and {CORRECTIONS} {:?} do not fit ranks summing to {total} and \
+                 the routing's D_in = {d_in}: expected ({d_in}, D_out), ({d_in}, {total}), ({total}, D_out)",
+                base.shape(),
+                spans.shape(),
+                corrections.shape()
+            ));
+        }
+        let mut at = 0;
+        let factors: Vec<_> = ranks
+            .iter()
+            .map(|&r| {
+                at += r;
+                (spans.slice(s![.., at - r..at]), corrections.slice(s![at - r..at, ..]))
+            })
+            .collect();
+        let maps = Maps::LowRank(LowRank::new(base, &factors, precision));
         Ok(Federated { router, maps, dim_out, centroids: None })
     }
 
@@ -69,7 +121,20 @@ impl Federated {
             Some(p) => router.with_prior(p.view1("prior")?)?,
             None => router,
         };
-        let federated = Self::with_router(router, m.tensor("W")?.view3("W")?, c.weights_precision())?;
+        let federated = match &c.ranks {
+            None if m.tensors.contains_key(BASE) => {
+                return format_err(format!("tensor `{BASE}` needs `ranks` in the config"))
+            }
+            None => Self::with_router(router, m.tensor("W")?.view3("W")?, c.weights_precision())?,
+            Some(ranks) => Self::low_rank(
+                router,
+                m.tensor(BASE)?.view2(BASE)?,
+                m.tensor(SPANS)?.view2(SPANS)?,
+                m.tensor(CORRECTIONS)?.view2(CORRECTIONS)?,
+                ranks,
+                c.weights_precision(),
+            )?,
+        };
         Ok(Federated { centroids: per_question.then(|| Tensor::from_array(centroids)), ..federated })
     }
 
@@ -96,7 +161,10 @@ impl Federated {
     /// Project queries `x` (B, D_in) to (B, D_out).
     pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let r = self.route(x)?;
-        Ok(blend::blend_maps(x, &r, &self.maps))
+        Ok(match &self.maps {
+            Maps::Dense(maps) => blend::blend_maps(x, &r, maps),
+            Maps::LowRank(maps) => blend::blend_low_rank(x, &r, maps),
+        })
     }
 }
 
@@ -126,7 +194,7 @@ impl Model for Federated {
     }
 
     fn tensor_names(&self) -> Vec<String> {
-        names(&["centroids", "W", "questions", "prior"])
+        names(&["centroids", "W", BASE, SPANS, CORRECTIONS, "questions", "prior"])
     }
 
     fn tensors(&self) -> BTreeMap<String, Tensor> {
@@ -134,7 +202,21 @@ impl Model for Federated {
         if let Some(c) = &self.centroids {
             out.insert("centroids".to_string(), c.clone());
         }
-        out.insert("W".to_string(), stack(&self.maps, self.dim_in(), self.dim_out));
+        match &self.maps {
+            Maps::Dense(maps) => {
+                out.insert("W".to_string(), stack(maps, self.dim_in(), self.dim_out));
+            }
+            Maps::LowRank(maps) => {
+                let side_by_side = |parts: &[PackedMatrix], axis| {
+                    let arrays: Vec<Array2<f32>> = parts.iter().map(PackedMatrix::to_array).collect();
+                    let views: Vec<ArrayView2<f32>> = arrays.iter().map(|a| a.view()).collect();
+                    Tensor::from_array(ndarray::concatenate(axis, &views).expect("factor shapes agree").view())
+                };
+                out.insert(BASE.to_string(), Tensor::from_array(maps.base.to_array().view()));
+                out.insert(SPANS.to_string(), side_by_side(&maps.spans, Axis(1)));
+                out.insert(CORRECTIONS.to_string(), side_by_side(&maps.corrections, Axis(0)));
+            }
+        }
         out
     }
 }

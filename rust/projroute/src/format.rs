@@ -18,14 +18,22 @@ use crate::precision::Precision;
 /// The tensor stored at the config's `weights_dtype`; every other tensor is f32.
 const WEIGHTS_TENSOR: &str = "W";
 
+/// Whether a tensor holds maps, stored at the config's `weights_dtype`: `W`, or a
+/// factor of factored maps (`W.base`, `W.U`, `W.M`).
+fn is_weights(name: &str) -> bool {
+    name == WEIGHTS_TENSOR || name.starts_with("W.")
+}
+
 /// Optional tensor (N, D_out) of answer embeddings stored with a model for search.
 pub const INDEX_TENSOR: &str = "index.embeddings";
 
 /// Largest safetensors header this reader accepts (the `safetensors` crate's limit).
 const MAX_HEADER_SIZE: u64 = 100_000_000;
 
-/// Newest format version this build reads and the one it writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Newest format version this build reads. A file is written with the lowest version
+/// that holds it: 2 for factored federated maps (`ranks`), else 1, so that older
+/// readers still open every file they can serve.
+pub const FORMAT_VERSION: u32 = 2;
 /// `__metadata__` key holding the JSON config.
 pub const CONFIG_KEY: &str = "projroute";
 /// Value of the config's `format` field.
@@ -66,8 +74,12 @@ pub struct Config {
     /// summed cluster weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_temperature: Option<f32>,
-    /// Storage type of the maps `W`: `float32` (default), `float16` or `bfloat16`;
-    /// products are computed in f32 either way.
+    /// Factored federated maps, `W_k = W.base + U_k M_k`: the rank of each cluster's
+    /// correction, its columns of `W.U` and rows of `W.M` in order (format version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<Vec<usize>>,
+    /// Storage type of the maps (`W`, or `W.base`, `W.U` and `W.M`): `float32`
+    /// (default), `float16` or `bfloat16`; products are computed in f32 either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights_dtype: Option<String>,
     /// Keyed kinds (`tree`, `hierarchical`): the key of each map in `W`, in order.
@@ -144,6 +156,9 @@ impl Config {
     pub fn from_json(text: &str) -> Result<Self> {
         let value = versioned_json(text, "config", FORMAT_NAME, FORMAT_VERSION)?;
         let config: Config = serde_json::from_value(value).or_else(|e| format_err(format!("bad config: {e}")))?;
+        if config.ranks.is_some() && config.version < 2 {
+            return format_err("`ranks` (factored maps) needs format version 2");
+        }
         if let Some(name) = &config.weights_dtype {
             if Precision::from_name(name).is_none() {
                 return format_err(format!("`weights_dtype` must be float32, float16 or bfloat16, got {name:?}"));
@@ -261,7 +276,7 @@ impl ModelFile {
             if t.shape.iter().product::<usize>() != t.data.len() {
                 return invalid(format!("tensor `{name}`: shape {:?} does not match {} values", t.shape, t.data.len()));
             }
-            if name == WEIGHTS_TENSOR && weights != Precision::F32 {
+            if is_weights(name) && weights != Precision::F32 {
                 t.data.iter_mut().for_each(|v| *v = weights.round(*v));
             }
             check_finite(name, &t.data)?;
@@ -283,7 +298,7 @@ impl ModelFile {
             SafeTensors::deserialize(bytes).or_else(|e| format_err(format!("not a readable safetensors file: {e}")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
-            let precision = if name == WEIGHTS_TENSOR { config.weights_precision() } else { Precision::F32 };
+            let precision = if is_weights(&name) { config.weights_precision() } else { Precision::F32 };
             tensors.insert(name.clone(), read_tensor(&name, &view, precision)?);
         }
         Ok(ModelFile { config, tensors, metadata })
@@ -303,7 +318,7 @@ impl ModelFile {
             .tensors
             .iter()
             .map(|(name, t)| {
-                let precision = if name == WEIGHTS_TENSOR { weights } else { Precision::F32 };
+                let precision = if is_weights(name) { weights } else { Precision::F32 };
                 let (dtype, data) = encode(&t.data, precision);
                 (name.clone(), dtype, data, t.shape.clone())
             })
@@ -521,6 +536,7 @@ mod tests {
             top_k: None,
             coverage: None,
             question_counts: None,
+            ranks: None,
             cluster_temperature: None,
             weights_dtype: None,
             nodes: None,
