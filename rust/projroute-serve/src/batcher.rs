@@ -96,7 +96,7 @@ async fn on_core<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R
     }
 }
 
-/// The collecting task: gather a batch, run it on a blocking thread, answer, repeat.
+/// The collecting task: gather a batch, run it on rayon's pool, answer, repeat.
 /// One batch runs at a time; requests arriving meanwhile make up the next one.
 async fn collect<I: Send + 'static, O: Send + 'static>(
     mut rx: mpsc::Receiver<Job<I, O>>,
@@ -243,6 +243,23 @@ mod tests {
             assert_eq!(batcher.submit(3, 4).await.unwrap(), 30);
             assert_eq!(batcher.submit(-1, 1).await.unwrap_err().status, 422);
             assert!(metrics.render().contains("projroute_batches_total{path=\"/project\"} 2"));
+        }
+    }
+
+    /// A panic in the core is a 500 for its request, batched or not, and the pool and
+    /// the batcher go on serving.
+    #[tokio::test]
+    async fn a_panic_in_the_core_is_an_internal_error() {
+        for batching in [None, Some(Batching { wait: Duration::ZERO, max_rows: 4 })] {
+            let run: Arc<Run<i64, i64>> = Arc::new(|xs: &[i64]| {
+                assert!(!xs.contains(&7), "seven");
+                Ok(xs.to_vec())
+            });
+            let batcher = Batcher::new("/project", Arc::new(Metrics::default()), batching, run);
+            let err = batcher.submit(7, 1).await.unwrap_err();
+            assert_eq!(err.status, 500);
+            assert!(err.message.contains("seven"), "{}", err.message);
+            assert_eq!(batcher.submit(2, 1).await.unwrap(), 2);
         }
     }
 }
