@@ -209,8 +209,9 @@ def test_factored_maps_round_trip_as_version_2_at_any_precision(tmp_path):
         ([1, 2, 4], 2, None, "do not fit"),
         ([3, 3], 2, None, "2 ranks for 3 clusters"),
         ([1, 2, 3], 2, "W.M", "needs a tensor `W.M`"),
+        ([2**64 - 1, 7, 0], 2, None, "sum past the largest size"),
     ],
-    ids=["version-1", "no-ranks", "ranks-sum", "ranks-count", "missing-factor"],
+    ids=["version-1", "no-ranks", "ranks-sum", "ranks-count", "missing-factor", "ranks-overflow"],
 )
 def test_bad_factored_maps(tmp_path, ranks, version, drop, match):
     rng = np.random.default_rng(4)

@@ -74,7 +74,9 @@ impl Federated {
         precision: Precision,
     ) -> Result<Self> {
         let (k, d_in, dim_out) = (router.n_clusters(), router.dim(), base.ncols());
-        let total: usize = ranks.iter().sum();
+        let Some(total) = ranks.iter().try_fold(0usize, |sum, &r| sum.checked_add(r)) else {
+            return format_err("`ranks` sum past the largest size");
+        };
         if ranks.len() != k {
             return format_err(format!("{} ranks for {k} clusters", ranks.len()));
         }
