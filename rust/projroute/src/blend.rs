@@ -7,8 +7,8 @@
 //! whatever batch it comes in and however many threads run (batching, micro-batching
 //! and distributed jobs reproduce a one-query call exactly).
 //! [`LowRank`] maps, `W_k = base + U_k M_k`, are blended the same way with each term's
-//! product taken through the cluster's rank, `(x_i U_k) M_k`, and the base applied once
-//! per row. `blend_vectors` computes `out_i = Σ_j w_ij · a_{c_ij}` for per-cluster vectors.
+//! product taken through the cluster's rank, `(x_i U_k) M_k`, and the base one more
+//! term of each row. `blend_vectors` computes `out_i = Σ_j w_ij · a_{c_ij}` for per-cluster vectors.
 
 use std::cell::RefCell;
 
@@ -84,12 +84,13 @@ impl LowRank {
     }
 }
 
-/// The corrections `U_k M_k` of [`LowRank`] maps, as cluster maps.
-struct Corrections<'a>(&'a LowRank);
+/// The terms of [`LowRank`] maps as cluster maps: each cluster's correction `U_k M_k`,
+/// and the base as cluster K.
+struct Terms<'a>(&'a LowRank);
 
-impl ClusterMaps for Corrections<'_> {
+impl ClusterMaps for Terms<'_> {
     fn n_clusters(&self) -> usize {
-        self.0.spans.len()
+        self.0.spans.len() + 1
     }
 
     fn dim_out(&self) -> usize {
@@ -97,6 +98,9 @@ impl ClusterMaps for Corrections<'_> {
     }
 
     fn product_into(&self, cluster: usize, x: ArrayView2<f32>, c: &mut [f32], scratch: &mut Vec<f32>) {
+        if cluster == self.0.spans.len() {
+            return self.0.base.matmul_into(x, c, self.dim_out(), scratch);
+        }
         let (u, m) = (&self.0.spans[cluster], &self.0.corrections[cluster]);
         let (n, r) = (x.nrows(), u.cols());
         scratch.resize(n * r, 0.0);
@@ -159,17 +163,27 @@ pub fn blend_maps(x: ArrayView2<f32>, routing: &Routing, maps: &[PackedMatrix]) 
 }
 
 /// `out_i = Σ_j w_ij · (x_i @ W_{c_ij})` for [`LowRank`] maps: the corrections blended
-/// as [`blend_maps`] blends maps, then `(Σ_j w_ij) · (x_i @ base)` added to each row.
+/// as [`blend_maps`] blends maps, with the base one more term of every row, last, at
+/// the row's total weight `Σ_j w_ij`.
 ///
 /// `x`: (B, D_in); returns (B, D_out).
 pub(crate) fn blend_low_rank(x: ArrayView2<f32>, routing: &Routing, maps: &LowRank) -> Array2<f32> {
-    let mut out = blend(x, routing, &Corrections(maps));
-    let base = maps.base.matmul(x);
-    out.axis_iter_mut(Axis(0)).into_par_iter().zip(base.axis_iter(Axis(0))).enumerate().for_each(|(i, (row, b))| {
-        let total: f32 = routing.row(i).1.iter().sum();
-        Zip::from(row).and(b).for_each(|o, &v| *o += total * v);
-    });
-    out
+    let base = maps.spans.len() as u32;
+    let mut with_base = Routing {
+        offsets: Vec::with_capacity(routing.len() + 1),
+        clusters: Vec::with_capacity(routing.clusters.len() + routing.len()),
+        weights: Vec::with_capacity(routing.weights.len() + routing.len()),
+    };
+    with_base.offsets.push(0);
+    for i in 0..routing.len() {
+        let (c, w) = routing.row(i);
+        with_base.clusters.extend_from_slice(c);
+        with_base.clusters.push(base);
+        with_base.weights.extend_from_slice(w);
+        with_base.weights.push(w.iter().sum());
+        with_base.offsets.push(with_base.clusters.len());
+    }
+    blend(x, &with_base, &Terms(maps))
 }
 
 /// The grouped blend over any [`ClusterMaps`].
