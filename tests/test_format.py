@@ -201,11 +201,17 @@ def test_factored_maps_round_trip_as_version_2_at_any_precision(tmp_path):
             np.testing.assert_allclose(loaded.project(X), model.project(X), rtol=1e-2, atol=1e-2)
 
 
+def test_factored_maps_and_whole_maps_in_one_file_are_refused(tmp_path):
+    tensors = {**_factored(np.random.default_rng(4), [1, 2, 3]), "W": np.ones((3, 8, 8), np.float32)}
+    with pytest.raises(pr.ModelFormatError, match="not as `W`"):
+        pr.load(_rewrite(tmp_path, lambda c: c.update(version=2, ranks=[1, 2, 3]), tensors=tensors))
+
+
 @pytest.mark.parametrize(
     "ranks, version, drop, match",
     [
         ([1, 2, 3], 1, None, "needs format version 2"),
-        (None, 1, None, "needs `ranks`"),
+        (None, 1, None, "need `ranks`"),
         ([1, 2, 4], 2, None, "do not fit"),
         ([3, 3], 2, None, "2 ranks for 3 clusters"),
         ([1, 2, 3], 2, "W.M", "needs a tensor `W.M`"),

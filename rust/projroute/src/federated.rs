@@ -124,10 +124,13 @@ impl Federated {
             None => router,
         };
         let federated = match &c.ranks {
-            None if m.tensors.contains_key(BASE) => {
-                return format_err(format!("tensor `{BASE}` needs `ranks` in the config"))
+            None if [BASE, SPANS, CORRECTIONS].iter().any(|n| m.tensors.contains_key(*n)) => {
+                return format_err(format!("tensors `{BASE}`, `{SPANS}`, `{CORRECTIONS}` need `ranks` in the config"))
             }
             None => Self::with_router(router, m.tensor("W")?.view3("W")?, c.weights_precision())?,
+            Some(_) if m.tensors.contains_key("W") => {
+                return format_err(format!("a model with `ranks` stores its maps factored ({BASE}, ...), not as `W`"))
+            }
             Some(ranks) => Self::low_rank(
                 router,
                 m.tensor(BASE)?.view2(BASE)?,
