@@ -80,10 +80,11 @@ def dense_maps(
     if "ranks" not in config:
         return tensors, config
     base, U, M = (np.asarray(tensors.pop(n), np.float64) for n in (BASE, SPANS, CORRECTIONS))
-    ends = np.cumsum(config.pop("ranks"))
-    tensors[WEIGHTS_TENSOR] = np.stack(
-        [base + U[:, e - r : e] @ M[e - r : e] for e, r in zip(ends, np.diff(ends, prepend=0))]
-    ).astype(np.float32)
+    ranks = config.pop("ranks")
+    ends = np.cumsum(ranks)
+    tensors[WEIGHTS_TENSOR] = np.stack([base + U[:, e - r : e] @ M[e - r : e] for e, r in zip(ends, ranks)]).astype(
+        np.float32
+    )
     return tensors, {**config, "version": 1}
 
 

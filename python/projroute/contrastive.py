@@ -146,10 +146,9 @@ def infonce_federated_steps(
     progress: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The base ``B`` and the federated maps ``W_k = B + U_k M_k`` (K, d_q, d_a), as a
-    pair, after each count in ``steps``
-    of Adam on the InfoNCE loss of the blended projection ``p_i = Σ_k weights[i, k] q_i W_k``
-    of the pairs Q (n, d_q), A (n, d_a) routed by ``weights`` (n, K), against every
-    distinct answer (:func:`answer_targets`).
+    pair, after each count in ``steps`` of Adam on the InfoNCE loss of the blended
+    projection ``p_i = Σ_k weights[i, k] q_i W_k`` of the pairs Q (n, d_q), A (n, d_a)
+    routed by ``weights`` (n, K), against every distinct answer (:func:`answer_targets`).
 
     The base ``B`` (d_q, d_a) is refined for every query; each cluster's correction only
     inside the span of its questions, ``U_k`` (d_q, r_k) orthonormal (``None``: the
