@@ -62,13 +62,19 @@ fn routing(c: &mut Criterion) {
     group.finish();
 }
 
+/// Exact top-10 search, queries per second: one query (memory-bound), a served
+/// micro-batch (32) and an offline batch (256).
 fn index(c: &mut Criterion) {
-    let (n, d, b) = (20_000, 384, 256);
+    let (n, d) = (20_000, 384);
     let index = FlatIndex::new(random((n, d), 9).view()).unwrap();
-    let x = random((b, d), 10);
-    let mut group = c.benchmark_group("flat_index_search_f32_n20000_d384");
-    group.throughput(Throughput::Elements(b as u64));
-    group.bench_function("b256_k10", |bench| bench.iter(|| index.search(x.view(), 10).unwrap()));
+    let mut group = c.benchmark_group("flat_index_search_f32_n20000_d384_k10");
+    for b in [1, 32, 256] {
+        let x = random((b, d), 10);
+        group.throughput(Throughput::Elements(b as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(b), &x, |bench, x| {
+            bench.iter(|| index.search(x.view(), 10).unwrap())
+        });
+    }
     group.finish();
 }
 

@@ -5,10 +5,14 @@ use rayon::prelude::*;
 
 use crate::error::{invalid, Result};
 use crate::linalg;
-use crate::packed::PackedMatrix;
+use crate::packed::{PackedMatrix, NR};
 
-/// Queries scored per GEMM block, to bound memory at (block, N) floats.
-const BLOCK: usize = 1024;
+/// Index columns scored per task (64 panels): the scores of a block of queries against
+/// them stay in L2 while their best k are taken, and no (B, N) score matrix is made.
+const CHUNK: usize = 64 * NR;
+/// Queries per task: one block of the packed kernel's rows (their (ROWS, CHUNK) scores
+/// take 480 KiB).
+const ROWS: usize = 120;
 
 /// Exact cosine search over N unit-normalised embeddings.
 #[derive(Clone, Debug)]
@@ -42,31 +46,63 @@ impl FlatIndex {
 
     /// The `k` nearest items of each query `x` (B, D) by cosine: `(ids, scores)`, both
     /// (B, k), best first, ties to the lower id.
+    ///
+    /// Each task scores a block of queries against a chunk of the index and keeps each
+    /// query's best k there; a query's k best overall are the best of its chunks' k.
     pub fn search(&self, x: ArrayView2<f32>, k: usize) -> Result<(Array2<u32>, Array2<f32>)> {
         linalg::check_batch(x, self.dim(), "queries")?;
-        if k == 0 || k > self.len() {
-            return invalid(format!("k must be between 1 and the index size ({}), got {k}", self.len()));
+        let n = self.len();
+        if k == 0 || k > n {
+            return invalid(format!("k must be between 1 and the index size ({n}), got {k}"));
         }
         let q = linalg::normalize_rows(x, "queries")?;
         let b = q.nrows();
+        let (row_blocks, chunks) = (b.div_ceil(ROWS), n.div_ceil(CHUNK));
+        // Task t: rows of block t / chunks, columns of chunk t % chunks; each query's
+        // (score, id) candidates, best first.
+        let found: Vec<Vec<Vec<(f32, u32)>>> = (0..row_blocks * chunks)
+            .into_par_iter()
+            .map_init(
+                || (Vec::new(), Vec::new()),
+                |(sims, scratch), t| {
+                    let rows = t / chunks * ROWS..(t / chunks * ROWS + ROWS).min(b);
+                    let cols = t % chunks * CHUNK..(t % chunks * CHUNK + CHUNK).min(n);
+                    let width = cols.len();
+                    sims.resize(rows.len() * width, 0.0);
+                    let panels = cols.start / NR..cols.end.div_ceil(NR);
+                    self.embeddings_t.panels_into(q.slice(s![rows, ..]), panels, sims, width, scratch);
+                    sims.chunks_exact(width)
+                        .map(|sim| {
+                            let ids = top_k(sim, k.min(width));
+                            ids.into_iter().map(|i| (sim[i as usize], cols.start as u32 + i)).collect()
+                        })
+                        .collect()
+                },
+            )
+            .collect();
         let mut ids = Array2::<u32>::zeros((b, k));
         let mut scores = Array2::<f32>::zeros((b, k));
-        for start in (0..b).step_by(BLOCK) {
-            let end = (start + BLOCK).min(b);
-            let sims = self.embeddings_t.matmul(q.slice(s![start..end, ..]));
-            ids.slice_mut(s![start..end, ..])
-                .axis_iter_mut(Axis(0))
-                .into_par_iter()
-                .zip(scores.slice_mut(s![start..end, ..]).axis_iter_mut(Axis(0)))
-                .zip(sims.axis_iter(Axis(0)))
-                .for_each(|((mut id_row, mut score_row), sim)| {
-                    let sim = sim.as_slice().expect("fresh GEMM output is contiguous");
-                    for (j, i) in top_k(sim, k).into_iter().enumerate() {
-                        id_row[j] = i;
-                        score_row[j] = sim[i as usize];
+        ids.axis_iter_mut(Axis(0)).into_par_iter().zip(scores.axis_iter_mut(Axis(0))).enumerate().for_each(
+            |(i, (mut id_row, mut score_row))| {
+                let (block, r) = (i / ROWS, i % ROWS);
+                let mut best: Vec<(f32, u32)> = found[block * chunks..(block + 1) * chunks]
+                    .iter()
+                    .flat_map(|part| part[r].iter().copied())
+                    .collect();
+                if chunks > 1 {
+                    let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+                    if k < best.len() {
+                        best.select_nth_unstable_by(k - 1, order);
+                        best.truncate(k);
                     }
-                });
-        }
+                    best.sort_unstable_by(order);
+                }
+                for (j, (score, id)) in best.into_iter().enumerate() {
+                    id_row[j] = id;
+                    score_row[j] = score;
+                }
+            },
+        );
         Ok((ids, scores))
     }
 }
@@ -120,6 +156,41 @@ mod tests {
         assert!((scores[[0, 0]] - 1.0).abs() < 1e-6);
         assert!(index.search(array![[1.0f32, 0.0]].view(), 4).is_err());
         assert!(index.search(array![[1.0f32, 0.0]].view(), 0).is_err());
+    }
+
+    /// Across row blocks and index chunks (the last one narrower than k), the search
+    /// gives exactly the full sort of every score. Rows of four entries of ±1 keep
+    /// every score exact, and tied ones common.
+    #[test]
+    fn chunked_search_equals_a_full_sort() {
+        let mut rng = 11u64;
+        let mut next = |below: usize| {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (rng >> 33) as usize % below
+        };
+        let d = 16;
+        let mut rows = |n: usize| {
+            let mut x = Array2::<f32>::zeros((n, d));
+            for mut row in x.outer_iter_mut() {
+                while row.iter().filter(|v| **v != 0.0).count() < 4 {
+                    row[next(d)] = if next(2) == 0 { 1.0 } else { -1.0 };
+                }
+            }
+            x
+        };
+        let (n, b) = (2 * CHUNK + 452, ROWS + 10);
+        let (embeddings, queries) = (rows(n), rows(b));
+        let index = FlatIndex::new(embeddings.view()).unwrap();
+        let exact = queries.dot(&embeddings.t()) / 4.0;
+        for k in [1, 10, 700, n] {
+            let (ids, scores) = index.search(queries.view(), k).unwrap();
+            for (i, sim) in exact.outer_iter().enumerate() {
+                let mut want: Vec<u32> = (0..n as u32).collect();
+                want.sort_by(|a, b| sim[*b as usize].total_cmp(&sim[*a as usize]).then(a.cmp(b)));
+                assert_eq!(ids.row(i).to_vec(), want[..k], "query {i}, k {k}");
+                assert!(ids.row(i).iter().zip(scores.row(i)).all(|(&j, &s)| s == sim[j as usize]));
+            }
+        }
     }
 
     #[test]
