@@ -3,9 +3,11 @@
 A federated model at D=384 (100 clusters, top-10, fitted on synthetic topic data)
 storing 10,000 answers is served on loopback; oha sends one query per request (a
 different held-out query each time, ``-Z``) at 1, 8 and 64 connections, with
-micro-batching on (the defaults) and off (``--no-batching``). Prints p50, p99 and
-requests/s per endpoint, mode and connection count as a Markdown table (and the raw
-figures as JSON with ``--json``).
+micro-batching on (the defaults) and off (``--no-batching``). With ``--rounds N`` the
+two modes alternate N times, so that a drift in the machine's speed falls on both.
+Prints the medians over rounds of p50, p99 and requests/s per endpoint, mode and
+connection count as a Markdown table, and batching's throughput ratio per round (the
+raw figures as JSON with ``--json``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,48 +98,63 @@ def main() -> None:
     p.add_argument(
         "--weights-dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="the maps' storage"
     )
+    p.add_argument("--rounds", type=int, default=1, help="alternations of batching on and off")
     p.add_argument("--json", metavar="FILE", help="also write the raw figures here")
     args = p.parse_args()
+    endpoints, connections = args.endpoints.split(","), [int(c) for c in args.connections.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model, queries = build(folder, args.weights_dtype)
         print(f"model: {model.stat().st_size / 1e6:.0f} MB; cores: {os.cpu_count()}", file=sys.stderr)
-        for endpoint in args.endpoints.split(","):
+        for endpoint in endpoints:
             lines = bodies(folder, queries, endpoint)
-            for mode, flags in [("on", []), ("off", ["--no-batching"])]:
-                proc, url = start(args.server, model, flags)
-                try:
-                    for c in map(int, args.connections.split(",")):
-                        oha(args.oha, url + endpoint, lines, c, "2s", args.oha_threads)  # warm-up
-                        r = oha(args.oha, url + endpoint, lines, c, args.duration, args.oha_threads)
-                        s, pct = r["summary"], r["latencyPercentiles"]
-                        ok = r.get("statusCodeDistribution", {})
-                        row = {
-                            "endpoint": endpoint,
-                            "batching": mode,
-                            "connections": c,
-                            "p50_ms": pct["p50"] * 1e3,
-                            "p99_ms": pct["p99"] * 1e3,
-                            "rps": s["requestsPerSec"],
-                            "status": ok,
-                        }
-                        rows.append(row)
-                        print(json.dumps(row), file=sys.stderr)
-                finally:
-                    proc.send_signal(signal.SIGTERM)
-                    proc.wait(timeout=60)
+            for round_ in range(args.rounds):
+                for mode, flags in [("on", []), ("off", ["--no-batching"])]:
+                    proc, url = start(args.server, model, flags)
+                    try:
+                        for c in connections:
+                            oha(args.oha, url + endpoint, lines, c, "2s", args.oha_threads)  # warm-up
+                            r = oha(args.oha, url + endpoint, lines, c, args.duration, args.oha_threads)
+                            s, pct = r["summary"], r["latencyPercentiles"]
+                            row = {
+                                "endpoint": endpoint,
+                                "round": round_,
+                                "batching": mode,
+                                "connections": c,
+                                "p50_ms": pct["p50"] * 1e3,
+                                "p99_ms": pct["p99"] * 1e3,
+                                "rps": s["requestsPerSec"],
+                                "status": r.get("statusCodeDistribution", {}),
+                            }
+                            rows.append(row)
+                            print(json.dumps(row), file=sys.stderr)
+                    finally:
+                        proc.send_signal(signal.SIGTERM)
+                        proc.wait(timeout=60)
+    print(f"medians over {args.rounds} round(s); requests/s with its range")
     print("| endpoint | connections | batching | p50 | p99 | requests/s |")
     print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| `{r['endpoint']}` | {r['connections']} | {r['batching']} | {r['p50_ms']:.2f} ms "
-            f"| {r['p99_ms']:.2f} ms | {r['rps']:,.0f} |"
-        )
-    for endpoint in args.endpoints.split(","):
-        by = {(r["batching"], r["connections"]): r["rps"] for r in rows if r["endpoint"] == endpoint}
-        for c in map(int, args.connections.split(",")):
-            print(f"{endpoint}, {c} connections: batching {by[('on', c)] / by[('off', c)]:.2f}x the throughput without")
+    for endpoint in endpoints:
+        for mode in ["on", "off"]:
+            for c in connections:
+                got = [r for r in rows if (r["endpoint"], r["batching"], r["connections"]) == (endpoint, mode, c)]
+                p50, p99 = (statistics.median(r[f] for r in got) for f in ["p50_ms", "p99_ms"])
+                rps = sorted(r["rps"] for r in got)
+                spread = f" ({rps[0]:,.0f}–{rps[-1]:,.0f})" if len(rps) > 1 else ""
+                print(
+                    f"| `{endpoint}` | {c} | {mode} | {p50:.2f} ms | {p99:.2f} ms "
+                    f"| {statistics.median(rps):,.0f}{spread} |"
+                )
+    for endpoint in endpoints:
+        by = {(r["round"], r["batching"], r["connections"]): r["rps"] for r in rows if r["endpoint"] == endpoint}
+        for c in connections:
+            ratios = [by[(i, "on", c)] / by[(i, "off", c)] for i in range(args.rounds)]
+            each = ", ".join(f"{x:.2f}x" for x in ratios)
+            print(
+                f"{endpoint}, {c} connections: batching {statistics.median(ratios):.2f}x the throughput "
+                f"without (median; each round: {each})"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
