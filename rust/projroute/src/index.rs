@@ -109,6 +109,8 @@ impl FlatIndex {
 
 /// Below this many items per wanted one, [`top_k`] selects by partitioning instead of scanning.
 const SCAN_RATIO: usize = 64;
+/// Items per block of [`top_k`]'s scan.
+const BLOCK: usize = 16;
 
 /// Ids of the `k` (>= 1) highest of `sim`, best first; equal scores in id order (scores
 /// compared by `f32::total_cmp`).
@@ -123,23 +125,39 @@ fn top_k(sim: &[f32], k: usize) -> Vec<u32> {
         order.sort_unstable_by(by_score);
         return order;
     }
-    // One pass with a sorted buffer of the best k: almost every item is turned away by
-    // one integer comparison with the k-th best. `total_key` orders like `total_cmp`.
+    // The k-th largest of the blocks' largest keys bounds the k-th best from below, so
+    // only blocks reaching it (k of them, and ties) are scanned, each item offered to a
+    // sorted buffer of the best k. `total_key` orders like `total_cmp`; the blocks'
+    // maxima are one vectorised pass.
     let total_key = |v: f32| {
         let bits = v.to_bits() as i32;
         bits ^ ((((bits >> 31) as u32) >> 1) as i32)
     };
+    let blocks = sim.chunks_exact(BLOCK);
+    let tail = blocks.remainder();
+    let maxima: Vec<i32> = blocks
+        .map(|block| {
+            let block: &[f32; BLOCK] = block.try_into().expect("chunks_exact gives whole blocks");
+            block.iter().fold(i32::MIN, |m, &v| m.max(total_key(v)))
+        })
+        .collect();
+    // At least 64k items, so at least 4k blocks.
+    let floor = *maxima.clone().select_nth_unstable_by(k - 1, |a, b| b.cmp(a)).1;
     let mut best: Vec<(i32, u32)> = Vec::with_capacity(k + 1);
-    for (i, &v) in sim.iter().enumerate() {
+    let mut offer = |i: usize, v: f32| {
         let key = total_key(v);
         if best.len() == k && key <= best[k - 1].0 {
-            continue;
+            return;
         }
         // After the equal keys: their ids are lower.
         let at = best.partition_point(|&(b, _)| b >= key);
         best.insert(at, (key, i as u32));
         best.truncate(k);
+    };
+    for (b, _) in maxima.iter().enumerate().filter(|(_, &m)| m >= floor) {
+        (b * BLOCK..(b + 1) * BLOCK).for_each(|i| offer(i, sim[i]));
     }
+    (sim.len() - tail.len()..sim.len()).for_each(|i| offer(i, sim[i]));
     best.into_iter().map(|(_, i)| i).collect()
 }
 
