@@ -69,7 +69,7 @@ $(OHA):
 
 bench-serve: build $(OHA)
 	cargo build --release -p projroute-serve
-	$(PY) benches/serve_load.py
+	$(PY) benches/serve_load.py --rounds 3
 
 # Fuzz every target for FUZZ_SECONDS each (cargo-fuzz targets on the model loader and
 # the projection entry points, atheris on the Python data readers); prints executions
