@@ -5,14 +5,14 @@ use rayon::prelude::*;
 
 use crate::error::{invalid, Result};
 use crate::linalg;
-use crate::packed::{PackedMatrix, NR};
+use crate::packed::{PackedMatrix, MC, NR};
 
 /// Index columns scored per task (64 panels): the scores of a block of queries against
 /// them stay in L2 while their best k are taken, and no (B, N) score matrix is made.
 const CHUNK: usize = 64 * NR;
-/// Queries per task: one block of the packed kernel's rows (their (ROWS, CHUNK) scores
+/// Queries per task: the packed kernel's largest row block (their (ROWS, CHUNK) scores
 /// take 480 KiB).
-const ROWS: usize = 120;
+const ROWS: usize = MC;
 
 /// Exact cosine search over N unit-normalised embeddings.
 #[derive(Clone, Debug)]
@@ -89,14 +89,7 @@ impl FlatIndex {
                     .iter()
                     .flat_map(|part| part[r].iter().copied())
                     .collect();
-                if chunks > 1 {
-                    let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-                    if k < best.len() {
-                        best.select_nth_unstable_by(k - 1, order);
-                        best.truncate(k);
-                    }
-                    best.sort_unstable_by(order);
-                }
+                keep_first(&mut best, k, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                 for (j, (score, id)) in best.into_iter().enumerate() {
                     id_row[j] = id;
                     score_row[j] = score;
@@ -118,11 +111,7 @@ fn top_k(sim: &[f32], k: usize) -> Vec<u32> {
     if k.saturating_mul(SCAN_RATIO) > sim.len() {
         let by_score = |a: &u32, b: &u32| sim[*b as usize].total_cmp(&sim[*a as usize]).then(a.cmp(b));
         let mut order: Vec<u32> = (0..sim.len() as u32).collect();
-        if k < order.len() {
-            order.select_nth_unstable_by(k - 1, by_score);
-            order.truncate(k);
-        }
-        order.sort_unstable_by(by_score);
+        keep_first(&mut order, k, by_score);
         return order;
     }
     // The k-th largest of the blocks' largest keys bounds the k-th best from below, so
@@ -133,9 +122,8 @@ fn top_k(sim: &[f32], k: usize) -> Vec<u32> {
         let bits = v.to_bits() as i32;
         bits ^ ((((bits >> 31) as u32) >> 1) as i32)
     };
-    let blocks = sim.chunks_exact(BLOCK);
-    let tail = blocks.remainder();
-    let maxima: Vec<i32> = blocks
+    let maxima: Vec<i32> = sim
+        .chunks_exact(BLOCK)
         .map(|block| {
             let block: &[f32; BLOCK] = block.try_into().expect("chunks_exact gives whole blocks");
             block.iter().fold(i32::MIN, |m, &v| m.max(total_key(v)))
@@ -157,8 +145,17 @@ fn top_k(sim: &[f32], k: usize) -> Vec<u32> {
     for (b, _) in maxima.iter().enumerate().filter(|(_, &m)| m >= floor) {
         (b * BLOCK..(b + 1) * BLOCK).for_each(|i| offer(i, sim[i]));
     }
-    (sim.len() - tail.len()..sim.len()).for_each(|i| offer(i, sim[i]));
+    (maxima.len() * BLOCK..sim.len()).for_each(|i| offer(i, sim[i]));
     best.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Keep the first `k` of `items` under `order`, sorted by it.
+fn keep_first<T>(items: &mut Vec<T>, k: usize, order: impl Fn(&T, &T) -> std::cmp::Ordering) {
+    if k < items.len() {
+        items.select_nth_unstable_by(k - 1, &order);
+        items.truncate(k);
+    }
+    items.sort_unstable_by(&order);
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ const MR: usize = 6;
 /// Depth of one slice of a panel (16 KiB of f32 per panel slice).
 const KC: usize = 256;
 /// Most rows of `a` in one block.
-const MC: usize = 120;
+pub(crate) const MC: usize = 120;
 /// A block holds a multiple of this many rows: the strip heights of every kernel divide it.
 const STRIP: usize = 12;
 /// Floats of `a` kept in L2 at once (a block of rows, all of its depth): 192 KiB.
