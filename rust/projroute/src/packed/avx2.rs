@@ -89,7 +89,7 @@ pub(super) unsafe fn strips<const KIND: u8>(
     ldc: usize,
     accumulate: bool,
 ) {
-    tile::strips::<Pair, ROWS, KIND>(mc, kc, a.as_ptr(), lda, b, c.as_mut_ptr(), ldc, accumulate);
+    tile::strips::<Pair, ROWS, 1, KIND>(mc, kc, a.as_ptr(), lda, b, c.as_mut_ptr(), ldc, accumulate);
 }
 
 /// One [`tile::tile`] of `M` rows (the right edge's tiles).
@@ -110,5 +110,5 @@ pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
     accumulate: bool,
     prefetch: bool,
 ) {
-    tile::tile::<Pair, M, KIND>(kc, a, lda, b, c, ldc, accumulate, prefetch);
+    tile::tile::<Pair, M, 1, KIND>(kc, a, lda, b, c, ldc, accumulate, prefetch);
 }

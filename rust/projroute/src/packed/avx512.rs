@@ -1,7 +1,10 @@
 //! The AVX-512F kernel (x86-64 only): the [`tile`](super::tile) on one 16-lane vector per
-//! row, a 12x16 tile in twelve accumulators (with the panel row and the broadcast, fused
-//! into the FMA's memory operand, well inside the 32 vector registers); f16 and bf16
-//! panels widened to f32 as they are loaded.
+//! row and panel, a 12x32 tile of two panels in twenty-four accumulators (with the two
+//! panel rows and the broadcast, inside the 32 vector registers); f16 and bf16 panels
+//! widened to f32 as they are loaded. Two panels, not one: a 12x16 tile loads thirteen
+//! vectors for twelve FMAs, so on cores that issue two 512-bit FMAs and two 512-bit loads
+//! a cycle (Intel's) the loads, not the FMAs, would set its pace; 12x32 loads fourteen
+//! for twenty-four.
 
 use super::tile::{self, Lanes};
 use super::NR;
@@ -59,18 +62,18 @@ impl Lanes for __m512 {
 }
 
 /// [`tile::strips`] in 12-row strips: `mc` rows of `a` (depth `kc`, stride `lda`)
-/// against one panel into `c` (mc, 16).
+/// against `P` consecutive panels into `c` (mc, 16 `P`).
 ///
 /// # Safety
 ///
 /// The CPU must have AVX-512F. `a` must hold `mc` rows of `kc` floats spaced `lda` apart
-/// (`a.len() >= (mc - 1) * lda + kc`), `c` must hold `mc` rows of 16 floats spaced `ldc`
-/// apart (`c.len() >= (mc - 1) * ldc + 16`), and `b` must point to at least `kc`
+/// (`a.len() >= (mc - 1) * lda + kc`), `c` must hold `mc` rows of 16 `P` floats spaced `ldc`
+/// apart (`c.len() >= (mc - 1) * ldc + 16 P`), and `b` must point to at least `P kc`
 /// readable panel lines of the `KIND` given (0 f32, 1 f16, 2 bf16), aligned as `Line`
 /// and `HalfLine` are.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn strips<const KIND: u8>(
+pub(super) unsafe fn strips<const KIND: u8, const P: usize>(
     mc: usize,
     kc: usize,
     a: &[f32],
@@ -80,7 +83,7 @@ pub(super) unsafe fn strips<const KIND: u8>(
     ldc: usize,
     accumulate: bool,
 ) {
-    tile::strips::<__m512, ROWS, KIND>(mc, kc, a.as_ptr(), lda, b, c.as_mut_ptr(), ldc, accumulate);
+    tile::strips::<__m512, ROWS, P, KIND>(mc, kc, a.as_ptr(), lda, b, c.as_mut_ptr(), ldc, accumulate);
 }
 
 /// One [`tile::tile`] of `M` rows (the right edge's tiles).
@@ -101,5 +104,5 @@ pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
     accumulate: bool,
     prefetch: bool,
 ) {
-    tile::tile::<__m512, M, KIND>(kc, a, lda, b, c, ldc, accumulate, prefetch);
+    tile::tile::<__m512, M, 1, KIND>(kc, a, lda, b, c, ldc, accumulate, prefetch);
 }

@@ -10,8 +10,9 @@
 //! output tile stays in L1 while it accumulates over the depth and the map streams
 //! from memory once per row block. Maps may be stored as f16 or bf16 ([`Precision`]),
 //! widened to f32 as they are loaded. The kernel is chosen at run time from the CPU's
-//! features: on x86-64 with AVX-512F a 12x16 register-blocked kernel of 16-lane
-//! vectors, with AVX2, FMA and F16C a 6x16 one of 8-lane vectors; elsewhere a portable
+//! features: on x86-64 with AVX-512F a 12x32 register-blocked kernel of 16-lane
+//! vectors over two panels at once, with AVX2, FMA and F16C a 6x16 one of 8-lane
+//! vectors; elsewhere a portable
 //! kernel with the same layout. `PROJROUTE_KERNEL` (`avx512`, `avx2` or `portable`),
 //! read once, caps the choice, to compare the paths on one machine.
 //!
@@ -45,8 +46,10 @@ const KC: usize = 256;
 pub(crate) const MC: usize = 120;
 /// A block holds a multiple of this many rows: the strip heights of every kernel divide it.
 const STRIP: usize = 12;
-/// Floats of `a` kept in L2 at once (a block of rows, all of its depth): 192 KiB.
-const A_BLOCK: usize = 48 * 1024;
+/// Floats of `a` kept in L2 at once (a block of rows, all of its depth): 384 KiB, so
+/// that a cluster's queries in a federated batch (about 80 rows of 768) are one block
+/// and its map streams from memory once.
+const A_BLOCK: usize = 96 * 1024;
 
 /// One row of a panel: [`NR`] floats, cache-line aligned so that no vector load splits
 /// across two lines.
@@ -168,8 +171,14 @@ impl PackedMatrix {
 
     /// Lines of panel `j` in the row block starting at `kb`.
     fn panel(&self, kb: usize, j: usize) -> Panel<'_> {
+        self.panels(kb, j, 1)
+    }
+
+    /// Lines of `count` consecutive panels from `j` in the row block starting at `kb`
+    /// (each `min(KC, k - kb)` lines, one after the other).
+    fn panels(&self, kb: usize, j: usize, count: usize) -> Panel<'_> {
         let kc = KC.min(self.k - kb);
-        let at = kb * self.n.div_ceil(NR) + j * kc..kb * self.n.div_ceil(NR) + (j + 1) * kc;
+        let at = kb * self.n.div_ceil(NR) + j * kc..kb * self.n.div_ceil(NR) + (j + count) * kc;
         match &self.lines {
             Lines::F32(l) => Panel::F32(&l[at]),
             Lines::Half(p, l) => Panel::Half(*p, &l[at]),
@@ -295,17 +304,22 @@ impl PackedMatrix {
         // Rows per block: all of their depth stays in L2 while every panel passes; a
         // whole number of the widest kernel's strips.
         let mc_max = (A_BLOCK / k).clamp(STRIP, MC) / STRIP * STRIP;
+        // Full panels go to the kernel `kernel.panels_per_tile()` at a time where that many
+        // are left; the right edge's panel alone.
+        let full = |j: usize| j < panels.end && (j + 1) * NR <= self.n;
         for i0 in (0..m).step_by(mc_max) {
             let mc = mc_max.min(m - i0);
-            for j in panels.clone() {
+            let mut j = panels.start;
+            while j < panels.end {
+                let count = if (j..j + kernel.panels_per_tile()).all(full) { kernel.panels_per_tile() } else { 1 };
                 let nr = NR.min(self.n - j * NR);
                 for kb in (0..k).step_by(KC) {
                     let (kc, accumulate) = (KC.min(k - kb), kb > 0);
-                    let b = self.panel(kb, j);
+                    let b = self.panels(kb, j, count);
                     let a_block = &a[i0 * lda + kb..];
                     if nr == NR {
                         let c_off = i0 * ldc + (j - panels.start) * NR;
-                        strips(kernel, mc, kc, a_block, lda, b, &mut c[c_off..], ldc, accumulate);
+                        strips(kernel, mc, kc, a_block, lda, b, count, &mut c[c_off..], ldc, accumulate);
                         continue;
                     }
                     // Right edge: compute full tiles aside, copy the valid columns.
@@ -321,6 +335,7 @@ impl PackedMatrix {
                         }
                     }
                 }
+                j += count;
             }
         }
     }
@@ -414,6 +429,15 @@ impl Kernel {
         }
     }
 
+    /// Panels one SIMD tile covers: two for AVX-512 (see `avx512`), one otherwise.
+    fn panels_per_tile(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(_) => 2,
+            _ => 1,
+        }
+    }
+
     /// The name [`kernel_path`] reports.
     fn name(self) -> &'static str {
         match self {
@@ -439,11 +463,12 @@ fn holds(len: usize, rows: usize, cols: usize, stride: usize) -> bool {
 }
 
 /// `kernel`'s tiles over every strip of `a` (mc rows of depth kc, row stride `lda`;
-/// strips of 6 rows for the portable and AVX2 kernels, 12 for AVX-512) against one full
-/// panel, into `c` (mc, NR) with row stride `ldc`; one dispatch per panel.
+/// strips of 6 rows for the portable and AVX2 kernels, 12 for AVX-512) against `count`
+/// consecutive full panels `b` (at most `kernel.panels_per_tile()`), into `c`
+/// (mc, count NR) with row stride `ldc`; one dispatch per call.
 ///
-/// Panics unless `a`, `b` and `c` hold all of that (checked once per panel: the SIMD
-/// kernels' reads and writes are unchecked).
+/// Panics unless `count` is in range and `a`, `b` and `c` hold all of that (checked once
+/// per call: the SIMD kernels' reads and writes are unchecked).
 #[allow(clippy::too_many_arguments)]
 fn strips(
     kernel: Kernel,
@@ -452,13 +477,17 @@ fn strips(
     a: &[f32],
     lda: usize,
     b: Panel<'_>,
+    count: usize,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
 ) {
     assert!(
-        holds(a.len(), mc, kc, lda) && b.len() >= kc && holds(c.len(), mc, NR, ldc),
-        "packed kernel: {mc}x{kc} strip block out of bounds"
+        (1..=kernel.panels_per_tile()).contains(&count)
+            && holds(a.len(), mc, kc, lda)
+            && b.len() >= count * kc
+            && holds(c.len(), mc, count * NR, ldc),
+        "packed kernel: {mc}x{kc} strip block of {count} panels out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
     if !matches!(kernel, Kernel::Portable) {
@@ -468,17 +497,22 @@ fn strips(
         // (`p < kc`) and of `c` written at `r * ldc + 0..NR`, and `b` has at least `kc`
         // lines. The pointer given for `b` is that of its `Line`s (`KIND` 0) or
         // `HalfLine`s (1 = f16, 2 = bf16), whose size and alignment are what the
-        // kernels' loads expect (the const asserts beside their definitions). `c` is
-        // borrowed exclusively, so nothing else reads or writes it meanwhile.
+        // kernels' loads expect (the const asserts beside their definitions); the `count`
+        // panels follow one another `kc` lines apart, as `PackedMatrix::panels` lays them
+        // out, and `count` is 1 except for AVX-512. `c` is borrowed exclusively, so
+        // nothing else reads or writes it meanwhile.
         unsafe {
             let (ptr, kind) = b.raw();
-            match (kernel, kind) {
-                (Kernel::Avx512(_), 0) => avx512::strips::<0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (Kernel::Avx512(_), 1) => avx512::strips::<1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (Kernel::Avx512(_), _) => avx512::strips::<2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (_, 0) => avx2::strips::<0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (_, 1) => avx2::strips::<1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (_, _) => avx2::strips::<2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+            match (kernel, kind, count) {
+                (Kernel::Avx512(_), 0, 1) => avx512::strips::<0, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (Kernel::Avx512(_), 1, 1) => avx512::strips::<1, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (Kernel::Avx512(_), _, 1) => avx512::strips::<2, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (Kernel::Avx512(_), 0, _) => avx512::strips::<0, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (Kernel::Avx512(_), 1, _) => avx512::strips::<1, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (Kernel::Avx512(_), _, _) => avx512::strips::<2, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (_, 0, _) => avx2::strips::<0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (_, 1, _) => avx2::strips::<1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (_, _, _) => avx2::strips::<2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
             }
         }
         return;
@@ -715,7 +749,7 @@ mod tests {
             std::panic::catch_unwind(move || {
                 let mut c = vec![0.0f32; c_len];
                 micro(Kernel::detect(), mr, 8, &a, 8, panel, &mut c, NR, false, false);
-                strips(Kernel::detect(), mr.max(1), 8, &a, 8, panel, &mut c, NR, false);
+                strips(Kernel::detect(), mr.max(1), 8, &a, 8, panel, 1, &mut c, NR, false);
             })
             .is_ok()
         };

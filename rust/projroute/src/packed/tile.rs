@@ -1,6 +1,7 @@
 //! The register-blocked tile both SIMD kernels run, written once over [`Lanes`]: sixteen
 //! f32 lanes, one panel row. `avx2` implements them as two 8-lane vectors (a 6x16 tile
-//! in twelve registers), `avx512` as one 16-lane vector (a 12x16 tile in twelve), and
+//! of one panel in twelve registers), `avx512` as one 16-lane vector (a 12x32 tile of
+//! two panels in twenty-four), and
 //! the tests as a plain array, so that the tile's indexing, heights and depth
 //! remainders are checked on every machine, whatever vectors it has.
 //!
@@ -52,34 +53,43 @@ pub(super) trait Lanes: Copy {
     unsafe fn store(self, c: *mut f32);
 }
 
-/// `Σ_p a[r * lda + p] · b[p]` for each row `r < M`; with `PREFETCH`, the panel that
-/// follows `b` in memory is fetched meanwhile.
+/// `Σ_p a[r * lda + p] · b_q[p]` for each row `r < M` and each of the `P` panels `b_q`
+/// that follow one another from `b` (`kc` lines each); with `PREFETCH`, the `P` panels
+/// that follow them in memory are fetched meanwhile.
 ///
 /// # Safety
 ///
 /// As [`Lanes`] requires of `V`. `a[r * lda + p]` must be readable for every `r < M`,
-/// `p < kc`, and `b` must point to at least `kc` readable panel lines of the `KIND`
-/// given. (The prefetch may point past the panel: it never faults, and the address is
+/// `p < kc`, and `b` must point to at least `P * kc` readable panel lines of the `KIND`
+/// given. (The prefetch may point past the panels: it never faults, and the address is
 /// formed with wrapping arithmetic.)
 #[inline(always)]
-unsafe fn accumulate_panel<V: Lanes, const M: usize, const KIND: u8, const PREFETCH: bool>(
+unsafe fn accumulate_panels<V: Lanes, const M: usize, const P: usize, const KIND: u8, const PREFETCH: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const u8,
-) -> [V; M] {
+) -> [[V; P]; M] {
     let line = if KIND == 0 { 4 * NR } else { 2 * NR };
-    let mut acc = [V::zero(); M];
+    let mut acc = [[V::zero(); P]; M];
     // A macro, not a closure: closures do not inherit the target features.
     macro_rules! step {
         ($p:expr) => {{
             let p = $p;
             if PREFETCH && (KIND == 0 || p % 2 == 0) {
-                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kc + p) * line).cast::<i8>());
+                for q in P..2 * P {
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((q * kc + p) * line).cast::<i8>());
+                }
             }
-            let bp = V::load::<KIND>(b, p);
-            for (r, x) in acc.iter_mut().enumerate() {
-                *x = x.fma(*a.add(r * lda + p), bp);
+            let mut bp = [V::zero(); P];
+            for (q, x) in bp.iter_mut().enumerate() {
+                *x = V::load::<KIND>(b.add(q * kc * line), p);
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = *a.add(r * lda + p);
+                for (x, &bq) in row.iter_mut().zip(&bp) {
+                    *x = x.fma(av, bq);
+                }
             }
         }};
     }
@@ -100,16 +110,16 @@ unsafe fn accumulate_panel<V: Lanes, const M: usize, const KIND: u8, const PREFE
     acc
 }
 
-/// The `M`x16 tile: `c[r, 0..16] (+)= Σ_p a[r * lda + p] · b[p]` for `r < M`, `p < kc`;
-/// with `prefetch`, the next panel is fetched meanwhile.
+/// The `M`x(16 `P`) tile: `c[r, 16 q..16 q + 16] (+)= Σ_p a[r * lda + p] · b_q[p]` for
+/// `r < M`, `q < P`, `p < kc`; with `prefetch`, the next `P` panels are fetched meanwhile.
 ///
 /// # Safety
 ///
-/// As [`accumulate_panel`]; and `c[r * ldc..r * ldc + 16]` writable, and neither read
+/// As [`accumulate_panels`]; and `c[r * ldc..r * ldc + 16 P]` writable, and neither read
 /// nor written through any other pointer meanwhile, for every `r < M`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tile<V: Lanes, const M: usize, const KIND: u8>(
+pub(super) unsafe fn tile<V: Lanes, const M: usize, const P: usize, const KIND: u8>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -120,28 +130,31 @@ pub(super) unsafe fn tile<V: Lanes, const M: usize, const KIND: u8>(
     prefetch: bool,
 ) {
     let acc = if prefetch {
-        accumulate_panel::<V, M, KIND, true>(kc, a, lda, b)
+        accumulate_panels::<V, M, P, KIND, true>(kc, a, lda, b)
     } else {
-        accumulate_panel::<V, M, KIND, false>(kc, a, lda, b)
+        accumulate_panels::<V, M, P, KIND, false>(kc, a, lda, b)
     };
-    for (r, x) in acc.into_iter().enumerate() {
-        let row = c.add(r * ldc);
-        let x = if accumulate { x.add_from(row) } else { x };
-        x.store(row);
+    for (r, row) in acc.into_iter().enumerate() {
+        for (q, x) in row.into_iter().enumerate() {
+            let at = c.add(r * ldc + q * NR);
+            let x = if accumulate { x.add_from(at) } else { x };
+            x.store(at);
+        }
     }
 }
 
-/// [`tile`] over the strips of `a` (`mc` rows of depth `kc`, row stride `lda`) into `c`
-/// (mc, 16): full strips of `ROWS` (at most 12), then one of the remaining height. The
-/// first strip prefetches the next panel.
+/// [`tile`] over the strips of `a` (`mc` rows of depth `kc`, row stride `lda`) against
+/// `P` consecutive panels into `c` (mc, 16 `P`): full strips of `ROWS` (at most 12),
+/// then one of the remaining height. The first strip prefetches the next panels.
 ///
 /// # Safety
 ///
-/// As [`accumulate_panel`] for every row `r < mc`; and `c` must hold `mc` rows of 16
-/// writable floats spaced `ldc` apart, not accessed through any other pointer meanwhile.
+/// As [`accumulate_panels`] for every row `r < mc`; and `c` must hold `mc` rows of
+/// 16 `P` writable floats spaced `ldc` apart, not accessed through any other pointer
+/// meanwhile.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn strips<V: Lanes, const ROWS: usize, const KIND: u8>(
+pub(super) unsafe fn strips<V: Lanes, const ROWS: usize, const P: usize, const KIND: u8>(
     mc: usize,
     kc: usize,
     a: *const f32,
@@ -153,13 +166,13 @@ pub(super) unsafe fn strips<V: Lanes, const ROWS: usize, const KIND: u8>(
 ) {
     let full = mc - mc % ROWS;
     for s in (0..full).step_by(ROWS) {
-        tile::<V, ROWS, KIND>(kc, a.add(s * lda), lda, b, c.add(s * ldc), ldc, accumulate, s == 0);
+        tile::<V, ROWS, P, KIND>(kc, a.add(s * lda), lda, b, c.add(s * ldc), ldc, accumulate, s == 0);
     }
     let (a, c, first) = (a.add(full * lda), c.add(full * ldc), full == 0);
     macro_rules! rest {
         ($($m:literal)*) => {
             match mc - full {
-                $($m if $m < ROWS => tile::<V, $m, KIND>(kc, a, lda, b, c, ldc, accumulate, first),)*
+                $($m if $m < ROWS => tile::<V, $m, P, KIND>(kc, a, lda, b, c, ldc, accumulate, first),)*
                 _ => {}
             }
         };
@@ -210,28 +223,46 @@ mod tests {
         }
     }
 
-    /// Run `kernel` (mc, kc, a, lda, panel, c, ldc, accumulate) and the portable kernel on
-    /// the same inputs, for every strip height up to two full strips of `rows` and one
-    /// more, depth remainder (the loop is unrolled by four), precision and accumulate
-    /// setting; they must agree everywhere, rows the kernel must not touch included.
-    fn against_portable(rows: usize, kernel: impl Fn(usize, usize, &[f32], usize, Panel<'_>, &mut [f32], usize, bool)) {
+    /// Run `kernel` (mc, kc, a, lda, panels, count, c, ldc, accumulate) on `count`
+    /// consecutive panels and the portable kernel on each of them, on the same inputs,
+    /// for every strip height up to two full strips of `rows` and one more, depth
+    /// remainder (the loop is unrolled by four), precision and accumulate setting; they
+    /// must agree everywhere, rows and columns the kernel must not touch included.
+    fn against_portable(
+        rows: usize,
+        count: usize,
+        kernel: impl Fn(usize, usize, &[f32], usize, Panel<'_>, usize, &mut [f32], usize, bool),
+    ) {
         for precision in PRECISIONS {
             for kc in [1, 2, 3, 4, 5, 7, 8, 61, 256] {
-                let b = filled(kc, 2 * NR, 7).mapv(|v| precision.round(v));
+                let b = filled(kc, 4 * NR, 7).mapv(|v| precision.round(v));
                 let packed = PackedMatrix::pack_as(b.view(), precision);
-                let (lda, ldc, n) = (kc + 3, NR + 5, 2 * rows + 1);
+                let (lda, ldc, n) = (kc + 3, count * NR + 5, 2 * rows + 1);
                 let a = filled(n, lda, 8).into_raw_vec_and_offset().0;
                 let start = filled(n, ldc, 9).into_raw_vec_and_offset().0;
                 for accumulate in [false, true] {
                     for mc in 1..=n {
                         let (mut got, mut want) = (start.clone(), start.clone());
-                        let panel = packed.panel(0, 1);
-                        kernel(mc, kc, &a, lda, panel, &mut got, ldc, accumulate);
-                        drive_strips(Kernel::Portable, mc, kc, &a, lda, panel, &mut want, ldc, accumulate);
+                        kernel(mc, kc, &a, lda, packed.panels(0, 1, count), count, &mut got, ldc, accumulate);
+                        for q in 0..count {
+                            let panel = packed.panel(0, 1 + q);
+                            drive_strips(
+                                Kernel::Portable,
+                                mc,
+                                kc,
+                                &a,
+                                lda,
+                                panel,
+                                1,
+                                &mut want[q * NR..],
+                                ldc,
+                                accumulate,
+                            );
+                        }
                         for (i, (x, y)) in got.iter().zip(&want).enumerate() {
                             assert!(
                                 (x - y).abs() <= 1e-5 * kc as f32 * (1.0 + y.abs()),
-                                "kc {kc}, {mc} rows, element {i}: {x} vs {y}"
+                                "{count} panels, kc {kc}, {mc} rows, element {i}: {x} vs {y}"
                             );
                         }
                     }
@@ -264,37 +295,40 @@ mod tests {
     }
 
     /// Each SIMD kernel this CPU has, through the driver's dispatch: every strip height
-    /// up to 25 rows (each remainder of 6- and 12-row strips), and every edge tile,
-    /// against the portable kernel. A machine without one still runs its code on
-    /// emulated lanes (below).
+    /// up to 25 rows (each remainder of 6- and 12-row strips), on one panel and on as
+    /// many as its tile covers, and every edge tile, against the portable kernel. A
+    /// machine without one still runs its code on emulated lanes (below).
     #[test]
     fn every_simd_kernel_matches_portable() {
         for kernel in Kernel::available().into_iter().filter(|k| !matches!(k, Kernel::Portable)) {
             eprintln!("testing the {} kernel", kernel.name());
-            against_portable(12, |mc, kc, a, lda, panel, c, ldc, acc| {
-                drive_strips(kernel, mc, kc, a, lda, panel, c, ldc, acc)
-            });
+            for count in 1..=kernel.panels_per_tile() {
+                against_portable(12, count, |mc, kc, a, lda, panels, count, c, ldc, acc| {
+                    drive_strips(kernel, mc, kc, a, lda, panels, count, c, ldc, acc)
+                });
+            }
             edges_against_portable(kernel);
         }
     }
 
-    /// The tile's code on emulated lanes, at both kernels' strip heights.
+    /// The tile's code on emulated lanes, at both kernels' strip heights and panel counts.
     #[test]
     fn emulated_tile_matches_portable() {
-        for rows in [6, 12] {
-            against_portable(rows, |mc, kc, a, lda, panel, c, ldc, accumulate| {
-                let (ptr, kind) = panel.raw();
+        for (rows, count) in [(6, 1), (12, 2)] {
+            against_portable(rows, count, |mc, kc, a, lda, panels, count, c, ldc, accumulate| {
+                let (ptr, kind) = panels.raw();
                 // SAFETY: `against_portable` gives `mc` rows of `lda >= kc` floats of `a`,
-                // `mc` rows of `ldc >= 16` of `c`, and a panel of `kc` lines of `kind`.
+                // `mc` rows of `ldc >= 16 count` of `c`, and `count` panels of `kc` lines
+                // of `kind`, one after the other.
                 unsafe {
                     let (a, c) = (a.as_ptr(), c.as_mut_ptr());
-                    match (rows, kind) {
-                        (6, 0) => strips::<Emulated, 6, 0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                        (6, 1) => strips::<Emulated, 6, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                        (6, _) => strips::<Emulated, 6, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                        (_, 0) => strips::<Emulated, 12, 0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                        (_, 1) => strips::<Emulated, 12, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                        (_, _) => strips::<Emulated, 12, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                    match (count, kind) {
+                        (1, 0) => strips::<Emulated, 6, 1, 0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                        (1, 1) => strips::<Emulated, 6, 1, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                        (1, _) => strips::<Emulated, 6, 1, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                        (_, 0) => strips::<Emulated, 12, 2, 0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                        (_, 1) => strips::<Emulated, 12, 2, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                        (_, _) => strips::<Emulated, 12, 2, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
                     }
                 }
             });
