@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
 
+use crate::fastmath;
 use crate::packed::PackedMatrix;
 use crate::precision::Precision;
 use crate::routing::Routing;
@@ -234,7 +235,7 @@ fn blend_tile<M: ClusterMaps + ?Sized>(
                 gathered = Array2::zeros((n, d_in));
             }
             for (dst, &(i, w, _)) in gathered.axis_iter_mut(Axis(0)).zip(chunk.rows) {
-                Zip::from(dst).and(x.row(first + i as usize)).for_each(|d, &v| *d = v * w);
+                scale_into(dst, x.row(first + i as usize), w);
             }
             let c = &mut product[at * d_out..(at + n) * d_out];
             maps.product_into(chunk.cluster, gathered.slice(s![..n, ..]), c, &mut scratch);
@@ -246,15 +247,22 @@ fn blend_tile<M: ClusterMaps + ?Sized>(
         term_start[local + 1] = term_start[local] + routing.row(i).0.len();
     }
     out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(local, mut row)| {
+        let row = row.as_slice_mut().expect("rows of the output are contiguous");
         for &(b, r) in &place[term_start[local]..term_start[local + 1]] {
             let src = &products[b as usize][r as usize * d_out..(r as usize + 1) * d_out];
-            for (d, &v) in row.iter_mut().zip(src) {
-                *d += v;
-            }
+            fastmath::add_assign(row, src);
         }
     });
     if products.iter().map(Vec::capacity).sum::<usize>() <= KEEP_FLOATS {
         PRODUCTS.with(|p| *p.borrow_mut() = products);
+    }
+}
+
+/// `dst = w · src`, vectorised where both rows are contiguous.
+fn scale_into(mut dst: ndarray::ArrayViewMut1<f32>, src: ndarray::ArrayView1<f32>, w: f32) {
+    match (dst.as_slice_mut(), src.as_slice()) {
+        (Some(d), Some(s)) => fastmath::scaled_copy(d, s, w),
+        _ => Zip::from(dst).and(src).for_each(|d, &v| *d = v * w),
     }
 }
 

@@ -113,6 +113,20 @@ dispatch! {
     }
 }
 
+dispatch! {
+    /// `dst = w · src` (same length).
+    fn scaled_copy(dst: &mut [f32], src: &[f32], w: f32) {
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * w);
+    }
+}
+
+dispatch! {
+    /// `dst += src` (same length).
+    fn add_assign(dst: &mut [f32], src: &[f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
+    }
+}
+
 #[cfg(feature = "candle")]
 dispatch! {
     /// `v = softmax(v)` within each run of `group` elements (`v.len()` a multiple of it).
