@@ -2,7 +2,7 @@
 //! held as two 8-lane vectors, a 6x16 tile in twelve accumulators; f16 and bf16 panels
 //! widened to f32 as they are loaded.
 
-use super::tile::{self, Lanes};
+use super::tile::{self, Lanes, Next};
 use super::NR;
 use crate::cpu::has_avx2_fma;
 use std::arch::x86_64::*;
@@ -88,8 +88,9 @@ pub(super) unsafe fn strips<const KIND: u8>(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    next: Next,
 ) {
-    tile::strips::<Pair, ROWS, 1, KIND>(mc, kc, a.as_ptr(), lda, b, c.as_mut_ptr(), ldc, accumulate);
+    tile::strips::<Pair, ROWS, 1, KIND>(mc, kc, a.as_ptr(), lda, b, c.as_mut_ptr(), ldc, accumulate, next);
 }
 
 /// One [`tile::tile`] of `M` rows (the right edge's tiles).
@@ -108,7 +109,7 @@ pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
-    prefetch: bool,
+    next: Next,
 ) {
-    tile::tile::<Pair, M, 1, KIND>(kc, a, lda, b, c, ldc, accumulate, prefetch);
+    tile::tile::<Pair, M, 1, KIND>(kc, a, lda, b, c, ldc, accumulate, next);
 }

@@ -6,7 +6,7 @@
 //! a cycle (Intel's) the loads, not the FMAs, would set its pace; 12x32 loads fourteen
 //! for twenty-four.
 
-use super::tile::{self, Lanes};
+use super::tile::{self, Lanes, Next};
 use super::NR;
 use std::arch::x86_64::*;
 
@@ -82,8 +82,9 @@ pub(super) unsafe fn strips<const KIND: u8, const P: usize>(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    next: Next,
 ) {
-    tile::strips::<__m512, ROWS, P, KIND>(mc, kc, a.as_ptr(), lda, b, c.as_mut_ptr(), ldc, accumulate);
+    tile::strips::<__m512, ROWS, P, KIND>(mc, kc, a.as_ptr(), lda, b, c.as_mut_ptr(), ldc, accumulate, next);
 }
 
 /// One [`tile::tile`] of `M` rows (the right edge's tiles).
@@ -102,7 +103,7 @@ pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
-    prefetch: bool,
+    next: Next,
 ) {
-    tile::tile::<__m512, M, 1, KIND>(kc, a, lda, b, c, ldc, accumulate, prefetch);
+    tile::tile::<__m512, M, 1, KIND>(kc, a, lda, b, c, ldc, accumulate, next);
 }

@@ -307,19 +307,36 @@ impl PackedMatrix {
         // Full panels go to the kernel `kernel.panels_per_tile()` at a time where that many
         // are left; the right edge's panel alone.
         let full = |j: usize| j < panels.end && (j + 1) * NR <= self.n;
+        let count_at = |j: usize| {
+            let most = kernel.panels_per_tile();
+            if (j..j + most).all(full) {
+                most
+            } else {
+                1
+            }
+        };
         for i0 in (0..m).step_by(mc_max) {
             let mc = mc_max.min(m - i0);
             let mut j = panels.start;
             while j < panels.end {
-                let count = if (j..j + kernel.panels_per_tile()).all(full) { kernel.panels_per_tile() } else { 1 };
+                let count = count_at(j);
                 let nr = NR.min(self.n - j * NR);
                 for kb in (0..k).step_by(KC) {
                     let (kc, accumulate) = (KC.min(k - kb), kb > 0);
                     let b = self.panels(kb, j, count);
+                    // The slice the loop takes next: the same panels one row block down,
+                    // or the next panels' first row block.
+                    let next = if kb + KC < k {
+                        Some((self.panels(kb + KC, j, count), count))
+                    } else if j + count < panels.end {
+                        Some((self.panels(0, j + count, count_at(j + count)), count_at(j + count)))
+                    } else {
+                        None
+                    };
                     let a_block = &a[i0 * lda + kb..];
                     if nr == NR {
                         let c_off = i0 * ldc + (j - panels.start) * NR;
-                        strips(kernel, mc, kc, a_block, lda, b, count, &mut c[c_off..], ldc, accumulate);
+                        strips(kernel, mc, kc, a_block, lda, b, count, &mut c[c_off..], ldc, accumulate, next);
                         continue;
                     }
                     // Right edge: compute full tiles aside, copy the valid columns.
@@ -329,7 +346,8 @@ impl PackedMatrix {
                         for r in 0..mr {
                             tile[r * NR..r * NR + nr].copy_from_slice(&c[c_off + r * ldc..c_off + r * ldc + nr]);
                         }
-                        micro(kernel, mr, kc, &a_block[s * lda..], lda, b, &mut tile, NR, accumulate, s == 0);
+                        let next = if s == 0 { next } else { None };
+                        micro(kernel, mr, kc, &a_block[s * lda..], lda, b, &mut tile, NR, accumulate, next);
                         for r in 0..mr {
                             c[c_off + r * ldc..c_off + r * ldc + nr].copy_from_slice(&tile[r * NR..r * NR + nr]);
                         }
@@ -465,7 +483,8 @@ fn holds(len: usize, rows: usize, cols: usize, stride: usize) -> bool {
 /// `kernel`'s tiles over every strip of `a` (mc rows of depth kc, row stride `lda`;
 /// strips of 6 rows for the portable and AVX2 kernels, 12 for AVX-512) against `count`
 /// consecutive full panels `b` (at most `kernel.panels_per_tile()`), into `c`
-/// (mc, count NR) with row stride `ldc`; one dispatch per call.
+/// (mc, count NR) with row stride `ldc`, prefetching `next` (the panels used next, and
+/// how many they are); one dispatch per call.
 ///
 /// Panics unless `count` is in range and `a`, `b` and `c` hold all of that (checked once
 /// per call: the SIMD kernels' reads and writes are unchecked).
@@ -481,6 +500,7 @@ fn strips(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    next: Option<(Panel<'_>, usize)>,
 ) {
     assert!(
         (1..=kernel.panels_per_tile()).contains(&count)
@@ -502,29 +522,36 @@ fn strips(
         // out, and `count` is 1 except for AVX-512. `c` is borrowed exclusively, so
         // nothing else reads or writes it meanwhile.
         unsafe {
-            let (ptr, kind) = b.raw();
+            let ((ptr, kind), next) = (b.raw(), next_lines(next));
             match (kernel, kind, count) {
-                (Kernel::Avx512(_), 0, 1) => avx512::strips::<0, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (Kernel::Avx512(_), 1, 1) => avx512::strips::<1, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (Kernel::Avx512(_), _, 1) => avx512::strips::<2, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (Kernel::Avx512(_), 0, _) => avx512::strips::<0, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (Kernel::Avx512(_), 1, _) => avx512::strips::<1, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (Kernel::Avx512(_), _, _) => avx512::strips::<2, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (_, 0, _) => avx2::strips::<0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (_, 1, _) => avx2::strips::<1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                (_, _, _) => avx2::strips::<2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                (Kernel::Avx512(_), 0, 1) => avx512::strips::<0, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate, next),
+                (Kernel::Avx512(_), 1, 1) => avx512::strips::<1, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate, next),
+                (Kernel::Avx512(_), _, 1) => avx512::strips::<2, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate, next),
+                (Kernel::Avx512(_), 0, _) => avx512::strips::<0, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate, next),
+                (Kernel::Avx512(_), 1, _) => avx512::strips::<1, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate, next),
+                (Kernel::Avx512(_), _, _) => avx512::strips::<2, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate, next),
+                (_, 0, _) => avx2::strips::<0>(mc, kc, a, lda, ptr, c, ldc, accumulate, next),
+                (_, 1, _) => avx2::strips::<1>(mc, kc, a, lda, ptr, c, ldc, accumulate, next),
+                (_, _, _) => avx2::strips::<2>(mc, kc, a, lda, ptr, c, ldc, accumulate, next),
             }
         }
         return;
     }
     for s in (0..mc).step_by(MR) {
         let mr = MR.min(mc - s);
-        micro(kernel, mr, kc, &a[s * lda..], lda, b, &mut c[s * ldc..], ldc, accumulate, s == 0);
+        micro(kernel, mr, kc, &a[s * lda..], lda, b, &mut c[s * ldc..], ldc, accumulate, None);
     }
 }
 
+/// What the SIMD kernels prefetch for `next` (panels, and how many): the address of its
+/// first line and the lines per panel.
+#[cfg(target_arch = "x86_64")]
+fn next_lines(next: Option<(Panel<'_>, usize)>) -> tile::Next {
+    next.map(|(panels, count)| (panels.raw().0, panels.len() / count))
+}
+
 /// `c[r, 0..NR] (+)= sum_p a[r * lda + p] * b[p][0..NR]` for `r < mr`, `p < kc`.
-/// With `prefetch`, the panel after `b` is fetched into cache meanwhile (SIMD kernels).
+/// The SIMD kernels fetch `next` (panels, and how many) into cache meanwhile.
 ///
 /// Panics unless `1 <= mr <= MR` and `a`, `b` and `c` hold all of that (checked once
 /// per call: the SIMD kernels' reads and writes are unchecked).
@@ -539,7 +566,7 @@ fn micro(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
-    prefetch: bool,
+    next: Option<(Panel<'_>, usize)>,
 ) {
     assert!(
         (1..=MR).contains(&mr) && holds(a.len(), mr, kc, lda) && b.len() >= kc && holds(c.len(), mr, NR, ldc),
@@ -554,11 +581,10 @@ fn micro(
         // `c` written at `r * ldc + 0..NR`, and `b` has at least `kc` lines. The pointer
         // given for `b` is that of its `Line`s (`kind` 0) or `HalfLine`s (1 = f16, 2 =
         // bf16), whose size and alignment are what the kernels' loads expect (the const
-        // asserts beside their definitions); the prefetch of the next panel may point
-        // past `b` but never faults. `c` is borrowed exclusively, so nothing else reads
-        // or writes it meanwhile.
+        // asserts beside their definitions); prefetches never fault. `c` is borrowed
+        // exclusively, so nothing else reads or writes it meanwhile.
         unsafe {
-            let (ptr, kind) = b.raw();
+            let ((ptr, kind), prefetch) = (b.raw(), next_lines(next));
             let (a, c) = (a.as_ptr(), c.as_mut_ptr());
             macro_rules! go {
                 ($module:ident, $k:literal) => {
@@ -583,7 +609,7 @@ fn micro(
         }
         return;
     }
-    let _ = prefetch; // the portable kernel leaves caching to the hardware prefetcher
+    let _ = next; // the portable kernel leaves caching to the hardware prefetcher
     portable::micro(mr, kc, a, lda, b, c, ldc, accumulate)
 }
 
@@ -748,8 +774,8 @@ mod tests {
             let panel = b.panel(0, 0);
             std::panic::catch_unwind(move || {
                 let mut c = vec![0.0f32; c_len];
-                micro(Kernel::detect(), mr, 8, &a, 8, panel, &mut c, NR, false, false);
-                strips(Kernel::detect(), mr.max(1), 8, &a, 8, panel, 1, &mut c, NR, false);
+                micro(Kernel::detect(), mr, 8, &a, 8, panel, &mut c, NR, false, None);
+                strips(Kernel::detect(), mr.max(1), 8, &a, 8, panel, 1, &mut c, NR, false, None);
             })
             .is_ok()
         };
@@ -762,7 +788,7 @@ mod tests {
         let mut c = vec![0.0f32; NR];
         let panel = short.panel(0, 0);
         let result =
-            std::panic::catch_unwind(move || micro(Kernel::detect(), 1, 8, &a, 8, panel, &mut c, NR, false, false));
+            std::panic::catch_unwind(move || micro(Kernel::detect(), 1, 8, &a, 8, panel, &mut c, NR, false, None));
         assert!(result.is_err(), "panel one line short");
     }
 

@@ -11,7 +11,12 @@
 //! `inline(always)`, so that they and the intrinsics inline into those entry points).
 
 use super::NR;
-use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+
+/// The panels a tile fetches into cache while it runs, being the ones used next: the
+/// first line of `P` panels and the lines per panel. The addresses are formed with
+/// wrapping arithmetic and prefetches never fault, so it may point anywhere.
+pub(super) type Next = Option<(*const u8, usize)>;
 
 /// Sixteen f32 lanes: one panel row, or one accumulated row of a tile.
 pub(super) trait Lanes: Copy {
@@ -54,21 +59,21 @@ pub(super) trait Lanes: Copy {
 }
 
 /// `Σ_p a[r * lda + p] · b_q[p]` for each row `r < M` and each of the `P` panels `b_q`
-/// that follow one another from `b` (`kc` lines each); with `PREFETCH`, the `P` panels
-/// that follow them in memory are fetched meanwhile.
+/// that follow one another from `b` (`kc` lines each); with `PREFETCH`, the first `kc`
+/// lines of each of the `P` panels at `next` (`next_kc` lines apart) are fetched meanwhile.
 ///
 /// # Safety
 ///
 /// As [`Lanes`] requires of `V`. `a[r * lda + p]` must be readable for every `r < M`,
 /// `p < kc`, and `b` must point to at least `P * kc` readable panel lines of the `KIND`
-/// given. (The prefetch may point past the panels: it never faults, and the address is
-/// formed with wrapping arithmetic.)
+/// given.
 #[inline(always)]
 unsafe fn accumulate_panels<V: Lanes, const M: usize, const P: usize, const KIND: u8, const PREFETCH: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const u8,
+    (next, next_kc): (*const u8, usize),
 ) -> [[V; P]; M] {
     let line = if KIND == 0 { 4 * NR } else { 2 * NR };
     let mut acc = [[V::zero(); P]; M];
@@ -77,8 +82,8 @@ unsafe fn accumulate_panels<V: Lanes, const M: usize, const P: usize, const KIND
         ($p:expr) => {{
             let p = $p;
             if PREFETCH && (KIND == 0 || p % 2 == 0) {
-                for q in P..2 * P {
-                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((q * kc + p) * line).cast::<i8>());
+                for q in 0..P {
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add((q * next_kc + p) * line).cast::<i8>());
                 }
             }
             let mut bp = [V::zero(); P];
@@ -111,7 +116,7 @@ unsafe fn accumulate_panels<V: Lanes, const M: usize, const P: usize, const KIND
 }
 
 /// The `M`x(16 `P`) tile: `c[r, 16 q..16 q + 16] (+)= Σ_p a[r * lda + p] · b_q[p]` for
-/// `r < M`, `q < P`, `p < kc`; with `prefetch`, the next `P` panels are fetched meanwhile.
+/// `r < M`, `q < P`, `p < kc`, fetching the [`Next`] panels meanwhile.
 ///
 /// # Safety
 ///
@@ -127,12 +132,11 @@ pub(super) unsafe fn tile<V: Lanes, const M: usize, const P: usize, const KIND: 
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
-    prefetch: bool,
+    next: Next,
 ) {
-    let acc = if prefetch {
-        accumulate_panels::<V, M, P, KIND, true>(kc, a, lda, b)
-    } else {
-        accumulate_panels::<V, M, P, KIND, false>(kc, a, lda, b)
+    let acc = match next {
+        Some(next) => accumulate_panels::<V, M, P, KIND, true>(kc, a, lda, b, next),
+        None => accumulate_panels::<V, M, P, KIND, false>(kc, a, lda, b, (b, 0)),
     };
     for (r, row) in acc.into_iter().enumerate() {
         for (q, x) in row.into_iter().enumerate() {
@@ -145,7 +149,7 @@ pub(super) unsafe fn tile<V: Lanes, const M: usize, const P: usize, const KIND: 
 
 /// [`tile`] over the strips of `a` (`mc` rows of depth `kc`, row stride `lda`) against
 /// `P` consecutive panels into `c` (mc, 16 `P`): full strips of `ROWS` (at most 12),
-/// then one of the remaining height. The first strip prefetches the next panels.
+/// then one of the remaining height. The first strip prefetches the [`Next`] panels.
 ///
 /// # Safety
 ///
@@ -163,16 +167,18 @@ pub(super) unsafe fn strips<V: Lanes, const ROWS: usize, const P: usize, const K
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
+    next: Next,
 ) {
     let full = mc - mc % ROWS;
     for s in (0..full).step_by(ROWS) {
-        tile::<V, ROWS, P, KIND>(kc, a.add(s * lda), lda, b, c.add(s * ldc), ldc, accumulate, s == 0);
+        let next = if s == 0 { next } else { None };
+        tile::<V, ROWS, P, KIND>(kc, a.add(s * lda), lda, b, c.add(s * ldc), ldc, accumulate, next);
     }
-    let (a, c, first) = (a.add(full * lda), c.add(full * ldc), full == 0);
+    let (a, c, next) = (a.add(full * lda), c.add(full * ldc), if full == 0 { next } else { None });
     macro_rules! rest {
         ($($m:literal)*) => {
             match mc - full {
-                $($m if $m < ROWS => tile::<V, $m, P, KIND>(kc, a, lda, b, c, ldc, accumulate, first),)*
+                $($m if $m < ROWS => tile::<V, $m, P, KIND>(kc, a, lda, b, c, ldc, accumulate, next),)*
                 _ => {}
             }
         };
@@ -257,6 +263,7 @@ mod tests {
                                 &mut want[q * NR..],
                                 ldc,
                                 accumulate,
+                                None,
                             );
                         }
                         for (i, (x, y)) in got.iter().zip(&want).enumerate() {
@@ -284,8 +291,9 @@ mod tests {
                 for (mr, accumulate, prefetch) in (1..=MR).flat_map(|m| [(m, false, true), (m, true, false)]) {
                     let (mut got, mut want) = (start.clone(), start.clone());
                     let panel = packed.panel(0, 0);
-                    micro(kernel, mr, kc, &a, lda, panel, &mut got, ldc, accumulate, prefetch);
-                    micro(Kernel::Portable, mr, kc, &a, lda, panel, &mut want, ldc, accumulate, prefetch);
+                    let next = prefetch.then_some((panel, 1));
+                    micro(kernel, mr, kc, &a, lda, panel, &mut got, ldc, accumulate, next);
+                    micro(Kernel::Portable, mr, kc, &a, lda, panel, &mut want, ldc, accumulate, next);
                     for (x, y) in got.iter().zip(&want) {
                         assert!((x - y).abs() <= 1e-5 * kc as f32 * (1.0 + y.abs()), "{mr} rows, kc {kc}: {x} vs {y}");
                     }
@@ -304,7 +312,7 @@ mod tests {
             eprintln!("testing the {} kernel", kernel.name());
             for count in 1..=kernel.panels_per_tile() {
                 against_portable(12, count, |mc, kc, a, lda, panels, count, c, ldc, acc| {
-                    drive_strips(kernel, mc, kc, a, lda, panels, count, c, ldc, acc)
+                    drive_strips(kernel, mc, kc, a, lda, panels, count, c, ldc, acc, Some((panels, count)))
                 });
             }
             edges_against_portable(kernel);
@@ -323,12 +331,18 @@ mod tests {
                 unsafe {
                     let (a, c) = (a.as_ptr(), c.as_mut_ptr());
                     match (count, kind) {
-                        (1, 0) => strips::<Emulated, 6, 1, 0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                        (1, 1) => strips::<Emulated, 6, 1, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                        (1, _) => strips::<Emulated, 6, 1, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                        (_, 0) => strips::<Emulated, 12, 2, 0>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                        (_, 1) => strips::<Emulated, 12, 2, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate),
-                        (_, _) => strips::<Emulated, 12, 2, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate),
+                        (1, 0) => strips::<Emulated, 6, 1, 0>(mc, kc, a, lda, ptr, c, ldc, accumulate, Some((ptr, kc))),
+                        (1, 1) => strips::<Emulated, 6, 1, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate, Some((ptr, kc))),
+                        (1, _) => strips::<Emulated, 6, 1, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate, Some((ptr, kc))),
+                        (_, 0) => {
+                            strips::<Emulated, 12, 2, 0>(mc, kc, a, lda, ptr, c, ldc, accumulate, Some((ptr, kc)))
+                        }
+                        (_, 1) => {
+                            strips::<Emulated, 12, 2, 1>(mc, kc, a, lda, ptr, c, ldc, accumulate, Some((ptr, kc)))
+                        }
+                        (_, _) => {
+                            strips::<Emulated, 12, 2, 2>(mc, kc, a, lda, ptr, c, ldc, accumulate, Some((ptr, kc)))
+                        }
                     }
                 }
             });
