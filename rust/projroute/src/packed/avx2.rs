@@ -111,5 +111,5 @@ pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
     accumulate: bool,
     next: Next,
 ) {
-    tile::tile::<Pair, M, 1, KIND>(kc, a, lda, b, c, ldc, accumulate, next);
+    tile::tile::<Pair, M, 1, KIND>(kc, a, lda, b, c, ldc, accumulate, tile::share(next, 0, 1));
 }

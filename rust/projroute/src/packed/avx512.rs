@@ -105,5 +105,5 @@ pub(super) unsafe fn micro<const M: usize, const KIND: u8>(
     accumulate: bool,
     next: Next,
 ) {
-    tile::tile::<__m512, M, 1, KIND>(kc, a, lda, b, c, ldc, accumulate, next);
+    tile::tile::<__m512, M, 1, KIND>(kc, a, lda, b, c, ldc, accumulate, tile::share(next, 0, 1));
 }

@@ -18,6 +18,21 @@ use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
 /// wrapping arithmetic and prefetches never fault, so it may point anywhere.
 pub(super) type Next = Option<(*const u8, usize)>;
 
+/// One tile's share of the [`Next`] panels: their first line, the lines per panel, and
+/// the first line and number of lines of each panel that this tile fetches.
+pub(super) type Share = Option<(*const u8, usize, usize, usize)>;
+
+/// The strips of a block share the prefetching of the next panels: the `t`-th of
+/// `n` strips takes its `t`-th part of each panel's lines (an even number of them, so
+/// that half-precision lines go two to a cache line), so that no strip issues them
+/// all at once.
+pub(super) fn share(next: Next, t: usize, n: usize) -> Share {
+    next.map(|(at, kc)| {
+        let part = kc.div_ceil(n).next_multiple_of(2);
+        (at, kc, t * part, part)
+    })
+}
+
 /// Sixteen f32 lanes: one panel row, or one accumulated row of a tile.
 pub(super) trait Lanes: Copy {
     /// All zeros.
@@ -59,8 +74,9 @@ pub(super) trait Lanes: Copy {
 }
 
 /// `Σ_p a[r * lda + p] · b_q[p]` for each row `r < M` and each of the `P` panels `b_q`
-/// that follow one another from `b` (`kc` lines each); with `PREFETCH`, the first `kc`
-/// lines of each of the `P` panels at `next` (`next_kc` lines apart) are fetched meanwhile.
+/// that follow one another from `b` (`kc` lines each); with `PREFETCH`, lines
+/// `from..from + count` (at most `kc` of them) of each of the `P` panels at `next`
+/// (`next_kc` lines apart) are fetched meanwhile.
 ///
 /// # Safety
 ///
@@ -73,7 +89,7 @@ unsafe fn accumulate_panels<V: Lanes, const M: usize, const P: usize, const KIND
     a: *const f32,
     lda: usize,
     b: *const u8,
-    (next, next_kc): (*const u8, usize),
+    (next, next_kc, from, count): (*const u8, usize, usize, usize),
 ) -> [[V; P]; M] {
     let line = if KIND == 0 { 4 * NR } else { 2 * NR };
     let mut acc = [[V::zero(); P]; M];
@@ -81,9 +97,10 @@ unsafe fn accumulate_panels<V: Lanes, const M: usize, const P: usize, const KIND
     macro_rules! step {
         ($p:expr) => {{
             let p = $p;
-            if PREFETCH && (KIND == 0 || p % 2 == 0) {
+            if PREFETCH && p < count && (KIND == 0 || p % 2 == 0) {
                 for q in 0..P {
-                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add((q * next_kc + p) * line).cast::<i8>());
+                    let at = next.wrapping_add((q * next_kc + from + p) * line);
+                    _mm_prefetch::<_MM_HINT_T1>(at.cast::<i8>());
                 }
             }
             let mut bp = [V::zero(); P];
@@ -116,7 +133,7 @@ unsafe fn accumulate_panels<V: Lanes, const M: usize, const P: usize, const KIND
 }
 
 /// The `M`x(16 `P`) tile: `c[r, 16 q..16 q + 16] (+)= Σ_p a[r * lda + p] · b_q[p]` for
-/// `r < M`, `q < P`, `p < kc`, fetching the [`Next`] panels meanwhile.
+/// `r < M`, `q < P`, `p < kc`, fetching its [`Share`] of the next panels meanwhile.
 ///
 /// # Safety
 ///
@@ -132,11 +149,11 @@ pub(super) unsafe fn tile<V: Lanes, const M: usize, const P: usize, const KIND: 
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
-    next: Next,
+    share: Share,
 ) {
-    let acc = match next {
-        Some(next) => accumulate_panels::<V, M, P, KIND, true>(kc, a, lda, b, next),
-        None => accumulate_panels::<V, M, P, KIND, false>(kc, a, lda, b, (b, 0)),
+    let acc = match share {
+        Some(share) => accumulate_panels::<V, M, P, KIND, true>(kc, a, lda, b, share),
+        None => accumulate_panels::<V, M, P, KIND, false>(kc, a, lda, b, (b, 0, 0, 0)),
     };
     for (r, row) in acc.into_iter().enumerate() {
         for (q, x) in row.into_iter().enumerate() {
@@ -149,7 +166,8 @@ pub(super) unsafe fn tile<V: Lanes, const M: usize, const P: usize, const KIND: 
 
 /// [`tile`] over the strips of `a` (`mc` rows of depth `kc`, row stride `lda`) against
 /// `P` consecutive panels into `c` (mc, 16 `P`): full strips of `ROWS` (at most 12),
-/// then one of the remaining height. The first strip prefetches the [`Next`] panels.
+/// then one of the remaining height. The strips share the prefetching of the [`Next`]
+/// panels.
 ///
 /// # Safety
 ///
@@ -169,16 +187,16 @@ pub(super) unsafe fn strips<V: Lanes, const ROWS: usize, const P: usize, const K
     accumulate: bool,
     next: Next,
 ) {
-    let full = mc - mc % ROWS;
+    let (full, n) = (mc - mc % ROWS, mc.div_ceil(ROWS));
     for s in (0..full).step_by(ROWS) {
-        let next = if s == 0 { next } else { None };
-        tile::<V, ROWS, P, KIND>(kc, a.add(s * lda), lda, b, c.add(s * ldc), ldc, accumulate, next);
+        let share = share(next, s / ROWS, n);
+        tile::<V, ROWS, P, KIND>(kc, a.add(s * lda), lda, b, c.add(s * ldc), ldc, accumulate, share);
     }
-    let (a, c, next) = (a.add(full * lda), c.add(full * ldc), if full == 0 { next } else { None });
+    let (a, c, share) = (a.add(full * lda), c.add(full * ldc), share(next, n - 1, n));
     macro_rules! rest {
         ($($m:literal)*) => {
             match mc - full {
-                $($m if $m < ROWS => tile::<V, $m, P, KIND>(kc, a, lda, b, c, ldc, accumulate, next),)*
+                $($m if $m < ROWS => tile::<V, $m, P, KIND>(kc, a, lda, b, c, ldc, accumulate, share),)*
                 _ => {}
             }
         };
