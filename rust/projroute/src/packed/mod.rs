@@ -12,8 +12,7 @@
 //! widened to f32 as they are loaded. The kernel is chosen at run time from the CPU's
 //! features: on x86-64 with AVX-512F a 12x32 register-blocked kernel of 16-lane
 //! vectors over two panels at once, with AVX2, FMA and F16C a 6x16 one of 8-lane
-//! vectors; elsewhere a portable
-//! kernel with the same layout. `PROJROUTE_KERNEL` (`avx512`, `avx2` or `portable`),
+//! vectors; elsewhere a portable kernel with the same layout. `PROJROUTE_KERNEL` (`avx512`, `avx2` or `portable`),
 //! read once, caps the choice, to compare the paths on one machine.
 //!
 //! This file holds the layout and the driver (blocking, threads, the right edge, and
@@ -329,7 +328,8 @@ impl PackedMatrix {
                     let next = if kb + KC < k {
                         Some((self.panels(kb + KC, j, count), count))
                     } else if j + count < panels.end {
-                        Some((self.panels(0, j + count, count_at(j + count)), count_at(j + count)))
+                        let after = count_at(j + count);
+                        Some((self.panels(0, j + count, after), after))
                     } else {
                         None
                     };
@@ -514,8 +514,8 @@ fn strips(
         // SAFETY: `Kernel::Avx2` and `Kernel::Avx512` are only built from their
         // `Features::detect`, so the CPU has AVX2, FMA and F16C, or AVX-512F. The assert
         // above bounds every access: rows `r < mc` of `a` are read at `r * lda + p`
-        // (`p < kc`) and of `c` written at `r * ldc + 0..NR`, and `b` has at least `kc`
-        // lines. The pointer given for `b` is that of its `Line`s (`KIND` 0) or
+        // (`p < kc`) and of `c` written at `r * ldc + 0..count * NR`, and `b` has at
+        // least `count * kc` lines. The pointer given for `b` is that of its `Line`s (`KIND` 0) or
         // `HalfLine`s (1 = f16, 2 = bf16), whose size and alignment are what the
         // kernels' loads expect (the const asserts beside their definitions); the `count`
         // panels follow one another `kc` lines apart, as `PackedMatrix::panels` lays them
@@ -787,9 +787,21 @@ mod tests {
         let short = PackedMatrix::pack(filled(7, 16, 1).view());
         let mut c = vec![0.0f32; NR];
         let panel = short.panel(0, 0);
+        let a2 = a.clone();
         let result =
-            std::panic::catch_unwind(move || micro(Kernel::detect(), 1, 8, &a, 8, panel, &mut c, NR, false, None));
+            std::panic::catch_unwind(move || micro(Kernel::detect(), 1, 8, &a2, 8, panel, &mut c, NR, false, None));
         assert!(result.is_err(), "panel one line short");
+        // More panels than the kernel's tile covers, or more than the matrix has.
+        let wide = PackedMatrix::pack(filled(8, 3 * NR, 1).view());
+        let kernel = Kernel::detect();
+        for (count, ok) in [(kernel.panels_per_tile(), true), (kernel.panels_per_tile() + 1, false)] {
+            let (a, panels) = (a.clone(), wide.panels(0, 0, count.min(3)));
+            let result = std::panic::catch_unwind(move || {
+                let mut c = vec![0.0f32; 6 * 3 * NR];
+                strips(kernel, 6, 8, &a, 8, panels, count, &mut c, 3 * NR, false, None);
+            });
+            assert_eq!(result.is_ok(), ok, "{count} panels in one call");
+        }
     }
 
     proptest! {
