@@ -1,9 +1,9 @@
 //! The register-blocked tile both SIMD kernels run, written once over [`Lanes`]: sixteen
 //! f32 lanes, one panel row. `avx2` implements them as two 8-lane vectors (a 6x16 tile
 //! of one panel in twelve registers), `avx512` as one 16-lane vector (a 12x32 tile of
-//! two panels in twenty-four), and
-//! the tests as a plain array, so that the tile's indexing, heights and depth
-//! remainders are checked on every machine, whatever vectors it has.
+//! two panels in twenty-four), and the tests as a plain array, so that the tile's
+//! indexing, heights, panel counts and depth remainders are checked on every machine,
+//! whatever vectors it has.
 //!
 //! Nothing here checks bounds or features: the driver asserts the bounds once per call,
 //! and only the kernels' entry points, compiled with their target features and called
