@@ -141,18 +141,21 @@ dispatch! {
 }
 
 dispatch! {
-    /// `out[k] = Σ exp(v[j] - max)` over `j` in segment `k` (`offsets`, K + 1 entries).
-    fn segment_exp_sums(v: &[f32], max: f32, offsets: &[usize], out: &mut [f32]) {
+    /// `out[k] = Σ exp(v[j] - max)` over `j` in segment `k` (`offsets`, K + 1 entries),
+    /// leaving `exp(v[j] - max)` in `v`: the exponentials in one pass over the whole
+    /// row, so that no segment's tail runs them one at a time.
+    fn segment_exp_sums(v: &mut [f32], max: f32, offsets: &[usize], out: &mut [f32]) {
+        v.iter_mut().for_each(|x| *x = exp(*x - max));
         for (o, w) in out.iter_mut().zip(offsets.windows(2)) {
             let seg = &v[w[0]..w[1]];
             let mut acc = [0.0f32; 8];
             let mut chunks = seg.chunks_exact(8);
             for c in &mut chunks {
                 for (a, &x) in acc.iter_mut().zip(c) {
-                    *a += exp(x - max);
+                    *a += x;
                 }
             }
-            *o = chunks.remainder().iter().map(|&x| exp(x - max)).sum::<f32>() + acc.iter().sum::<f32>();
+            *o = chunks.remainder().iter().sum::<f32>() + acc.iter().sum::<f32>();
         }
     }
 }
@@ -238,11 +241,13 @@ mod tests {
         assert_eq!(max, want.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
         let offsets = [0, 1, 500, 500, 1003];
         let mut sums = [0.0f32; 4];
-        segment_exp_sums(&a, max, &offsets, &mut sums);
+        let mut e = a.clone();
+        segment_exp_sums(&mut e, max, &offsets, &mut sums);
         for (k, w) in offsets.windows(2).enumerate() {
             let want: f64 = a[w[0]..w[1]].iter().map(|&x| ((x - max) as f64).exp()).sum();
             assert!((sums[k] as f64 - want).abs() <= 1e-5 * want.max(1e-30), "segment {k}: {} vs {want}", sums[k]);
         }
+        assert!(e.iter().zip(&a).all(|(&e, &x)| e == exp(x - max)), "the exponentials are left in v");
         #[cfg(feature = "candle")]
         {
             let mut g = v.clone();
