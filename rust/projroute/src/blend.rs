@@ -250,7 +250,7 @@ fn blend_tile<M: ClusterMaps + ?Sized>(
         let row = row.as_slice_mut().expect("rows of the output are contiguous");
         for &(b, r) in &place[term_start[local]..term_start[local + 1]] {
             let src = &products[b as usize][r as usize * d_out..(r as usize + 1) * d_out];
-            fastmath::add_assign(row, src);
+            fastmath::add_weighted_row(row, src, 1.0);
         }
     });
     if products.iter().map(Vec::capacity).sum::<usize>() <= KEEP_FLOATS {

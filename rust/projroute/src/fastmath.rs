@@ -120,13 +120,6 @@ dispatch! {
     }
 }
 
-dispatch! {
-    /// `dst += src` (same length).
-    fn add_assign(dst: &mut [f32], src: &[f32]) {
-        dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
-    }
-}
-
 #[cfg(feature = "candle")]
 dispatch! {
     /// `v = softmax(v)` within each run of `group` elements (`v.len()` a multiple of it).
@@ -174,7 +167,6 @@ dispatch! {
     }
 }
 
-#[cfg(feature = "text")]
 dispatch! {
     /// `acc += w * row`.
     fn add_weighted_row(acc: &mut [f32], row: &[f32], w: f32) {

@@ -515,8 +515,8 @@ fn strips(
         // `Features::detect`, so the CPU has AVX2, FMA and F16C, or AVX-512F. The assert
         // above bounds every access: rows `r < mc` of `a` are read at `r * lda + p`
         // (`p < kc`) and of `c` written at `r * ldc + 0..count * NR`, and `b` has at
-        // least `count * kc` lines. The pointer given for `b` is that of its `Line`s (`KIND` 0) or
-        // `HalfLine`s (1 = f16, 2 = bf16), whose size and alignment are what the
+        // least `count * kc` lines. The pointer given for `b` is that of its `Line`s
+        // (`KIND` 0) or `HalfLine`s (1 = f16, 2 = bf16), whose size and alignment are what the
         // kernels' loads expect (the const asserts beside their definitions); the `count`
         // panels follow one another `kc` lines apart, as `PackedMatrix::panels` lays them
         // out, and `count` is 1 except for AVX-512. `c` is borrowed exclusively, so
