@@ -4,7 +4,9 @@
 
 /// `exp(x)`: Cody–Waite reduction to `r` in [-ln2/2, ln2/2], a degree-6 polynomial
 /// (the Cephes `expf` coefficients), and the power of two put into the exponent
-/// bits. Inputs are clamped to [-87, 88]; relative error below 2e-7.
+/// bits; fused multiply-adds throughout (one instruction each where the loops are built
+/// with FMA; elsewhere the correctly rounded library call, so every build gets the same
+/// bits). Inputs are clamped to [-87, 88]; relative error below 2e-7.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -13,13 +15,13 @@ pub(crate) fn exp(x: f32) -> f32 {
     // 1.5 * 2^23: adding it rounds to the nearest integer, left in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let t = x * LOG2E + ROUND;
+    let t = x.mul_add(LOG2E, ROUND);
     let n = t - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
     let p = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.0e-1]
         .iter()
-        .fold(0.0f32, |acc, &c| acc * r + c);
-    let e = p * r * r + r + 1.0;
+        .fold(0.0f32, |acc, &c| acc.mul_add(r, c));
+    let e = p.mul_add(r * r, r) + 1.0;
     let pow2 = f32::from_bits(((t.to_bits() as i32 - ROUND.to_bits() as i32 + 127) as u32) << 23);
     e * pow2
 }
@@ -54,7 +56,10 @@ pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Define `$name(args)` running `$body` in an AVX2/FMA build when the CPU has it.
+/// Define `$name(args)` running `$body` in an AVX-512 build where the packed kernel
+/// takes its AVX-512 path (so `PROJROUTE_KERNEL` caps both), else in an AVX2/FMA build
+/// when the CPU has it. The builds compute the same operations in the same order (fused
+/// multiply-adds only where the code asks for them), so they return the same bits.
 macro_rules! dispatch {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
@@ -63,6 +68,14 @@ macro_rules! dispatch {
             fn inner($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                /// `inner` compiled for AVX-512F.
+                ///
+                /// # Safety
+                ///
+                /// The CPU must have AVX-512F (which implies AVX2 and FMA on every CPU that
+                /// has it); nothing else (the body is safe code).
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn wide512($($arg: $ty),*) $(-> $ret)? { inner($($arg),*) }
                 /// `inner` compiled for AVX2 and FMA.
                 ///
                 /// # Safety
@@ -70,6 +83,11 @@ macro_rules! dispatch {
                 /// The CPU must have AVX2 and FMA; nothing else (the body is safe code).
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn wide($($arg: $ty),*) $(-> $ret)? { inner($($arg),*) }
+                if crate::packed::avx512_chosen() {
+                    // SAFETY: the packed kernel's AVX-512 path is only chosen once AVX-512F
+                    // has been detected on this CPU, and AVX-512F CPUs have AVX2 and FMA.
+                    return unsafe { wide512($($arg),*) };
+                }
                 if crate::cpu::has_avx2_fma() {
                     // SAFETY: `has_avx2_fma` has just detected AVX2 and FMA (and F16C) on
                     // this CPU, the only precondition of `wide`.
@@ -89,6 +107,7 @@ dispatch! {
     }
 }
 
+#[cfg(feature = "candle")]
 /// `fold(v)` with eight running accumulators, so that the reduction vectorises.
 #[inline(always)]
 fn reduce8(v: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
@@ -103,13 +122,114 @@ fn reduce8(v: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
 }
 
 dispatch! {
-    /// `v = v * scale + shift` (shift optional, same length), returning the maximum.
-    fn scale_shift_max(v: &mut [f32], scale: f32, shift: Option<&[f32]>) -> f32 {
+    /// `v = v * scale + shift` (shift optional, same length).
+    fn scale_shift(v: &mut [f32], scale: f32, shift: Option<&[f32]>) {
         match shift {
             Some(s) => v.iter_mut().zip(s).for_each(|(x, s)| *x = *x * scale + s),
             None => v.iter_mut().for_each(|x| *x *= scale),
         }
-        reduce8(v, f32::NEG_INFINITY, f32::max)
+    }
+}
+
+/// Lanes of the softmax loops' running sums and maxima: one chunk of a row. The order
+/// of the sums follows from it, the same in every build of the loops.
+const LANES: usize = 16;
+
+/// `z = x · scale + s` of one chunk (no shift adds 0, as [`logit`] does).
+#[inline(always)]
+fn logits(x: &[f32; LANES], s: Option<&[f32; LANES]>, scale: f32) -> [f32; LANES] {
+    let mut z = [0.0f32; LANES];
+    match s {
+        Some(s) => {
+            for l in 0..LANES {
+                z[l] = x[l] * scale + s[l];
+            }
+        }
+        None => {
+            for l in 0..LANES {
+                z[l] = x[l] * scale + 0.0;
+            }
+        }
+    }
+    z
+}
+
+/// `z = x · scale + s` of element `j` of a row's rest after its whole chunks.
+#[inline(always)]
+fn logit(x: f32, j: usize, shift_rest: Option<&[f32]>, scale: f32) -> f32 {
+    x * scale + shift_rest.map_or(0.0, |s| s[j])
+}
+
+/// `Σ a` over the lanes, pairwise: lane `l` plus lane `l + 8`, then `+ 4`, `+ 2`, `+ 1`.
+#[inline(always)]
+fn sum_lanes(mut a: [f32; LANES]) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            a[l] += a[l + width];
+        }
+        width /= 2;
+    }
+    a[0]
+}
+
+dispatch! {
+    /// `max_j (v[j] · scale + shift[j])` over finite inputs (shift optional, as long as
+    /// `v`); −∞ if `v` is empty.
+    fn scaled_max(v: &[f32], scale: f32, shift: Option<&[f32]>) -> f32 {
+        let (whole, rest) = v.as_chunks::<LANES>();
+        let shift = shift.map(|s| s.as_chunks::<LANES>());
+        let mut acc = [f32::NEG_INFINITY; LANES];
+        for (i, x) in whole.iter().enumerate() {
+            let z = logits(x, shift.map(|s| &s.0[i]), scale);
+            // Finite inputs: a plain comparison, not `f32::max`'s NaN handling.
+            for l in 0..LANES {
+                acc[l] = if z[l] > acc[l] { z[l] } else { acc[l] };
+            }
+        }
+        let mut max = f32::NEG_INFINITY;
+        let rest = rest.iter().enumerate().map(|(j, &x)| logit(x, j, shift.map(|s| s.1), scale));
+        for z in acc.into_iter().chain(rest) {
+            max = if z > max { z } else { max };
+        }
+        max
+    }
+}
+
+dispatch! {
+    /// `out[k] = Σ exp(z_j − max)` over `j` in segment `k`, with `z = v · scale + shift`
+    /// (shift optional, as long as `v`) and segment `k` being `offsets[k]..offsets[k + 1]`
+    /// (K + 1 entries from 0 to `v.len()`), leaving `exp(z_j − max)` in `v`. First the
+    /// exponentials, in one pass over the row (so that no segment's end stalls it); then
+    /// each segment's sum: element `i` of the segment into running sum `i mod LANES`,
+    /// which [`sum_lanes`] adds up.
+    fn segment_exp_sums(v: &mut [f32], scale: f32, shift: Option<&[f32]>, max: f32, offsets: &[usize], out: &mut [f32]) {
+        let (whole, rest) = v.as_chunks_mut::<LANES>();
+        let shift = shift.map(|s| s.as_chunks::<LANES>());
+        for (i, x) in whole.iter_mut().enumerate() {
+            let z = logits(x, shift.map(|s| &s.0[i]), scale);
+            for l in 0..LANES {
+                x[l] = exp(z[l] - max);
+            }
+        }
+        for (j, x) in rest.iter_mut().enumerate() {
+            *x = exp(logit(*x, j, shift.map(|s| s.1), scale) - max);
+        }
+        for (o, w) in out.iter_mut().zip(offsets.windows(2)) {
+            let (whole, rest) = v[w[0]..w[1]].as_chunks::<LANES>();
+            let mut acc = [0.0f32; LANES];
+            for e in whole {
+                for l in 0..LANES {
+                    acc[l] += e[l];
+                }
+            }
+            let mut last = [0.0f32; LANES];
+            last[..rest.len()].copy_from_slice(rest);
+            for l in 0..LANES {
+                acc[l] += last[l];
+            }
+            *o = sum_lanes(acc);
+        }
     }
 }
 
@@ -129,26 +249,6 @@ dispatch! {
             g.iter_mut().for_each(|x| *x = exp(*x - max));
             let inv = 1.0 / reduce8(g, 0.0, |a, b| a + b);
             g.iter_mut().for_each(|x| *x *= inv);
-        }
-    }
-}
-
-dispatch! {
-    /// `out[k] = Σ exp(v[j] - max)` over `j` in segment `k` (`offsets`, K + 1 entries),
-    /// leaving `exp(v[j] - max)` in `v`: the exponentials in one pass over the whole
-    /// row, so that no segment's tail runs them one at a time.
-    fn segment_exp_sums(v: &mut [f32], max: f32, offsets: &[usize], out: &mut [f32]) {
-        v.iter_mut().for_each(|x| *x = exp(*x - max));
-        for (o, w) in out.iter_mut().zip(offsets.windows(2)) {
-            let seg = &v[w[0]..w[1]];
-            let mut acc = [0.0f32; 8];
-            let mut chunks = seg.chunks_exact(8);
-            for c in &mut chunks {
-                for (a, &x) in acc.iter_mut().zip(c) {
-                    *a += x;
-                }
-            }
-            *o = chunks.remainder().iter().sum::<f32>() + acc.iter().sum::<f32>();
         }
     }
 }
@@ -227,19 +327,30 @@ mod tests {
         let v: Vec<f32> = (0..1003).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
         let shift: Vec<f32> = (0..1003).map(|i| (i % 7) as f32 * 0.1).collect();
         let mut a = v.clone();
-        let max = scale_shift_max(&mut a, 10.0, Some(&shift));
+        scale_shift(&mut a, 10.0, Some(&shift));
         let want: Vec<f32> = v.iter().zip(&shift).map(|(x, s)| x * 10.0 + s).collect();
         assert_eq!(a, want);
-        assert_eq!(max, want.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
-        let offsets = [0, 1, 500, 500, 1003];
-        let mut sums = [0.0f32; 4];
-        let mut e = a.clone();
-        segment_exp_sums(&mut e, max, &offsets, &mut sums);
-        for (k, w) in offsets.windows(2).enumerate() {
-            let want: f64 = a[w[0]..w[1]].iter().map(|&x| ((x - max) as f64).exp()).sum();
-            assert!((sums[k] as f64 - want).abs() <= 1e-5 * want.max(1e-30), "segment {k}: {} vs {want}", sums[k]);
+        // Empty segments, one inside the first chunk, ends inside and at chunk edges.
+        let offsets = [0, 1, 5, 32, 500, 500, 1003, 1003];
+        for shift in [Some(&shift[..]), None] {
+            let z: Vec<f32> = v.iter().enumerate().map(|(j, x)| x * 10.0 + shift.map_or(0.0, |s| s[j])).collect();
+            let max = scaled_max(&v, 10.0, shift);
+            assert_eq!(max, z.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
+            let mut sums = [0.0f32; 7];
+            let mut e = v.clone();
+            segment_exp_sums(&mut e, 10.0, shift, max, &offsets, &mut sums);
+            assert!(e.iter().zip(&z).all(|(&e, &z)| e == exp(z - max)), "the exponentials are left in v");
+            for (k, w) in offsets.windows(2).enumerate() {
+                // The stated order, to the bit: running sum i mod 16 of the segment's
+                // element i, then pairwise.
+                let mut lanes = [0.0f32; LANES];
+                (w[0]..w[1]).for_each(|j| lanes[(j - w[0]) % LANES] += exp(z[j] - max));
+                assert_eq!(sums[k].to_bits(), sum_lanes(lanes).to_bits(), "segment {k}");
+                let want: f64 = z[w[0]..w[1]].iter().map(|&x| ((x - max) as f64).exp()).sum();
+                assert!((sums[k] as f64 - want).abs() <= 1e-5 * want.max(1e-30), "segment {k}: {} vs {want}", sums[k]);
+            }
         }
-        assert!(e.iter().zip(&a).all(|(&e, &x)| e == exp(x - max)), "the exponentials are left in v");
+        assert_eq!(scaled_max(&[], 1.0, None), f32::NEG_INFINITY);
         #[cfg(feature = "candle")]
         {
             let mut g = v.clone();

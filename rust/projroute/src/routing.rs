@@ -265,7 +265,7 @@ impl Router {
         let params = RoutingParams { temperature: 1.0, ..self.params };
         let logits = match &self.points {
             Points::Centroids => self.points_t.matmul_then(unit.view(), |_, row| {
-                fastmath::scale_shift_max(row, inv_t, prior);
+                fastmath::scale_shift(row, inv_t, prior);
             }),
             Points::Questions { offsets, cluster_temperature } => {
                 self.question_logits(unit.view(), offsets, *cluster_temperature)
@@ -294,10 +294,10 @@ impl Router {
             // One block spanning all columns: its segments are the clusters themselves.
             let mut scores = self.points_t.matmul(unit);
             let mut tmp = vec![0.0f32; k];
-            for (row, mut out) in scores.axis_iter_mut(Axis(0)).zip(logits.axis_iter_mut(Axis(0))) {
+            for (mut row, mut out) in scores.axis_iter_mut(Axis(0)).zip(logits.axis_iter_mut(Axis(0))) {
                 let out = out.as_slice_mut().expect("contiguous");
                 let mut max = f32::NEG_INFINITY;
-                let row = row.into_slice().expect("contiguous");
+                let row = row.as_slice_mut().expect("contiguous");
                 self.add_block(row, 0, 0, offsets, &mut max, out, &mut tmp);
                 cluster_logits(out, cluster_temperature);
             }
@@ -359,14 +359,15 @@ impl Router {
         tmp: &mut [f32],
     ) {
         let prior = self.log_prior.as_deref().map(|p| &p[c0..c0 + row.len()]);
-        let block_max = fastmath::scale_shift_max(row, 1.0 / self.params.temperature, prior);
+        let inv_t = 1.0 / self.params.temperature;
+        let block_max = fastmath::scaled_max(row, inv_t, prior);
         if block_max > *max {
             let rescale = (*max - block_max).exp();
             sums.iter_mut().for_each(|s| *s *= rescale);
             *max = block_max;
         }
         let tmp = &mut tmp[..local.len() - 1];
-        fastmath::segment_exp_sums(row, *max, local, tmp);
+        fastmath::segment_exp_sums(row, inv_t, prior, *max, local, tmp);
         sums[k0..k0 + tmp.len()].iter_mut().zip(tmp.iter()).for_each(|(s, t)| *s += t);
     }
 }

@@ -385,6 +385,13 @@ pub(crate) fn on_this_thread<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Whether the packed kernel takes its AVX-512 path on this CPU (detected, and not capped
+/// by `PROJROUTE_KERNEL`): then `fastmath`'s loops take their AVX-512 build too.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_chosen() -> bool {
+    matches!(Kernel::detect(), Kernel::Avx512(_))
+}
+
 /// Whether this thread is inside [`on_this_thread`].
 fn on_this_thread_now() -> bool {
     ON_THIS_THREAD.with(|c| c.get())
