@@ -197,6 +197,47 @@ def _record(benchmark, medians: dict, name: str, flops: float | None = None) -> 
     return med
 
 
+PAIRED_ROUNDS = 9
+# Between the halves of a pair: longer than OpenBLAS's worker threads spin after a call
+# (2^28 cycles by default), so that neither half runs against the other's spinning threads.
+PAUSE_S = 0.25
+
+
+def _paired(benchmark, run, flops: float, operands: tuple[np.ndarray, np.ndarray], calls: int = 1) -> None:
+    """The roofline bar in paired rounds: each round times numpy's square GEMM on
+    ``operands`` (best of two calls) and then ``run()`` (best of ``calls``), back to
+    back with a pause between, so that a slow spell of a shared host slows both halves
+    of a pair. extra_info gets every round's ratio of ``run``'s GFLOP/s (``flops`` a
+    call) to the GEMM's; the report prints their median. The benchmark's own timings
+    are of whole rounds."""
+    a, b = operands
+    out = np.empty_like(a)
+
+    def seconds(f) -> float:
+        t = time.perf_counter()
+        f()
+        return time.perf_counter() - t
+
+    ratios: list[float] = []
+
+    def pair() -> None:
+        gemm = min(seconds(lambda: np.matmul(a, b, out=out)) for _ in range(2))
+        time.sleep(PAUSE_S)
+        ratios.append((flops / min(seconds(run) for _ in range(calls))) / (2.0 * a.shape[0] ** 3 / gemm))
+        time.sleep(PAUSE_S)
+
+    pair()  # warm-up, not kept
+    ratios.clear()
+    benchmark.pedantic(pair, rounds=PAIRED_ROUNDS, warmup_rounds=0)
+    benchmark.extra_info.update(role="paired", paired_ratios=ratios)
+
+
+@pytest.fixture(scope="session")
+def paired():
+    """The ``_paired`` helper, as a fixture."""
+    return _paired
+
+
 @pytest.fixture(scope="session")
 def record():
     """The ``_record`` helper, as a fixture (test modules need not import conftest)."""

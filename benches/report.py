@@ -180,6 +180,15 @@ def main(path: str) -> int:
                         f"     ({base}: {groups[group][base]['extra_info']['flops'] / m / 1e9:.1f} GFLOP/s "
                         f"= {100 * groups[group][base]['extra_info']['flops'] / m / 1e9 / gg:.1f}% of roofline)"
                     )
+        pair = groups[group].get("paired")
+        if pair:
+            r = sorted(pair["extra_info"]["paired_ratios"])
+            mid = (r[(len(r) - 1) // 2] + r[len(r) // 2]) / 2
+            print(
+                f"  -> paired rounds (roofline GEMM, then Rust, back to back): Rust at {100 * mid:.1f}% of "
+                f"the roofline, median of {len(r)} ({100 * r[0]:.0f}-{100 * r[-1]:.0f}%)  "
+                f"[bar >= {100 * ROOFLINE_BAR:.0f}%: {verdict(mid >= ROOFLINE_BAR)}]"
+            )
         for rd, nd, what in (
             ("diag_rust_gemm", "diag_numpy_gemm", "one (B, D) @ (D, D) GEMM"),
             ("diag_rust_gemms", "diag_numpy_gemms", "the two LDA GEMMs"),

@@ -146,6 +146,14 @@ def test_batch_diag_rust_gemm_b1024_d768(benchmark, federated, rust_gemm, median
 
 
 @pytest.mark.benchmark(group=G_BATCH)
+def test_batch_rust_paired_with_roofline(benchmark, federated, gemm_operands, paired):
+    """The bar's ratio in paired rounds (roofline GEMM, then Rust best of five), robust
+    to a host whose speed drifts between the group's separate benchmarks."""
+    f = federated
+    paired(benchmark, lambda: f.projector.project(f.X), f.flops, gemm_operands, calls=5)
+
+
+@pytest.mark.benchmark(group=G_BATCH)
 def test_batch_rust(benchmark, federated, medians, record):
     f = federated
     benchmark.pedantic(f.projector.project, args=(f.X,), rounds=40, warmup_rounds=2)

@@ -84,3 +84,11 @@ def test_rust(benchmark, case, medians, record):
     benchmark.group = group(K)
     benchmark.pedantic(model.project, args=(X,), rounds=5, warmup_rounds=1)
     record(benchmark, medians, "rust", flops)
+
+
+def test_rust_paired_with_roofline(benchmark, case, gemm_operands, paired):
+    """The bar's ratio in paired rounds (roofline GEMM, then Rust), robust to a host
+    whose speed drifts between the group's separate benchmarks."""
+    model, *_, X, flops, K = case
+    benchmark.group = group(K)
+    paired(benchmark, lambda: model.project(X), flops, gemm_operands)
