@@ -5,8 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from projroute import datasets
+
+# Property tests draw the same examples on every run and machine (a failure in CI is one
+# a developer can replay); HYPOTHESIS_PROFILE=explore draws fresh ones.
+settings.register_profile("fixed", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
 # The tests read the real data sets from the checkout's neighbour ../shared/data unless
 # PROJROUTE_DATA says otherwise (the library itself guesses no location).

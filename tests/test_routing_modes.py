@@ -64,8 +64,11 @@ def test_per_question_routing_matches_reference(p):
         extra["cluster_temperature"] = p["T2"]
     model = pr.Projector.from_tensors(tensors, config("federated", p["d"], p["d"], **r, **extra))
     want = ref.route_questions(X, Qs, counts, r["temperature"], r["top_k"], r["coverage"], prior, p["T2"])
-    np.testing.assert_allclose(model.route(X), want, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(model.project(X), ref.blend_maps(X, want, W), rtol=RTOL, atol=ATOL)
+    got = model.route(X)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    # The blend of the weights served: weights within RTOL of the reference's can move an
+    # output that cancels (terms near 1 summing to near 0) by more than RTOL of itself.
+    np.testing.assert_allclose(model.project(X), ref.blend_maps(X, got, W), rtol=RTOL, atol=ATOL)
 
 
 @settings(max_examples=60, deadline=None)
@@ -78,27 +81,31 @@ def test_prior_weighted_centroid_routing_matches_reference(p):
         {"centroids": C, "W": W, "prior": prior}, config("federated", p["d"], p["d"], **r)
     )
     want = ref.route_weights(X, C, r["temperature"], r["top_k"], r["coverage"], prior)
-    np.testing.assert_allclose(model.route(X), want, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(model.project(X), ref.blend_maps(X, want, W), rtol=RTOL, atol=ATOL)
+    got = model.route(X)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(model.project(X), ref.blend_maps(X, got, W), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("T", [0.03, 0.01])
 @pytest.mark.parametrize("B", [1, 3, 100])
-def test_per_question_routing_across_column_blocks(B):
+def test_per_question_routing_across_column_blocks(B, T):
     """More questions than one scoring block (4096 columns), uneven clusters straddling
-    block boundaries, a prior: the online softmax over blocks equals the reference."""
+    block boundaries, a prior: the online softmax over blocks equals the reference, with
+    the fixed shift (T = 0.03: logits within 80 of each other) and with block maxima
+    (T = 0.01)."""
     rng = np.random.default_rng(11)
     counts = rng.integers(1, 600, size=37)
     N, d = int(counts.sum()), 16
     Qs, X = unit(rng, N, d), rng.normal(size=(B, d)).astype(np.float32)
     prior = rng.uniform(0.1, 5.0, size=N).astype(np.float32)
     W = rng.normal(size=(37, d, d)).astype(np.float32)
-    r = {"n_clusters": 37, "temperature": 0.03, "top_k": 5, "coverage": None}
+    r = {"n_clusters": 37, "temperature": T, "top_k": 5, "coverage": None}
     model = pr.Projector.from_tensors(
         {"centroids": unit(rng, 37, d), "W": W, "questions": Qs, "prior": prior},
         config("federated", d, d, **r, question_counts=counts.tolist()),
     )
     assert N > 2 * 4096
-    want = ref.route_questions(X, Qs, counts, 0.03, 5, None, prior)
+    want = ref.route_questions(X, Qs, counts, T, 5, None, prior)
     np.testing.assert_allclose(model.route(X), want, rtol=RTOL, atol=ATOL)
 
 

@@ -147,6 +147,8 @@ pub struct Router {
     points: Points,
     /// `ln p` per point (P,).
     log_prior: Option<Vec<f32>>,
+    /// The per-question softmax's shift where no maximum is needed: [`fixed_shift`].
+    shift: Option<f32>,
     params: RoutingParams,
     /// The routing points (P, D) and the prior (P,) as given, for export.
     given: (Tensor, Option<Tensor>),
@@ -161,6 +163,7 @@ impl Router {
             points_t: pack_unit(centroids, "centroids")?,
             points: Points::Centroids,
             log_prior: None,
+            shift: fixed_shift(params.temperature, None),
             params,
             given: (Tensor::from_array(centroids), None),
         })
@@ -195,6 +198,7 @@ impl Router {
             points_t: pack_unit(questions, "questions")?,
             points: Points::Questions { offsets: offsets.collect(), cluster_temperature },
             log_prior: None,
+            shift: fixed_shift(params.temperature, None),
             params,
             given: (Tensor::from_array(questions), None),
         })
@@ -214,6 +218,7 @@ impl Router {
             return format_err("prior weights must be finite and > 0");
         }
         self.log_prior = Some(prior.iter().map(|p| p.ln()).collect());
+        self.shift = fixed_shift(self.params.temperature, self.log_prior.as_deref());
         self.given.1 = Some(Tensor::from_array(prior));
         Ok(self)
     }
@@ -345,7 +350,8 @@ impl Router {
     }
 
     /// Fold one block of a query's scores, columns `c0..c0 + row.len()`, into its
-    /// running maximum logit `max` and per-cluster sums `sums[k] = Σ exp(z_i - max)`;
+    /// running maximum logit `max` (or the [`fixed_shift`], where there is one) and
+    /// per-cluster sums `sums[k] = Σ exp(z_i - max)`;
     /// the block overlaps clusters `k0..` with boundaries `local` (relative to c0).
     #[allow(clippy::too_many_arguments)]
     fn add_block(
@@ -360,7 +366,7 @@ impl Router {
     ) {
         let prior = self.log_prior.as_deref().map(|p| &p[c0..c0 + row.len()]);
         let inv_t = 1.0 / self.params.temperature;
-        let block_max = fastmath::scaled_max(row, inv_t, prior);
+        let block_max = self.shift.unwrap_or_else(|| fastmath::scaled_max(row, inv_t, prior));
         if block_max > *max {
             let rescale = (*max - block_max).exp();
             sums.iter_mut().for_each(|s| *s *= rescale);
@@ -370,6 +376,19 @@ impl Router {
         fastmath::segment_exp_sums(row, inv_t, prior, *max, local, tmp);
         sums[k0..k0 + tmp.len()].iter_mut().zip(tmp.iter()).for_each(|(s, t)| *s += t);
     }
+}
+
+/// A shift for per-question routing's softmax that makes the block maxima unnecessary:
+/// every logit `cos / T + ln p` of unit vectors lies within `1/T + min ln p` and
+/// `1/T + max ln p` of ±1/T, so with the upper end as the shift no `exp` overflows, and
+/// while the whole range is at most 80 none underflows (e^-80 is a normal f32) and each
+/// keeps its relative precision. `None` for colder temperatures or wider priors.
+fn fixed_shift(temperature: f32, log_prior: Option<&[f32]>) -> Option<f32> {
+    let (lo, hi) = log_prior.map_or((0.0, 0.0), |p| {
+        p.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+    });
+    let inv_t = 1.0 / temperature;
+    (2.0 * inv_t + (hi - lo) <= 80.0).then_some(inv_t + hi)
 }
 
 /// Per-cluster sums of a query's `exp(z - max)` -> its cluster logits, in place:
