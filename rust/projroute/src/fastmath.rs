@@ -4,26 +4,38 @@
 
 /// `exp(x)`: Cody–Waite reduction to `r` in [-ln2/2, ln2/2], a degree-6 polynomial
 /// (the Cephes `expf` coefficients), and the power of two put into the exponent
-/// bits; fused multiply-adds throughout (one instruction each where the loops are built
-/// with FMA; elsewhere the correctly rounded library call, so every build gets the same
-/// bits). Inputs are clamped to [-87, 88]; relative error below 2e-7.
+/// bits. Inputs are clamped to [-87, 88]; relative error below 2e-7. `FUSED`: its
+/// multiply-adds fused (one instruction each where the loops are built with FMA, else the
+/// correctly rounded library call: the same bits in every build), for per-question
+/// routing; else rounded twice, the bits the transformer kinds' attention has always
+/// had (stored outputs of old model files are checked to the bit).
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub(crate) fn exp<const FUSED: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5 * 2^23: adding it rounds to the nearest integer, left in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let t = x.mul_add(LOG2E, ROUND);
+    let t = madd::<FUSED>(x, LOG2E, ROUND);
     let n = t - ROUND;
-    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let r = madd::<FUSED>(-n, LN2_LO, madd::<FUSED>(-n, LN2_HI, x));
     let p = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.0e-1]
         .iter()
-        .fold(0.0f32, |acc, &c| acc.mul_add(r, c));
-    let e = p.mul_add(r * r, r) + 1.0;
+        .fold(0.0f32, |acc, &c| madd::<FUSED>(acc, r, c));
+    let e = madd::<FUSED>(p * r, r, r) + 1.0;
     let pow2 = f32::from_bits(((t.to_bits() as i32 - ROUND.to_bits() as i32 + 127) as u32) << 23);
     e * pow2
+}
+
+/// `a · b + c`, fused or rounded twice.
+#[inline(always)]
+fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 #[cfg(feature = "candle")]
@@ -209,11 +221,11 @@ dispatch! {
         for (i, x) in whole.iter_mut().enumerate() {
             let z = logits(x, shift.map(|s| &s.0[i]), scale);
             for l in 0..LANES {
-                x[l] = exp(z[l] - max);
+                x[l] = exp::<true>(z[l] - max);
             }
         }
         for (j, x) in rest.iter_mut().enumerate() {
-            *x = exp(logit(*x, j, shift.map(|s| s.1), scale) - max);
+            *x = exp::<true>(logit(*x, j, shift.map(|s| s.1), scale) - max);
         }
         for (o, w) in out.iter_mut().zip(offsets.windows(2)) {
             let (whole, rest) = v[w[0]..w[1]].as_chunks::<LANES>();
@@ -246,7 +258,7 @@ dispatch! {
     fn softmax_groups(v: &mut [f32], group: usize) {
         for g in v.chunks_exact_mut(group) {
             let max = reduce8(g, f32::NEG_INFINITY, f32::max);
-            g.iter_mut().for_each(|x| *x = exp(*x - max));
+            g.iter_mut().for_each(|x| *x = exp::<false>(*x - max));
             let inv = 1.0 / reduce8(g, 0.0, |a, b| a + b);
             g.iter_mut().for_each(|x| *x *= inv);
         }
@@ -312,14 +324,16 @@ mod tests {
 
     #[test]
     fn exp_is_accurate_where_softmax_needs_it() {
-        let mut worst: f64 = 0.0;
+        let mut worst: [f64; 2] = [0.0; 2];
         for i in -870_000..=880_000 {
             let x = i as f32 * 1e-4;
             let want = (x as f64).exp();
-            worst = worst.max(((exp(x) as f64) - want).abs() / want);
+            for (w, got) in worst.iter_mut().zip([exp::<false>(x), exp::<true>(x)]) {
+                *w = w.max(((got as f64) - want).abs() / want);
+            }
         }
-        assert!(worst < 3e-7, "max relative exp error {worst}");
-        assert!(exp(-1e9) > 0.0 && exp(-1e9) < 1e-37);
+        assert!(worst.iter().all(|&w| w < 3e-7), "max relative exp error {worst:?}");
+        assert!(exp::<false>(-1e9) > 0.0 && exp::<true>(-1e9) < 1e-37);
     }
 
     #[test]
@@ -339,12 +353,12 @@ mod tests {
             let mut sums = [0.0f32; 7];
             let mut e = v.clone();
             segment_exp_sums(&mut e, 10.0, shift, max, &offsets, &mut sums);
-            assert!(e.iter().zip(&z).all(|(&e, &z)| e == exp(z - max)), "the exponentials are left in v");
+            assert!(e.iter().zip(&z).all(|(&e, &z)| e == exp::<true>(z - max)), "the exponentials are left in v");
             for (k, w) in offsets.windows(2).enumerate() {
                 // The stated order, to the bit: running sum i mod 16 of the segment's
                 // element i, then pairwise.
                 let mut lanes = [0.0f32; LANES];
-                (w[0]..w[1]).for_each(|j| lanes[(j - w[0]) % LANES] += exp(z[j] - max));
+                (w[0]..w[1]).for_each(|j| lanes[(j - w[0]) % LANES] += exp::<true>(z[j] - max));
                 assert_eq!(sums[k].to_bits(), sum_lanes(lanes).to_bits(), "segment {k}");
                 let want: f64 = z[w[0]..w[1]].iter().map(|&x| ((x - max) as f64).exp()).sum();
                 assert!((sums[k] as f64 - want).abs() <= 1e-5 * want.max(1e-30), "segment {k}: {} vs {want}", sums[k]);

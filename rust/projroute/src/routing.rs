@@ -379,10 +379,10 @@ impl Router {
 }
 
 /// A shift for per-question routing's softmax that makes the block maxima unnecessary:
-/// every logit `cos / T + ln p` of unit vectors lies within `1/T + min ln p` and
-/// `1/T + max ln p` of ±1/T, so with the upper end as the shift no `exp` overflows, and
-/// while the whole range is at most 80 none underflows (e^-80 is a normal f32) and each
-/// keeps its relative precision. `None` for colder temperatures or wider priors.
+/// every logit `cos / T + ln p` of unit vectors lies in `[−1/T + min ln p, 1/T + max ln p]`;
+/// with the upper end as the shift no `exp` overflows, and while the interval is at most
+/// 80 wide none underflows (e^-80 is a normal f32), so every term keeps its relative
+/// precision. `None` for colder temperatures or wider priors.
 fn fixed_shift(temperature: f32, log_prior: Option<&[f32]>) -> Option<f32> {
     let (lo, hi) = log_prior.map_or((0.0, 0.0), |p| {
         p.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
