@@ -9,6 +9,7 @@ PASS/FAIL. Exit status 0 always (timings on a shared machine are indicative only
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from collections import defaultdict
 
@@ -186,7 +187,7 @@ def main(path: str) -> int:
         pair = groups[group].get("paired")
         if pair:
             r = sorted(pair["extra_info"]["paired_ratios"])
-            mid = (r[(len(r) - 1) // 2] + r[len(r) // 2]) / 2
+            mid = statistics.median(r)
             print(
                 f"  -> paired rounds (roofline GEMM, then Rust, back to back): Rust at {100 * mid:.1f}% of "
                 f"the roofline, median of {len(r)} ({100 * r[0]:.0f}-{100 * r[-1]:.0f}%)  "
