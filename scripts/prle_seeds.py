@@ -4,7 +4,8 @@ as the best wrapper fitted on its own value embeddings, beyond one seed's noise?
 For each seed the config's whole fit is re-run (kernel, prototypes, experts), then every
 value-space baseline of ``prle run`` is fitted on that seed's value embeddings; STS-B test
 Spearman for each, then the mean and standard deviation over seeds, and PRLE's mean
-paired difference to each wrapper. Re-run::
+paired difference to each wrapper. Also per seed: corr(|Δy|, distance) in value space
+from test rows to training rows (issue 12's metric bar, held out). Re-run::
 
     PROJROUTE_DATA=../shared/data .venv/bin/python scripts/prle_seeds.py configs/prle_stsb.toml --seeds 0 1 2 3 4
 """
@@ -20,11 +21,12 @@ import numpy as np
 from projroute.prle import PRLERegressor, load_config
 from projroute.prle.baselines import oracle_mixture, regressors, scores
 from projroute.prle.data import load_stsb
+from projroute.prle.train import distance_correlation
 
 
-def one_seed(cfg, data, seed: int) -> tuple[dict[str, float], float]:
-    """Test Spearman of PRLE and of every value-space wrapper, all at ``seed``; and
-    PRLE's dev Spearman (what a choice between configs may look at)."""
+def one_seed(cfg, data, seed: int) -> tuple[dict[str, float], float, float]:
+    """Test Spearman of PRLE and of every value-space wrapper, all at ``seed``; PRLE's
+    dev Spearman (what a choice between configs may look at); the test-to-train metric."""
     cfg = replace(cfg, seed=seed)
     tr, dev, te = data["train"], data["dev"], data["test"]
     model = PRLERegressor(cfg).fit(tr.X, tr.y, dev.X, dev.y)
@@ -34,7 +36,8 @@ def one_seed(cfg, data, seed: int) -> tuple[dict[str, float], float]:
         out[name] = scores(reg.fit(A, tr.y).predict(B), te.y)["spearman"]
     k = cfg.report.oracle_clusters
     out[f"oracle mixture (k={k})"] = scores(oracle_mixture(A, tr.y, B, k, seed), te.y)["spearman"]
-    return out, scores(model.predict(dev.X), dev.y)["spearman"]
+    metric = distance_correlation(B, te.y, seed=seed, reference=(A, tr.y))
+    return out, scores(model.predict(dev.X), dev.y)["spearman"], metric
 
 
 def main() -> None:
@@ -45,12 +48,15 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.config)
     data = load_stsb(cfg.data or None)
-    runs = []
+    runs, metrics = [], []
     for seed in args.seeds:
-        test, dev = one_seed(cfg, data, seed)
+        test, dev, metric = one_seed(cfg, data, seed)
         runs.append(test)
+        metrics.append(metric)
         print(
-            f"seed {seed}: PRLE dev {dev:.4f}; test " + ", ".join(f"{m} {v:.4f}" for m, v in test.items()), flush=True
+            f"seed {seed}: PRLE dev {dev:.4f}; test-to-train corr(|Δy|, distance) {metric:.3f}; test "
+            + ", ".join(f"{m} {v:.4f}" for m, v in test.items()),
+            flush=True,
         )
     methods = list(runs[0])
     table = np.array([[r[m] for m in methods] for r in runs])
@@ -61,11 +67,12 @@ def main() -> None:
         print(
             f"{m:<26} {table[:, j].mean():>7.4f} {table[:, j].std(ddof=1) if len(runs) > 1 else 0:>7.4f} "
             f"{diff.mean():>+10.4f} {diff.std(ddof=1) if len(runs) > 1 else 0:>7.4f} "
-            f"{int((diff >= 0).sum())}/{len(runs):>8}"
+            f"{f'{int((diff >= 0).sum())}/{len(runs)}':>10}"
         )
+    print(f"test-to-train corr(|Δy|, distance) in value space: min {min(metrics):.3f}, mean {np.mean(metrics):.3f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"seeds": args.seeds, "runs": runs}, f, indent=1)
+            json.dump({"seeds": args.seeds, "runs": runs, "test_to_train_corr": metrics}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,20 @@ def test_learning_beats_the_mean_and_metric_tracks_scores():
     assert distance_correlation(m.transform(X_test), y_test) > distance_correlation(X_test, y_test) + 0.2
 
 
+def test_distance_correlation_within_and_to_reference_rows():
+    from projroute.prle.train import distance_correlation
+
+    rng = np.random.default_rng(0)
+    y, y_ref = rng.uniform(0, 5, 300), rng.uniform(0, 5, 200)
+    # A space that is the score itself: distances are |Δy| exactly.
+    assert distance_correlation(y[:, None], y) == pytest.approx(1.0)
+    assert distance_correlation(y[:, None], y, reference=(y_ref[:, None], y_ref)) == pytest.approx(1.0)
+    # Reference rows whose embeddings do not match their scores: only the share that
+    # comes from where y_i lies is left (0.13 here).
+    shuffled = (rng.permutation(y_ref)[:, None], y_ref)
+    assert distance_correlation(y[:, None], y, reference=shuffled) < 0.3
+
+
 @pytest.mark.parametrize("selector", SELECTORS)
 def test_prototype_selectors_pick_distinct_real_rows(selector):
     rng = np.random.default_rng(0)

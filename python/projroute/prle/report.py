@@ -95,16 +95,16 @@ def run(cfg: PRLEConfig, encoder: Any = None) -> dict[str, Any]:
             k = cfg.report.oracle_clusters
             pred = oracle_mixture(A, tr.y, B, k, cfg.seed)
             table.append({"method": f"oracle mixture (k={k})", "space": space, **scores(pred, te.y)})
-    Zte = model.transform(Xte)
-    metric = {
-        "test_retrieval": distance_correlation(Xte, te.y, seed=cfg.seed),
-        "test_value": distance_correlation(Zte, te.y, seed=cfg.seed),
-        "train_retrieval": distance_correlation(Xtr, tr.y, seed=cfg.seed),
-        "train_value": distance_correlation(model.transform(Xtr), tr.y, seed=cfg.seed),
-        # The same for the 1-d space of PRLE's own predictions: how far held-out pairs
-        # scatter around the curve given the model's errors alone.
-        "test_prediction": distance_correlation(model.predict(Xte)[:, None], te.y, seed=cfg.seed),
-    }
+    Ztr, Zte = model.transform(Xtr), model.transform(Xte)
+    metric = {}
+    for space, (A, B) in {"retrieval": (Xtr, Xte), "value": (Ztr, Zte)}.items():
+        metric[f"train_{space}"] = distance_correlation(A, tr.y, seed=cfg.seed)
+        # Held-out rows against training rows: the distances prototype routing measures.
+        metric[f"test_to_train_{space}"] = distance_correlation(B, te.y, seed=cfg.seed, reference=(A, tr.y))
+        metric[f"test_{space}"] = distance_correlation(B, te.y, seed=cfg.seed)
+    # The same for the 1-d space of PRLE's own predictions: how far held-out pairs
+    # scatter around the curve given the model's errors alone.
+    metric["test_prediction"] = distance_correlation(model.predict(Xte)[:, None], te.y, seed=cfg.seed)
     tsne = None
     if cfg.report.tsne:
         tsne = str(out / "tsne.png")
@@ -132,9 +132,10 @@ def show(r: dict[str, Any]) -> str:
         )
     m, f = r["distance_correlation"], r["faithfulness"]
     lines += [
-        f"corr(|Δy|, distance) on test: retrieval {m['test_retrieval']:.3f}, value {m['test_value']:.3f} "
-        f"(train: {m['train_retrieval']:.3f}, {m['train_value']:.3f}; test, |Δŷ| of PRLE's predictions: "
-        f"{m['test_prediction']:.3f})",
+        "corr(|Δy|, distance), retrieval / value space: train pairs "
+        f"{m['train_retrieval']:.3f} / {m['train_value']:.3f}; test to train {m['test_to_train_retrieval']:.3f} / "
+        f"{m['test_to_train_value']:.3f}; test pairs {m['test_retrieval']:.3f} / {m['test_value']:.3f} "
+        f"(|Δŷ| of PRLE's test predictions: {m['test_prediction']:.3f})",
         f"attributions: dropping the top prototype moves ŷ by {f['drop_top_mean_change']:.4f} on average, "
         f"a random routed one by {f['drop_random_mean_change']:.4f} (top moves more on "
         f"{100 * f['top_moves_more_share']:.1f}% of rows)",

@@ -74,16 +74,28 @@ def embed(model: PRLE, X: np.ndarray, batch: int = 4096) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def distance_correlation(Z: np.ndarray, y: np.ndarray, n_pairs: int = 200_000, seed: int = 0) -> float:
-    """Pearson correlation of |y_i − y_j| and ‖z_i − z_j‖ over ``n_pairs`` random pairs
-    i ≠ j of the rows of Z (n, d) with scores y (n,)."""
+def distance_correlation(
+    Z: np.ndarray,
+    y: np.ndarray,
+    n_pairs: int = 200_000,
+    seed: int = 0,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
+) -> float:
+    """Pearson correlation of |y_i − y_j| and ‖z_i − z_j‖ over ``n_pairs`` random pairs.
+
+    Without ``reference``, i ≠ j are both rows of Z (n, d) with scores y (n,). With
+    ``reference = (Z_ref (m, d), y_ref (m,))``, i is a row of Z and j one of Z_ref: the
+    distances from held-out rows to training rows, the ones prototype routing measures.
+    """
     rng = np.random.default_rng(seed)
+    Z_ref, y_ref = reference if reference is not None else (Z, y)
     i = rng.integers(len(Z), size=n_pairs)
-    j = rng.integers(len(Z), size=n_pairs)
-    keep = i != j
-    i, j = i[keep], j[keep]
-    d = np.linalg.norm(Z[i] - Z[j], axis=1)
-    return float(np.corrcoef(np.abs(y[i] - y[j]), d)[0, 1])
+    j = rng.integers(len(Z_ref), size=n_pairs)
+    if reference is None:
+        keep = i != j
+        i, j = i[keep], j[keep]
+    d = np.linalg.norm(Z[i] - Z_ref[j], axis=1)
+    return float(np.corrcoef(np.abs(y[i] - y_ref[j]), d)[0, 1])
 
 
 def _pair_loss(z: torch.Tensor, y: torch.Tensor, cfg: PRLEConfig, y_range: float) -> torch.Tensor:
@@ -97,7 +109,8 @@ def _pair_loss(z: torch.Tensor, y: torch.Tensor, cfg: PRLEConfig, y_range: float
 
 def train_kernel(model: PRLE, X: np.ndarray, y: np.ndarray, X_dev: np.ndarray, y_dev: np.ndarray, cfg: PRLEConfig):
     """Stage 1: fit the head so that value-space distance tracks |Δy| (pairwise loss plus
-    uniformity); early stopping on dev corr(|Δy|, distance). Sets the head's
+    uniformity); early stopping on corr(|Δy|, distance) from dev rows to training rows,
+    the distances a prototype router measures. Sets the head's
     standardisation from X. Returns the :class:`History`."""
     k = cfg.kernel
     model.head.mean.copy_(torch.from_numpy(X.mean(0)))
@@ -122,7 +135,8 @@ def train_kernel(model: PRLE, X: np.ndarray, y: np.ndarray, X_dev: np.ndarray, y
         return total / max(count, 1)
 
     def score() -> float:
-        return distance_correlation(embed(model, X_dev), y_dev, n_pairs=100_000, seed=cfg.seed)
+        Z_dev, Z = embed(model, X_dev), embed(model, X)
+        return distance_correlation(Z_dev, y_dev, n_pairs=100_000, seed=cfg.seed, reference=(Z, y))
 
     return _early_stopping(k.epochs, k.patience, step, score, _snapshot(model.head))
 
