@@ -116,6 +116,32 @@ def test_distance_correlation_within_and_to_reference_rows():
     assert distance_correlation(y[:, None], y, reference=shuffled) < 0.3
 
 
+def test_expert_fits_are_scikit_learns_weighted_ridge():
+    from sklearn.linear_model import Ridge
+
+    from projroute.prle.train import _ridge_fits
+
+    rng = np.random.default_rng(1)
+    Z, y, w = rng.normal(size=(120, 6)), rng.normal(size=120), rng.dirichlet(np.ones(4), size=120)
+    W, b = _ridge_fits(Z, y, w, alpha=3.0)
+    for k in range(4):
+        ref = Ridge(alpha=3.0).fit(Z, y, sample_weight=w[:, k])
+        np.testing.assert_allclose(W[k], ref.coef_, rtol=1e-5, atol=1e-6)
+        assert b[k] == pytest.approx(ref.intercept_, abs=1e-5)
+
+
+def test_local_init_starts_each_expert_on_its_own_neighbourhood():
+    X, y = data(300, 8, seed=8)
+    cfg = config("mlp", "softmax", expert_epochs=0, k=5)
+    cfg.router.temperature, cfg.router.learn_temperature = 0.05, False
+    starts = {}
+    for init in ("global", "local"):
+        cfg.experts.init = init
+        starts[init] = PRLERegressor(cfg).fit(X, y).model_.expert_weight.detach().numpy()
+    assert np.ptp(starts["global"], axis=0).max() == 0.0  # one fit, copied K times
+    assert np.ptp(starts["local"], axis=0).max() > 0.01
+
+
 @pytest.mark.parametrize("selector", SELECTORS)
 def test_prototype_selectors_pick_distinct_real_rows(selector):
     rng = np.random.default_rng(0)

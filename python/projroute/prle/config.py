@@ -101,9 +101,15 @@ class RouterConfig:
 class ExpertConfig:
     """Stage 2: one linear expert per prototype, router and (trainable) prototypes, the
     head frozen. Losses: task MSE, responsibility-weighted expert fit, anchor (a prototype
-    routes to itself), load balance and routing entropy."""
+    routes to itself), load balance and routing entropy.
+
+    ``init``: ``global`` starts every expert from one least-squares fit on all rows;
+    ``local`` starts expert k from a fit with each row weighted by its routing weight to
+    prototype k (the router as configured, before training); ``zero`` from zero. The fits
+    are ridge, penalty ``ridge`` on the weights (not the bias)."""
 
     init: str = "global"
+    ridge: float = 10.0
     epochs: int = 60
     batch_size: int = 128
     lr: float = 3e-3
@@ -148,7 +154,7 @@ class PRLEConfig:
             (self.head.kind, HEADS, "head.kind"),
             (self.prototypes.selector, SELECTORS, "prototypes.selector"),
             (self.router.kind, ROUTERS, "router.kind"),
-            (self.experts.init, ("global", "zero"), "experts.init"),
+            (self.experts.init, ("global", "local", "zero"), "experts.init"),
         ):
             if value not in allowed:
                 raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
@@ -156,6 +162,8 @@ class PRLEConfig:
             raise ValueError("prototypes.n and head.dim must be >= 1")
         if not 1 <= self.router.top_k <= self.prototypes.n:
             raise ValueError(f"router.top_k must be in 1..prototypes.n ({self.prototypes.n}), got {self.router.top_k}")
+        if self.experts.ridge < 0:
+            raise ValueError(f"experts.ridge must be >= 0, got {self.experts.ridge}")
         if self.router.temperature <= 0 or self.router.radius <= 0:
             raise ValueError("router.temperature and router.radius must be > 0")
 

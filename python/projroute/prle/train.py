@@ -141,11 +141,21 @@ def train_kernel(model: PRLE, X: np.ndarray, y: np.ndarray, X_dev: np.ndarray, y
     return _early_stopping(k.epochs, k.patience, step, score, _snapshot(model.head))
 
 
+def _ridge_fits(Z: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """One weighted ridge fit of y (n,) on Z (n, d) per column of the row weights w (n, m):
+    minimises ``Σ_i w_ik (y_i − e_k·z_i − b_k)² + alpha‖e_k‖²``. Returns e (m, d) and
+    b (m,), float32."""
+    A = np.hstack([Z, np.ones((len(Z), 1))]).astype(np.float64)
+    penalty = np.diag(np.r_[np.full(Z.shape[1], alpha), 0.0]) + 1e-9 * np.eye(A.shape[1])  # always solvable
+    coef = np.stack([np.linalg.solve(A.T @ (A * wk[:, None]) + penalty, A.T @ (wk * y)) for wk in w.T])
+    return coef[:, :-1].astype(np.float32), coef[:, -1].astype(np.float32)
+
+
 def train_experts(
     model: PRLE, X: np.ndarray, y: np.ndarray, X_dev: np.ndarray, y_dev: np.ndarray, cfg: PRLEConfig
 ) -> History:
     """Stage 2, head frozen: choose the prototypes among the training examples, initialise
-    the experts (global least squares, or zero), and fit router, experts and (trainable)
+    the experts (``experts.init``), and fit router, experts and (trainable)
     prototypes; early stopping on dev MSE. Returns the :class:`History`."""
     e, pc = cfg.experts, cfg.prototypes
     model.head.requires_grad_(False)
@@ -157,11 +167,12 @@ def train_experts(
         model.prototype_index.copy_(torch.from_numpy(idx))
         model.prototypes.copy_(Zt[idx])
         model.prototypes.requires_grad_(pc.trainable)
-        if e.init == "global":
-            A = np.hstack([Z, np.ones((len(Z), 1), np.float32)])
-            coef = np.linalg.lstsq(A, y.astype(np.float32), rcond=None)[0]
-            model.expert_weight.copy_(torch.from_numpy(coef[:-1]).expand_as(model.expert_weight))
-            model.expert_bias.fill_(float(coef[-1]))
+        if e.init != "zero":
+            model.eval()  # no Gumbel noise in the MLP router's weights
+            w = np.ones((len(Z), 1)) if e.init == "global" else model.router(Zt, model.P).numpy()
+            W, b = _ridge_fits(Z, y, w, e.ridge)
+            model.expert_weight.copy_(torch.from_numpy(W).expand_as(model.expert_weight))
+            model.expert_bias.copy_(torch.from_numpy(b).expand_as(model.expert_bias))
     params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
     opt = torch.optim.AdamW(params, lr=e.lr, weight_decay=e.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
