@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -230,6 +231,40 @@ def _paired(benchmark, run, flops: float, operands: tuple[np.ndarray, np.ndarray
     ratios.clear()
     benchmark.pedantic(pair, rounds=PAIRED_ROUNDS, warmup_rounds=0)
     benchmark.extra_info.update(role="paired", paired_ratios=ratios)
+
+
+def _paired_speedup(benchmark, baseline, run, calls: int) -> None:
+    """Speedup of ``run`` over ``baseline`` in paired rounds: each round times the
+    baseline and then ``run`` (the median of ``calls`` calls each), with a pause between,
+    so that a slow spell of a shared host slows both halves of a pair. extra_info gets
+    every round's speedup (baseline time over ``run``'s); the report prints their median."""
+
+    def median_s(f) -> float:
+        times = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    speedups: list[float] = []
+
+    def pair() -> None:
+        base = median_s(baseline)
+        time.sleep(PAUSE_S)
+        speedups.append(base / median_s(run))
+        time.sleep(PAUSE_S)
+
+    pair()  # warm-up, not kept
+    speedups.clear()
+    benchmark.pedantic(pair, rounds=PAIRED_ROUNDS, warmup_rounds=0)
+    benchmark.extra_info.update(role="paired_speedup", speedups=speedups)
+
+
+@pytest.fixture(scope="session")
+def paired_speedup():
+    """The ``_paired_speedup`` helper, as a fixture."""
+    return _paired_speedup
 
 
 @pytest.fixture(scope="session")

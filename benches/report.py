@@ -30,6 +30,8 @@ PRECISION_BAR = {"float16": 1.6}
 # at least 80%, per-question routing 75%.
 ROOFLINE_BARS = {FED_BATCH: 0.80}
 ROOFLINE_BAR = 0.75
+# PRLE served by the Rust core over the same network's PyTorch forward (issue 12).
+PRLE_BARS = {"prle-d1153-k32-b1": 5.0, "prle-d1153-k32-b1024": 1.0}
 
 
 def fmt_time(s: float) -> str:
@@ -227,6 +229,19 @@ def main(path: str) -> int:
                 f"  -> candle {fmt_time(candle).strip()} vs torch {fmt_time(torch).strip()}: "
                 f"{torch / candle:.2f}x torch's throughput  [{bar}: {verdict(ok)}]"
             )
+        if group in PRLE_BARS:
+            bar = PRLE_BARS[group]
+            if rust and torch:
+                s = torch / rust
+                print(f"  -> Rust vs PyTorch, separate benchmarks: {s:.2f}x  [bar >= {bar:g}x: {verdict(s >= bar)}]")
+            pair = groups[group].get("paired_speedup")
+            if pair:
+                r = sorted(pair["extra_info"]["speedups"])
+                mid = statistics.median(r)
+                print(
+                    f"  -> paired rounds (PyTorch, then Rust, back to back): {mid:.2f}x, median of {len(r)} "
+                    f"({r[0]:.2f}-{r[-1]:.2f}x)  [bar >= {bar:g}x: {verdict(mid >= bar)}]"
+                )
         f32 = med(group, "rust_float32")
         for half in ("float16", "bfloat16"):
             t = med(group, f"rust_{half}")

@@ -5,7 +5,9 @@ For each seed the config's whole fit is re-run (kernel, prototypes, experts), th
 value-space baseline of ``prle run`` is fitted on that seed's value embeddings; STS-B test
 Spearman for each, then the mean and standard deviation over seeds, and PRLE's mean
 paired difference to each wrapper. Also per seed: corr(|Δy|, distance) in value space
-from test rows to training rows (issue 12's metric bar, held out). Re-run::
+from test rows to training rows (issue 12's metric bar, held out), and how much dropping
+the top prototype moves the test predictions against dropping a random one (its
+attribution bar). Re-run::
 
     PROJROUTE_DATA=../shared/data .venv/bin/python scripts/prle_seeds.py configs/prle_stsb.toml --seeds 0 1 2 3 4
 """
@@ -21,12 +23,14 @@ import numpy as np
 from projroute.prle import PRLERegressor, load_config
 from projroute.prle.baselines import oracle_mixture, regressors, scores
 from projroute.prle.data import load_stsb
+from projroute.prle.report import faithfulness
 from projroute.prle.train import distance_correlation
 
 
-def one_seed(cfg, data, seed: int) -> tuple[dict[str, float], float, float]:
+def one_seed(cfg, data, seed: int) -> tuple[dict[str, float], float, dict[str, float]]:
     """Test Spearman of PRLE and of every value-space wrapper, all at ``seed``; PRLE's
-    dev Spearman (what a choice between configs may look at); the test-to-train metric."""
+    dev Spearman (what a choice between configs may look at); the metric and attribution
+    checks on test."""
     cfg = replace(cfg, seed=seed)
     tr, dev, te = data["train"], data["dev"], data["test"]
     model = PRLERegressor(cfg).fit(tr.X, tr.y, dev.X, dev.y)
@@ -36,8 +40,11 @@ def one_seed(cfg, data, seed: int) -> tuple[dict[str, float], float, float]:
         out[name] = scores(reg.fit(A, tr.y).predict(B), te.y)["spearman"]
     k = cfg.report.oracle_clusters
     out[f"oracle mixture (k={k})"] = scores(oracle_mixture(A, tr.y, B, k, seed), te.y)["spearman"]
-    metric = distance_correlation(B, te.y, seed=seed, reference=(A, tr.y))
-    return out, scores(model.predict(dev.X), dev.y)["spearman"], metric
+    checks = {
+        "test_to_train_corr": distance_correlation(B, te.y, seed=seed, reference=(A, tr.y)),
+        **faithfulness(model, te.X, seed),
+    }
+    return out, scores(model.predict(dev.X), dev.y)["spearman"], checks
 
 
 def main() -> None:
@@ -48,14 +55,15 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.config)
     data = load_stsb(cfg.data or None)
-    runs, metrics = [], []
+    runs, checks = [], []
     for seed in args.seeds:
-        test, dev, metric = one_seed(cfg, data, seed)
+        test, dev, c = one_seed(cfg, data, seed)
         runs.append(test)
-        metrics.append(metric)
+        checks.append(c)
         print(
-            f"seed {seed}: PRLE dev {dev:.4f}; test-to-train corr(|Δy|, distance) {metric:.3f}; test "
-            + ", ".join(f"{m} {v:.4f}" for m, v in test.items()),
+            f"seed {seed}: PRLE dev {dev:.4f}; test-to-train corr(|Δy|, distance) {c['test_to_train_corr']:.3f}; "
+            f"dropping the top / a random prototype moves ŷ by {c['drop_top_mean_change']:.4f} / "
+            f"{c['drop_random_mean_change']:.4f}; test " + ", ".join(f"{m} {v:.4f}" for m, v in test.items()),
             flush=True,
         )
     methods = list(runs[0])
@@ -69,10 +77,13 @@ def main() -> None:
             f"{diff.mean():>+10.4f} {diff.std(ddof=1) if len(runs) > 1 else 0:>7.4f} "
             f"{f'{int((diff >= 0).sum())}/{len(runs)}':>10}"
         )
-    print(f"test-to-train corr(|Δy|, distance) in value space: min {min(metrics):.3f}, mean {np.mean(metrics):.3f}")
+    corr = [c["test_to_train_corr"] for c in checks]
+    print(f"test-to-train corr(|Δy|, distance) in value space: min {min(corr):.3f}, mean {np.mean(corr):.3f}")
+    ratio = [c["drop_top_mean_change"] / c["drop_random_mean_change"] for c in checks]
+    print(f"dropping the top prototype over dropping a random one, mean |Δŷ| ratio: min {min(ratio):.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"seeds": args.seeds, "runs": runs, "test_to_train_corr": metrics}, f, indent=1)
+            json.dump({"seeds": args.seeds, "runs": runs, "checks": checks}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -206,6 +206,10 @@ def test_bad_input_is_a_clear_error(tmp_path):
         m.predict(X[:, :5])
     with pytest.raises(ValueError, match="NaN"):
         m.predict(np.full((2, 6), np.nan, dtype=np.float32))
+    big = np.repeat(X, 3, axis=0)  # past the small-batch path
+    big[100, 4] = -np.inf
+    with pytest.raises(ValueError, match="infinite"):
+        m.predict(big)
     tensors = m.tensors()
     del tensors["experts.bias"]
     with pytest.raises(projroute.ModelFormatError, match=r"experts\.bias"):

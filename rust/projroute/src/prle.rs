@@ -11,7 +11,8 @@
 
 use std::collections::BTreeMap;
 
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
+use rayon::prelude::*;
 
 use crate::error::{format_err, invalid, Error, Result};
 use crate::format::{ModelFile, PrleConfig, Tensor};
@@ -269,21 +270,41 @@ impl Prle {
 
     /// Predicted scores (B, 1) of features `x` (B, D_in).
     pub fn predict(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        if x.nrows() <= SMALL_BATCH && rayon::current_thread_index().is_none() {
-            // Each parallel step called from outside the pool is a hand-off to a worker
-            // and back (about ten per prediction); a small batch makes one hand-off and
-            // runs every step on that worker, where they run inline.
-            return rayon::scope(|_| crate::packed::on_this_thread(|| self.predict_here(x)));
+        if x.nrows() <= SMALL_BATCH {
+            // Every step on the calling thread: each parallel step would be a hand-off
+            // to the pool and back, which costs more than a small batch's work.
+            return crate::packed::on_this_thread(|| self.predict_here(x));
         }
         self.predict_here(x)
     }
 
     fn predict_here(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let z = self.embed(x)?;
-        let r = self.route_embedded(z.view())?;
         let local = self.experts.matmul_then(z.view(), |_, row| {
             row.iter_mut().zip(&self.expert_bias).for_each(|(v, b)| *v += b);
         });
+        if let Routes::Nearest(router) = &self.routes {
+            if router.params().is_dense(self.n_prototypes()) {
+                // A softmax over every prototype: no selection, no ordering.
+                let logits = router.unit_logits(z.view());
+                let mix = |(l, y): (ArrayView1<f32>, ArrayView1<f32>)| {
+                    let max = l.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    let (mut mix, mut total) = (0.0f32, 0.0f32);
+                    for (&v, &y) in l.iter().zip(y) {
+                        let w = (v - max).exp();
+                        (mix, total) = (mix + w * y, total + w);
+                    }
+                    mix / total
+                };
+                let rows = logits.axis_iter(Axis(0)).zip(local.axis_iter(Axis(0)));
+                let y: Vec<f32> = match crate::packed::on_this_thread_now() {
+                    true => rows.map(mix).collect(),
+                    false => rows.collect::<Vec<_>>().into_par_iter().map(mix).collect(),
+                };
+                return Ok(Array2::from_shape_vec((z.nrows(), 1), y).expect("one score per row"));
+            }
+        }
+        let r = self.route_embedded(z.view())?;
         Ok(Array2::from_shape_fn((z.nrows(), 1), |(i, _)| {
             let (c, w) = r.row(i);
             c.iter().zip(w).map(|(&c, &w)| w * local[[i, c as usize]]).sum()

@@ -262,21 +262,29 @@ impl Router {
 
     /// Sparse routing weights of queries `x` (B, D).
     pub fn route(&self, x: ArrayView2<f32>) -> Result<Routing> {
+        // Logits already carry the temperature.
+        route(self.logits(x)?.view(), &RoutingParams { temperature: 1.0, ..self.params })
+    }
+
+    /// Cluster logits (B, K) of queries `x` (B, D), temperature and prior included: with
+    /// dense parameters their row softmax is the routing. Validates the batch.
+    pub fn logits(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         linalg::check_batch(x, self.dim(), "queries")?;
-        let unit = linalg::normalize_rows(x, "queries")?;
+        Ok(self.unit_logits(linalg::normalize_rows(x, "queries")?.view()))
+    }
+
+    /// [`logits`](Self::logits) of queries already checked and scaled to unit rows.
+    pub(crate) fn unit_logits(&self, unit: ArrayView2<f32>) -> Array2<f32> {
         let inv_t = 1.0 / self.params.temperature;
         let prior = self.log_prior.as_deref();
-        // Logits already carry the temperature.
-        let params = RoutingParams { temperature: 1.0, ..self.params };
-        let logits = match &self.points {
-            Points::Centroids => self.points_t.matmul_then(unit.view(), |_, row| {
+        match &self.points {
+            Points::Centroids => self.points_t.matmul_then(unit, |_, row| {
                 fastmath::scale_shift(row, inv_t, prior);
             }),
             Points::Questions { offsets, cluster_temperature } => {
-                self.question_logits(unit.view(), offsets, *cluster_temperature)
+                self.question_logits(unit, offsets, *cluster_temperature)
             }
-        };
-        route(logits.view(), &params)
+        }
     }
 }
 
@@ -436,14 +444,14 @@ pub fn softmax_rows(mut scores: ArrayViewMut2<f32>, temperature: f32) {
 /// Route every query: scores `(B, K)` to sparse weights.
 pub fn route(scores: ArrayView2<f32>, params: &RoutingParams) -> Result<Routing> {
     params.validate(scores.ncols())?;
-    let rows: Vec<(Vec<u32>, Vec<f32>)> = scores
-        .axis_iter(Axis(0))
-        .into_par_iter()
-        .map(|row| match row.as_slice() {
-            Some(s) => route_one(s, params),
-            None => route_one(&row.to_vec(), params),
-        })
-        .collect();
+    let one = |row: ArrayView1<f32>| match row.as_slice() {
+        Some(s) => route_one(s, params),
+        None => route_one(&row.to_vec(), params),
+    };
+    let rows: Vec<(Vec<u32>, Vec<f32>)> = match crate::packed::on_this_thread_now() {
+        true => scores.axis_iter(Axis(0)).map(one).collect(),
+        false => scores.axis_iter(Axis(0)).into_par_iter().map(one).collect(),
+    };
     let mut routing =
         Routing { offsets: Vec::with_capacity(rows.len() + 1), clusters: Vec::new(), weights: Vec::new() };
     routing.offsets.push(0);

@@ -392,8 +392,9 @@ pub(crate) fn avx512_chosen() -> bool {
     matches!(Kernel::detect(), Kernel::Avx512(_))
 }
 
-/// Whether this thread is inside [`on_this_thread`].
-fn on_this_thread_now() -> bool {
+/// Whether this thread is inside [`on_this_thread`]: then the core's row loops run on
+/// it too, not on the pool.
+pub(crate) fn on_this_thread_now() -> bool {
     ON_THIS_THREAD.with(|c| c.get())
 }
 
