@@ -235,11 +235,13 @@ def _paired(benchmark, run, flops: float, operands: tuple[np.ndarray, np.ndarray
 
 def _paired_speedup(benchmark, baseline, run, calls: int) -> None:
     """Speedup of ``run`` over ``baseline`` in paired rounds: each round times the
-    baseline and then ``run`` (the median of ``calls`` calls each), with a pause between,
-    so that a slow spell of a shared host slows both halves of a pair. extra_info gets
-    every round's speedup (baseline time over ``run``'s); the report prints their median."""
+    baseline and then ``run`` (one call untimed, as the pause lets threads sleep and
+    clocks drop; then the median of ``calls`` calls), with a pause between, so that a
+    slow spell of a shared host slows both halves of a pair. extra_info gets every
+    round's speedup (baseline time over ``run``'s); the report prints their median."""
 
     def median_s(f) -> float:
+        f()
         times = []
         for _ in range(calls):
             t = time.perf_counter()

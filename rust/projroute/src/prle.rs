@@ -111,8 +111,11 @@ pub struct Prle {
     given: BTreeMap<String, Tensor>,
 }
 
-/// Batches up to this many rows run on one worker thread (see [`Prle::predict`]).
-const SMALL_BATCH: usize = 16;
+/// Rows per task of a batch (see [`Prle::predict`]): at least this many (a smaller
+/// batch is one task, run on the calling thread) ...
+const MIN_TASK: usize = 16;
+/// ... and at most this many, so that a task's intermediates stay in its core's L2.
+const MAX_TASK: usize = 64;
 
 /// Tensor names a `prle` file may hold.
 const TENSORS: [&str; 13] = [
@@ -232,6 +235,12 @@ impl Prle {
 
     /// Unit value embeddings (B, dim) of features `x` (B, D_in); validates the batch.
     pub fn embed(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        self.embed_rows(x, 0)
+    }
+
+    /// [`embed`](Self::embed) of rows `first..first + B` of a batch (errors name rows by
+    /// their place in it).
+    fn embed_rows(&self, x: ArrayView2<f32>, first: usize) -> Result<Array2<f32>> {
         linalg::check_batch(x, self.dim_in(), "features")?;
         let mut z = match &self.hidden {
             Some(h) => self.out.forward(h.forward(x).view()),
@@ -243,6 +252,7 @@ impl Prle {
         for (i, mut row) in z.axis_iter_mut(Axis(0)).enumerate() {
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
             if !(norm > 0.0 && norm.is_finite()) {
+                let i = first + i;
                 return invalid(format!("features row {i} map to a zero value embedding; routing is undefined"));
             }
             row.mapv_inplace(|v| v / norm);
@@ -269,17 +279,31 @@ impl Prle {
     }
 
     /// Predicted scores (B, 1) of features `x` (B, D_in).
+    ///
+    /// The batch is split into tasks of rows, each running the whole network on one
+    /// thread: one hand-off to the pool per task instead of one per step, and each
+    /// task's activations stay in cache between the layers. A batch of at most
+    /// [`MIN_TASK`] rows runs on the calling thread.
     pub fn predict(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        if x.nrows() <= SMALL_BATCH {
-            // Every step on the calling thread: each parallel step would be a hand-off
-            // to the pool and back, which costs more than a small batch's work.
-            return crate::packed::on_this_thread(|| self.predict_here(x));
+        let threads = rayon::current_num_threads().max(1);
+        let rows = x.nrows().div_ceil(2 * threads).clamp(MIN_TASK, MAX_TASK);
+        if x.nrows() <= rows {
+            return crate::packed::on_this_thread(|| self.predict_rows(x, 0));
         }
-        self.predict_here(x)
+        let mut out = Array2::zeros((x.nrows(), 1));
+        out.axis_chunks_iter_mut(Axis(0), rows)
+            .into_par_iter()
+            .zip(x.axis_chunks_iter(Axis(0), rows))
+            .enumerate()
+            .try_for_each(|(t, (mut o, x))| {
+                crate::packed::on_this_thread(|| self.predict_rows(x, t * rows)).map(|y| o.assign(&y))
+            })?;
+        Ok(out)
     }
 
-    fn predict_here(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        let z = self.embed(x)?;
+    /// Predictions (B, 1) of rows `first..first + B` of a batch, `x` (B, D_in).
+    fn predict_rows(&self, x: ArrayView2<f32>, first: usize) -> Result<Array2<f32>> {
+        let z = self.embed_rows(x, first)?;
         let local = self.experts.matmul_then(z.view(), |_, row| {
             row.iter_mut().zip(&self.expert_bias).for_each(|(v, b)| *v += b);
         });
@@ -296,11 +320,7 @@ impl Prle {
                     }
                     mix / total
                 };
-                let rows = logits.axis_iter(Axis(0)).zip(local.axis_iter(Axis(0)));
-                let y: Vec<f32> = match crate::packed::on_this_thread_now() {
-                    true => rows.map(mix).collect(),
-                    false => rows.collect::<Vec<_>>().into_par_iter().map(mix).collect(),
-                };
+                let y = logits.axis_iter(Axis(0)).zip(local.axis_iter(Axis(0))).map(mix).collect();
                 return Ok(Array2::from_shape_vec((z.nrows(), 1), y).expect("one score per row"));
             }
         }
