@@ -461,5 +461,12 @@ mod tests {
         assert!(matches!(p.project(array![[1.0f32, f32::NAN, 0.0]].view()), Err(Error::InvalidInput(_))));
         let err = p.project(array![[0.0f32, 0.0, 1.0]].view()).unwrap_err().to_string();
         assert!(err.contains("row 0 map to a zero value embedding"), "{err}");
+        // A batch split into tasks names the row by its place in the whole batch.
+        let mut x = Array2::from_shape_fn((300, 3), |(_, j)| [3.0f32, 4.0, 9.0][j]);
+        let all = p.project(x.view()).unwrap();
+        assert!(all.iter().all(|&y| (y - 2.8).abs() < 1e-5), "every row is the one row");
+        x.row_mut(250).assign(&array![0.0f32, 0.0, 1.0]);
+        let err = p.project(x.view()).unwrap_err().to_string();
+        assert!(err.contains("row 250 map to a zero value embedding"), "{err}");
     }
 }
