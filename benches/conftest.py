@@ -249,18 +249,23 @@ def _paired_speedup(benchmark, baseline, run, calls: int) -> None:
             times.append(time.perf_counter() - t)
         return statistics.median(times)
 
-    speedups: list[float] = []
+    halves: list[tuple[float, float]] = []
 
     def pair() -> None:
         base = median_s(baseline)
         time.sleep(PAUSE_S)
-        speedups.append(base / median_s(run))
+        halves.append((base, median_s(run)))
         time.sleep(PAUSE_S)
 
     pair()  # warm-up, not kept
-    speedups.clear()
+    halves.clear()
     benchmark.pedantic(pair, rounds=PAIRED_ROUNDS, warmup_rounds=0)
-    benchmark.extra_info.update(role="paired_speedup", speedups=speedups)
+    benchmark.extra_info.update(
+        role="paired_speedup",
+        speedups=[b / r for b, r in halves],
+        baseline_s=[b for b, _ in halves],
+        run_s=[r for _, r in halves],
+    )
 
 
 @pytest.fixture(scope="session")

@@ -238,9 +238,12 @@ def main(path: str) -> int:
             if pair:
                 r = sorted(pair["extra_info"]["speedups"])
                 mid = statistics.median(r)
+                ei = pair["extra_info"]
                 print(
                     f"  -> paired rounds (PyTorch, then Rust, back to back): {mid:.2f}x, median of {len(r)} "
-                    f"({r[0]:.2f}-{r[-1]:.2f}x)  [bar >= {bar:g}x: {verdict(mid >= bar)}]"
+                    f"({r[0]:.2f}-{r[-1]:.2f}x)  [bar >= {bar:g}x: {verdict(mid >= bar)}]; median halves: "
+                    f"PyTorch {fmt_time(statistics.median(ei['baseline_s'])).strip()}, "
+                    f"Rust {fmt_time(statistics.median(ei['run_s'])).strip()}"
                 )
         f32 = med(group, "rust_float32")
         for half in ("float16", "bfloat16"):

@@ -29,6 +29,12 @@ pub(crate) fn normalize_rows(x: ArrayView2<f32>, what: &str) -> Result<Array2<f3
     }
 }
 
+/// Whether no value is NaN or infinite (an exponent of all ones), branch-free so that it
+/// vectorises: a batch check reads every value.
+fn all_finite(v: &[f32]) -> bool {
+    v.iter().fold(0, |bad, v| bad | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000)) == 0
+}
+
 /// Check a query batch: non-empty, `dim` columns, all values finite.
 pub(crate) fn check_batch(x: ArrayView2<f32>, dim: usize, what: &str) -> Result<()> {
     let (b, d) = x.dim();
@@ -38,16 +44,15 @@ pub(crate) fn check_batch(x: ArrayView2<f32>, dim: usize, what: &str) -> Result<
     if d != dim {
         return invalid(format!("{what} has {d} columns, expected {dim}"));
     }
-    // Branch-free over the row (an exponent of all ones is NaN or infinity), so that it
-    // vectorises: this pass reads the whole batch.
-    let finite = |row: ArrayView1<f32>| {
-        row.iter().fold(0, |bad, v| bad | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32) == 0
+    let finite = |row: ArrayView1<f32>| match row.as_slice() {
+        Some(row) => all_finite(row),
+        None => all_finite(&row.to_vec()),
     };
-    let all_finite = match on_this_thread_now() {
+    let ok = match on_this_thread_now() {
         true => x.axis_iter(Axis(0)).all(finite),
         false => x.axis_iter(Axis(0)).into_par_iter().all(finite),
     };
-    if !all_finite {
+    if !ok {
         return invalid(format!("{what} contains NaN or infinite values"));
     }
     Ok(())

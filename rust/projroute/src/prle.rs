@@ -73,14 +73,13 @@ impl Layer {
     /// `x` (B, in) -> (B, out).
     fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let scale = (2.0 / self.outputs() as f32).sqrt();
+        // One loop per activation, so that each vectorises.
         self.w.matmul_then(x, |_, row| {
-            for (v, b) in row.iter_mut().zip(&self.b) {
-                let a = *v + b;
-                *v = match self.act {
-                    Act::Identity => a,
-                    Act::Relu => a.max(0.0),
-                    Act::Cos => scale * a.cos(),
-                };
+            let biased = row.iter_mut().zip(&self.b);
+            match self.act {
+                Act::Identity => biased.for_each(|(v, b)| *v += b),
+                Act::Relu => biased.for_each(|(v, b)| *v = (*v + b).max(0.0)),
+                Act::Cos => biased.for_each(|(v, b)| *v = scale * (*v + b).cos()),
             }
         })
     }
