@@ -262,18 +262,15 @@ impl Router {
 
     /// Sparse routing weights of queries `x` (B, D).
     pub fn route(&self, x: ArrayView2<f32>) -> Result<Routing> {
-        // Logits already carry the temperature.
-        route(self.logits(x)?.view(), &RoutingParams { temperature: 1.0, ..self.params })
-    }
-
-    /// Cluster logits (B, K) of queries `x` (B, D), temperature and prior included: with
-    /// dense parameters their row softmax is the routing. Validates the batch.
-    pub fn logits(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         linalg::check_batch(x, self.dim(), "queries")?;
-        Ok(self.unit_logits(linalg::normalize_rows(x, "queries")?.view()))
+        let logits = self.unit_logits(linalg::normalize_rows(x, "queries")?.view());
+        // Logits already carry the temperature.
+        route(logits.view(), &RoutingParams { temperature: 1.0, ..self.params })
     }
 
-    /// [`logits`](Self::logits) of queries already checked and scaled to unit rows.
+    /// Cluster logits (B, K) of unit queries `unit` (B, D), checked by the caller:
+    /// temperature and prior included, so that with dense parameters their row softmax
+    /// is the routing.
     pub(crate) fn unit_logits(&self, unit: ArrayView2<f32>) -> Array2<f32> {
         let inv_t = 1.0 / self.params.temperature;
         let prior = self.log_prior.as_deref();
