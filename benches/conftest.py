@@ -204,62 +204,59 @@ PAIRED_ROUNDS = 9
 PAUSE_S = 0.25
 
 
-def _paired(benchmark, run, flops: float, operands: tuple[np.ndarray, np.ndarray], calls: int = 1) -> None:
-    """The roofline bar in paired rounds: each round times numpy's square GEMM on
-    ``operands`` (best of two calls) and then ``run()`` (best of ``calls``), back to
-    back with a pause between, so that a slow spell of a shared host slows both halves
-    of a pair. extra_info gets every round's ratio of ``run``'s GFLOP/s (``flops`` a
-    call) to the GEMM's; the report prints their median. The benchmark's own timings
-    are of whole rounds."""
-    a, b = operands
-    out = np.empty_like(a)
-
-    def seconds(f) -> float:
-        t = time.perf_counter()
-        f()
-        return time.perf_counter() - t
-
-    ratios: list[float] = []
-
-    def pair() -> None:
-        gemm = min(seconds(lambda: np.matmul(a, b, out=out)) for _ in range(2))
-        time.sleep(PAUSE_S)
-        ratios.append((flops / min(seconds(run) for _ in range(calls))) / (2.0 * a.shape[0] ** 3 / gemm))
-        time.sleep(PAUSE_S)
-
-    pair()  # warm-up, not kept
-    ratios.clear()
-    benchmark.pedantic(pair, rounds=PAIRED_ROUNDS, warmup_rounds=0)
-    benchmark.extra_info.update(role="paired", paired_ratios=ratios)
+def _seconds(f) -> float:
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
 
 
-def _paired_speedup(benchmark, baseline, run, calls: int) -> None:
-    """Speedup of ``run`` over ``baseline`` in paired rounds: each round times the
-    baseline and then ``run`` (one call untimed, as the pause lets threads sleep and
-    clocks drop; then the median of ``calls`` calls), with a pause between, so that a
-    slow spell of a shared host slows both halves of a pair. extra_info gets every
-    round's speedup (baseline time over ``run``'s); the report prints their median."""
-
-    def median_s(f) -> float:
-        f()
-        times = []
-        for _ in range(calls):
-            t = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
+def _pair_rounds(benchmark, first, second) -> list[tuple[float, float]]:
+    """``PAIRED_ROUNDS`` rounds (after one not kept) of ``first()`` then ``second()``,
+    each returning seconds, back to back with a pause after each half, so that a slow
+    spell of a shared host slows both halves of a pair. Returns every round's pair of
+    times; the benchmark's own timings are of whole rounds."""
     halves: list[tuple[float, float]] = []
 
     def pair() -> None:
-        base = median_s(baseline)
+        a = first()
         time.sleep(PAUSE_S)
-        halves.append((base, median_s(run)))
+        halves.append((a, second()))
         time.sleep(PAUSE_S)
 
     pair()  # warm-up, not kept
     halves.clear()
     benchmark.pedantic(pair, rounds=PAIRED_ROUNDS, warmup_rounds=0)
+    return halves
+
+
+def _paired(benchmark, run, flops: float, operands: tuple[np.ndarray, np.ndarray], calls: int = 1) -> None:
+    """The roofline bar in paired rounds (:func:`_pair_rounds`): numpy's square GEMM on
+    ``operands`` (best of two calls), then ``run()`` (best of ``calls``). extra_info gets
+    every round's ratio of ``run``'s GFLOP/s (``flops`` a call) to the GEMM's; the report
+    prints their median."""
+    a, b = operands
+    out = np.empty_like(a)
+    halves = _pair_rounds(
+        benchmark,
+        lambda: min(_seconds(lambda: np.matmul(a, b, out=out)) for _ in range(2)),
+        lambda: min(_seconds(run) for _ in range(calls)),
+    )
+    gemm_flops = 2.0 * a.shape[0] ** 3
+    ratios = [(flops / r) / (gemm_flops / g) for g, r in halves]
+    benchmark.extra_info.update(role="paired", paired_ratios=ratios)
+
+
+def _paired_speedup(benchmark, baseline, run, calls: int) -> None:
+    """Speedup of ``run`` over ``baseline`` in paired rounds (:func:`_pair_rounds`), each
+    half one call untimed (the pause lets threads sleep and clocks drop), then the median
+    of ``calls`` calls. extra_info gets every round's speedup (baseline time over
+    ``run``'s) and both halves' times; the report prints their medians."""
+
+    def median_s(f) -> float:
+        f()
+        return statistics.median(_seconds(f) for _ in range(calls))
+
+    halves = _pair_rounds(benchmark, lambda: median_s(baseline), lambda: median_s(run))
     benchmark.extra_info.update(
         role="paired_speedup",
         speedups=[b / r for b, r in halves],
