@@ -156,7 +156,7 @@ def served_by_parts(ens, x, tmp_path):
 
 
 @pytest.mark.parametrize("n_domains,top_k", [(3, 2), (3, 3)], ids=["sparse", "dense"])
-@pytest.mark.parametrize("batch", [1, 9, 200])
+@pytest.mark.parametrize("batch", [1, 9, 200, 600])
 def test_candle_matches_torch(tmp_path, n_domains, top_k, batch):
     ens = random_ensemble(n_domains, top_k, seed=batch + top_k)
     path = tmp_path / "ens.safetensors"

@@ -30,6 +30,7 @@ mod routing;
 mod searcher;
 #[cfg(feature = "text")]
 mod static_encoder;
+mod team;
 pub mod threads;
 #[cfg(feature = "candle")]
 mod transformer;

@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
-use rayon::prelude::*;
 
 use crate::error::{format_err, invalid, Error, Result};
 use crate::format::{ModelFile, PrleConfig, Tensor};
@@ -280,24 +279,17 @@ impl Prle {
     /// Predicted scores (B, 1) of features `x` (B, D_in).
     ///
     /// The batch is split into tasks of rows, each running the whole network on one
-    /// thread: one hand-off to the pool per task instead of one per step, and each
-    /// task's activations stay in cache between the layers. A batch of at most
-    /// [`MIN_TASK`] rows runs on the calling thread.
+    /// thread of the [`team`](crate::team) (the caller and its helpers): one hand-off per
+    /// call instead of one per step, and each task's activations stay in cache between
+    /// the layers. A batch of at most [`MIN_TASK`] rows runs on the calling thread. A
+    /// bad batch reports its first bad row.
     pub fn predict(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let threads = rayon::current_num_threads().max(1);
         let rows = x.nrows().div_ceil(2 * threads).clamp(MIN_TASK, MAX_TASK);
         if x.nrows() <= rows {
             return crate::packed::on_this_thread(|| self.predict_rows(x, 0));
         }
-        let mut out = Array2::zeros((x.nrows(), 1));
-        out.axis_chunks_iter_mut(Axis(0), rows)
-            .into_par_iter()
-            .zip(x.axis_chunks_iter(Axis(0), rows))
-            .enumerate()
-            .try_for_each(|(t, (mut o, x))| {
-                crate::packed::on_this_thread(|| self.predict_rows(x, t * rows)).map(|y| o.assign(&y))
-            })?;
-        Ok(out)
+        crate::team::map_rows(x, rows, |x, first| self.predict_rows(x, first))
     }
 
     /// Predictions (B, 1) of rows `first..first + B` of a batch, `x` (B, D_in).
@@ -467,5 +459,12 @@ mod tests {
         x.row_mut(250).assign(&array![0.0f32, 0.0, 1.0]);
         let err = p.project(x.view()).unwrap_err().to_string();
         assert!(err.contains("row 250 map to a zero value embedding"), "{err}");
+        // With two bad rows in different tasks, the first of the batch, whichever thread
+        // finds its row first.
+        x.row_mut(40).assign(&array![0.0f32, 0.0, 1.0]);
+        for _ in 0..20 {
+            let err = p.project(x.view()).unwrap_err().to_string();
+            assert!(err.contains("row 40 map to a zero value embedding"), "{err}");
+        }
     }
 }
