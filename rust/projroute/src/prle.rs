@@ -17,7 +17,7 @@ use crate::error::{format_err, invalid, Error, Result};
 use crate::format::{ModelFile, PrleConfig, Tensor};
 use crate::linalg;
 use crate::model::{names, Model};
-use crate::packed::PackedMatrix;
+use crate::packed::{on_this_thread, PackedMatrix};
 use crate::routing::{self, Router, Routing, RoutingParams};
 
 /// The activation after a [`Layer`].
@@ -240,9 +240,21 @@ impl Prle {
     /// their place in it).
     fn embed_rows(&self, x: ArrayView2<f32>, first: usize) -> Result<Array2<f32>> {
         linalg::check_batch(x, self.dim_in(), "features")?;
+        self.embed_from(x, self.first_layer(x), first)
+    }
+
+    /// The head's first layer on `x`: the hidden layer's activations, or the output
+    /// layer's when the head is linear.
+    fn first_layer(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        self.hidden.as_ref().unwrap_or(&self.out).forward(x)
+    }
+
+    /// The rest of [`embed_rows`](Self::embed_rows), given `h`, the
+    /// [`first_layer`](Self::first_layer) on `x`.
+    fn embed_from(&self, x: ArrayView2<f32>, h: Array2<f32>, first: usize) -> Result<Array2<f32>> {
         let mut z = match &self.hidden {
-            Some(h) => self.out.forward(h.forward(x).view()),
-            None => self.out.forward(x),
+            Some(_) => self.out.forward(h.view()),
+            None => h,
         };
         if let Some(s) = &self.skip {
             z += &s.forward(x);
@@ -281,20 +293,22 @@ impl Prle {
     /// The batch is split into tasks of rows, each running the whole network on one
     /// thread of the [`team`](crate::team) (the caller and its helpers): one hand-off per
     /// call instead of one per step, and each task's activations stay in cache between
-    /// the layers. A batch of at most [`MIN_TASK`] rows runs on the calling thread. A
-    /// bad batch reports its first bad row.
+    /// the layers. A batch of at most [`MIN_TASK`] rows runs on the calling thread, but
+    /// for the head's first layer: reading its weights is most of such a call, so the
+    /// team shares that product out by columns. A bad batch reports its first bad row.
     pub fn predict(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let threads = rayon::current_num_threads().max(1);
         let rows = x.nrows().div_ceil(2 * threads).clamp(MIN_TASK, MAX_TASK);
         if x.nrows() <= rows {
-            return crate::packed::on_this_thread(|| self.predict_rows(x, 0));
+            on_this_thread(|| linalg::check_batch(x, self.dim_in(), "features"))?;
+            let h = self.first_layer(x);
+            return on_this_thread(|| self.predict_embedded(self.embed_from(x, h, 0)?));
         }
-        crate::team::map_rows(x, rows, |x, first| self.predict_rows(x, first))
+        crate::team::map_rows(x, rows, |x, first| self.predict_embedded(self.embed_rows(x, first)?))
     }
 
-    /// Predictions (B, 1) of rows `first..first + B` of a batch, `x` (B, D_in).
-    fn predict_rows(&self, x: ArrayView2<f32>, first: usize) -> Result<Array2<f32>> {
-        let z = self.embed_rows(x, first)?;
+    /// Predictions (B, 1) of unit value embeddings `z` (B, dim).
+    fn predict_embedded(&self, z: Array2<f32>) -> Result<Array2<f32>> {
         let local = self.experts.matmul_then(z.view(), |_, row| {
             row.iter_mut().zip(&self.expert_bias).for_each(|(v, b)| *v += b);
         });

@@ -21,6 +21,7 @@
 //! over 16-lane vectors that `avx2` and `avx512` implement.
 
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
@@ -43,6 +44,9 @@ const MR: usize = 6;
 const KC: usize = 256;
 /// Most rows of `a` in one block.
 pub(crate) const MC: usize = 120;
+/// Products of fewer multiply-adds run on the calling thread: sharing them out costs
+/// more than it saves.
+const SPLIT_MIN: usize = 1 << 16;
 /// A block holds a multiple of this many rows: the strip heights of every kernel divide it.
 const STRIP: usize = 12;
 /// Floats of `a` kept in L2 at once (a block of rows, all of its depth): 384 KiB, so
@@ -205,7 +209,7 @@ impl PackedMatrix {
         let (m, n) = (a.nrows(), self.n);
         let threads = rayon::current_num_threads().max(1);
         let mut out = Array2::<f32>::zeros((m, n));
-        let here = on_this_thread_now();
+        let here = on_this_thread_now() || m * self.k * n < SPLIT_MIN;
         if here || m >= 4 * MR * threads {
             // Row blocks, two per thread; or one block, run on this thread.
             let rows = if here { m.max(1) } else { m.div_ceil(2 * threads).div_ceil(MR) * MR };
@@ -221,19 +225,19 @@ impl PackedMatrix {
                     }
                 });
         } else {
+            // Column panels per task of the team: a short product's time is reading the
+            // matrix, each thread its share from its own cache.
             let n_panels = n.div_ceil(NR);
             let per = n_panels.div_ceil(threads).max(1);
-            let parts: Vec<(Range<usize>, Vec<f32>)> = (0..n_panels.div_ceil(per))
-                .into_par_iter()
-                .map(|t| {
-                    let panels = t * per..((t + 1) * per).min(n_panels);
-                    let width = (panels.end * NR).min(n) - panels.start * NR;
-                    let mut c = vec![0.0f32; m * width];
-                    self.panels_into(a, panels.clone(), &mut c, width, &mut Vec::new());
-                    (panels, c)
-                })
-                .collect();
-            for (panels, c) in parts {
+            let tasks: Vec<Range<usize>> = (0..n_panels.div_ceil(per)).map(|t| t * per..((t + 1) * per).min(n_panels)).collect();
+            let parts: Vec<OnceLock<Vec<f32>>> = tasks.iter().map(|_| OnceLock::new()).collect();
+            crate::team::run(tasks.len(), &|t| {
+                let width = (tasks[t].end * NR).min(n) - tasks[t].start * NR;
+                let mut c = vec![0.0f32; m * width];
+                self.panels_into(a, tasks[t].clone(), &mut c, width, &mut Vec::new());
+                assert!(parts[t].set(c).is_ok(), "task {t} ran twice");
+            });
+            for (panels, c) in tasks.into_iter().zip(parts.into_iter().map(|c| c.into_inner().expect("every task ran"))) {
                 let (start, width) = (panels.start * NR, (panels.end * NR).min(n) - panels.start * NR);
                 for (mut row, src) in out.axis_iter_mut(Axis(0)).zip(c.chunks_exact(width.max(1))) {
                     row.slice_mut(ndarray::s![start..start + width]).assign(&ndarray::aview1(src));
@@ -684,6 +688,37 @@ mod tests {
                     let mut c = vec![f32::NAN; m * n];
                     packed.panels_with(kernel, a.view(), 0..n.div_ceil(NR), &mut c, n, &mut Vec::new());
                     assert_close(&c, &a.dot(&b), &format!("{} {m}x{k}x{n} {}", kernel.name(), precision.name()));
+                }
+            }
+        }
+    }
+
+    /// A row's output is the same bits whichever tile computes it: alone, or in a batch
+    /// (a 12-row strip or a remainder's tile), for every kernel this CPU has.
+    #[test]
+    fn a_rows_output_does_not_depend_on_its_batch() {
+        for kernel in Kernel::available() {
+            for (k, n) in [(1, 16), (7, 40), (300, 130), (513, 256)] {
+                for precision in PRECISIONS {
+                    let a = filled(30, k, 31);
+                    let packed = PackedMatrix::pack_as(filled(k, n, 32).mapv(|v| precision.round(v)).view(), precision);
+                    let product = |rows: std::ops::Range<usize>| {
+                        let mut c = vec![0.0f32; rows.len() * n];
+                        let a = a.slice(ndarray::s![rows, ..]);
+                        packed.panels_with(kernel, a, 0..n.div_ceil(NR), &mut c, n, &mut Vec::new());
+                        c
+                    };
+                    let batch = product(0..30);
+                    for rows in [0..1, 29..30, 3..5, 12..15, 26..29] {
+                        let want = &batch[rows.start * n..rows.end * n];
+                        let got = product(rows.clone());
+                        assert!(
+                            got.iter().zip(want).all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "{} {k}x{n} {} rows {rows:?}",
+                            kernel.name(),
+                            precision.name()
+                        );
+                    }
                 }
             }
         }
