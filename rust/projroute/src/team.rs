@@ -59,6 +59,13 @@ pub(crate) fn run(n: usize, task: &(dyn Fn(usize) + Sync)) {
     }
 }
 
+/// `f(i)` for every `i < n`, as the tasks of [`run`]: the results in order.
+pub(crate) fn map<T: Send + Sync>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let done: Vec<OnceLock<T>> = (0..n).map(|_| OnceLock::new()).collect();
+    run(n, &|i| assert!(done[i].set(f(i)).is_ok(), "task {i} ran twice"));
+    done.into_iter().map(|d| d.into_inner().expect("every task ran")).collect()
+}
+
 /// `f(chunk, first)` on each chunk of `rows` rows of `x` (`first` its first row's index
 /// in `x`), each chunk one task of [`run`] on one thread (`packed::on_this_thread`):
 /// the results stacked in batch order, or the first failing chunk's error.
@@ -68,12 +75,8 @@ pub(crate) fn map_rows(
     f: impl Fn(ArrayView2<f32>, usize) -> Result<Array2<f32>> + Sync,
 ) -> Result<Array2<f32>> {
     let chunks: Vec<ArrayView2<f32>> = x.axis_chunks_iter(Axis(0), rows.max(1)).collect();
-    let done: Vec<OnceLock<Result<Array2<f32>>>> = chunks.iter().map(|_| OnceLock::new()).collect();
-    run(chunks.len(), &|t| {
-        let y = crate::packed::on_this_thread(|| f(chunks[t], t * rows));
-        assert!(done[t].set(y).is_ok(), "task {t} ran twice");
-    });
-    let done = done.into_iter().map(|y| y.into_inner().expect("every task ran")).collect::<Result<Vec<_>>>()?;
+    let done = map(chunks.len(), |t| crate::packed::on_this_thread(|| f(chunks[t], t * rows)));
+    let done = done.into_iter().collect::<Result<Vec<_>>>()?;
     let views: Vec<ArrayView2<f32>> = done.iter().map(|y| y.view()).collect();
     ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Backend(format!("chunks of unequal width: {e}")))
 }
@@ -292,7 +295,8 @@ mod tests {
     fn a_panicking_task_panics_the_call_and_the_team_goes_on() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         for bad in [0, 31] {
-            let result = catch_unwind(AssertUnwindSafe(|| pool.install(|| run(32, &|i| assert_ne!(i, bad, "task {i} fails")))));
+            let result =
+                catch_unwind(AssertUnwindSafe(|| pool.install(|| run(32, &|i| assert_ne!(i, bad, "task {i} fails")))));
             let message = result.unwrap_err().downcast::<String>().unwrap();
             assert!(message.contains(&format!("task {bad} fails")), "{message}");
             assert_eq!(counts(32, &pool).0, vec![1; 32]);

@@ -21,7 +21,6 @@
 //! over 16-lane vectors that `avx2` and `avx512` implement.
 
 use std::ops::Range;
-use std::sync::OnceLock;
 
 use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
@@ -229,15 +228,15 @@ impl PackedMatrix {
             // matrix, each thread its share from its own cache.
             let n_panels = n.div_ceil(NR);
             let per = n_panels.div_ceil(threads).max(1);
-            let tasks: Vec<Range<usize>> = (0..n_panels.div_ceil(per)).map(|t| t * per..((t + 1) * per).min(n_panels)).collect();
-            let parts: Vec<OnceLock<Vec<f32>>> = tasks.iter().map(|_| OnceLock::new()).collect();
-            crate::team::run(tasks.len(), &|t| {
+            let tasks: Vec<Range<usize>> =
+                (0..n_panels.div_ceil(per)).map(|t| t * per..((t + 1) * per).min(n_panels)).collect();
+            let parts = crate::team::map(tasks.len(), |t| {
                 let width = (tasks[t].end * NR).min(n) - tasks[t].start * NR;
                 let mut c = vec![0.0f32; m * width];
                 self.panels_into(a, tasks[t].clone(), &mut c, width, &mut Vec::new());
-                assert!(parts[t].set(c).is_ok(), "task {t} ran twice");
+                c
             });
-            for (panels, c) in tasks.into_iter().zip(parts.into_iter().map(|c| c.into_inner().expect("every task ran"))) {
+            for (panels, c) in tasks.into_iter().zip(parts) {
                 let (start, width) = (panels.start * NR, (panels.end * NR).min(n) - panels.start * NR);
                 for (mut row, src) in out.axis_iter_mut(Axis(0)).zip(c.chunks_exact(width.max(1))) {
                     row.slice_mut(ndarray::s![start..start + width]).assign(&ndarray::aview1(src));
