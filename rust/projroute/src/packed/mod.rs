@@ -21,9 +21,9 @@
 //! over 16-lane vectors that `avx2` and `avx512` implement.
 
 use std::ops::Range;
+use std::sync::Mutex;
 
-use ndarray::{Array2, ArrayView2, Axis};
-use rayon::prelude::*;
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 
 use crate::precision::Precision;
 
@@ -193,9 +193,10 @@ impl PackedMatrix {
         self.panel(kb, j).row(row - kb)[col % NR]
     }
 
-    /// `a @ self` (m, n) on the current rayon pool: row blocks per thread for a tall
-    /// `a`, column panels per thread for a short one. Where the core has already split
-    /// the work across threads (one chunk of a batch per thread), it computes on the
+    /// `a @ self` (m, n) on the [`team`](crate::team) (as many threads as the current
+    /// rayon pool): row blocks for a tall `a`, column panels for a short one. Where the
+    /// core has already split the work across threads (one chunk of a batch per
+    /// thread), or the product is small (under 2^16 multiply-adds), it computes on the
     /// calling thread.
     pub fn matmul(&self, a: ArrayView2<f32>) -> Array2<f32> {
         self.matmul_then(a, |_, _| {})
@@ -210,19 +211,19 @@ impl PackedMatrix {
         let mut out = Array2::<f32>::zeros((m, n));
         let here = on_this_thread_now() || m * self.k * n < SPLIT_MIN;
         if here || m >= 4 * MR * threads {
-            // Row blocks, two per thread; or one block, run on this thread.
+            // Row blocks on the team, two per thread; or one block, run on this thread.
             let rows = if here { m.max(1) } else { m.div_ceil(2 * threads).div_ceil(MR) * MR };
-            out.axis_chunks_iter_mut(Axis(0), rows)
-                .into_par_iter()
-                .zip(a.axis_chunks_iter(Axis(0), rows))
-                .enumerate()
-                .for_each(|(chunk, (mut o, a))| {
-                    let o = o.as_slice_mut().expect("fresh array is contiguous");
-                    self.matmul_into(a, o, n, &mut Vec::new());
-                    for (r, row) in o.chunks_exact_mut(n.max(1)).enumerate() {
-                        epilogue(chunk * rows + r, row);
-                    }
-                });
+            let outs: Vec<Mutex<ArrayViewMut2<f32>>> =
+                out.axis_chunks_iter_mut(Axis(0), rows).map(Mutex::new).collect();
+            let inputs: Vec<ArrayView2<f32>> = a.axis_chunks_iter(Axis(0), rows).collect();
+            crate::team::run(outs.len(), &|chunk| {
+                let mut o = outs[chunk].lock().unwrap_or_else(|p| p.into_inner());
+                let o = o.as_slice_mut().expect("fresh array is contiguous");
+                self.matmul_into(inputs[chunk], o, n, &mut Vec::new());
+                for (r, row) in o.chunks_exact_mut(n.max(1)).enumerate() {
+                    epilogue(chunk * rows + r, row);
+                }
+            });
         } else {
             // Column panels per task of the team: a short product's time is reading the
             // matrix, each thread its share from its own cache.
@@ -765,14 +766,15 @@ mod tests {
         assert!(std::panic::catch_unwind(|| on_this_thread(|| panic!("inside"))).is_err());
         assert!(!on_this_thread_now());
         // On a pool of two, a tall product's row blocks are shared out: the epilogue runs
-        // on both threads in some call (whether a call is stolen from is up to timing).
+        // on two threads (the caller and the team's helper) in some call (whether the
+        // helper is awake in time is up to timing).
         let (a, b) = (filled(4096, 256, 1), PackedMatrix::pack(filled(256, 256, 2).view()));
-        let used = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let used = std::sync::Mutex::new(std::collections::HashSet::new());
         // Up to 200 calls (seconds on a busy machine), stopping once both threads are seen.
         for _ in 0..200 {
             pool.install(|| {
                 b.matmul_then(a.view(), |_, _| {
-                    used.lock().unwrap().insert(rayon::current_thread_index());
+                    used.lock().unwrap().insert(std::thread::current().id());
                 })
             });
             if used.lock().unwrap().len() == 2 {
