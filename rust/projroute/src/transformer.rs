@@ -19,7 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Device, Tensor};
 use candle_nn::{layer_norm, LayerNorm, Module, VarBuilder};
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
 
 use crate::dense::{matrix, Dense};
 use crate::error::{format_err, Error, Result};
@@ -201,7 +202,7 @@ impl Transformer {
     /// Project queries `x` (B, D_in) to (B, D_out).
     ///
     /// A large batch is cut into chunks of [`CHUNK`] rows, each run through the whole
-    /// network by one thread of the [`team`](crate::team), so its activations stay in that core's cache and the
+    /// network by one thread, so its activations stay in that core's cache and the
     /// threads meet once instead of at every layer; a small batch runs as one, each
     /// layer on all threads.
     pub fn project(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
@@ -209,7 +210,15 @@ impl Transformer {
         if x.nrows() < 2 * CHUNK * rayon::current_num_threads() {
             return self.forward(x);
         }
-        crate::team::map_rows(x, CHUNK, |x, _| self.forward(x))
+        // On rayon's pool, not the team: candle's own parallel kernels inside a chunk use
+        // rayon, which from a team helper would hand off to an idle pool (with the team
+        // B=1024 ran at 0.81x, side by side).
+        let mut out = Array2::<f32>::zeros((x.nrows(), self.dim_out));
+        out.axis_chunks_iter_mut(Axis(0), CHUNK)
+            .into_par_iter()
+            .zip(x.axis_chunks_iter(Axis(0), CHUNK))
+            .try_for_each(|(mut o, x)| crate::packed::on_this_thread(|| self.forward(x)).map(|y| o.assign(&y)))?;
+        Ok(out)
     }
 
     /// The network on `x` (B, D_in), whose shape the caller has checked.
