@@ -220,10 +220,15 @@ fn wait_for_call(s: &Shared, seen: u64) -> Option<u64> {
         if state >> 32 != seen {
             return Some(state);
         }
+        // Between checks the core is offered to any other runnable thread (rayon's
+        // workers, after a call that mixes the two): the helper keeps its core awake
+        // without taking it from work.
         spins = spins.wrapping_add(1);
-        if !spins.is_multiple_of(64) {
+        if !spins.is_multiple_of(16) {
             std::hint::spin_loop();
-        } else if since.elapsed() >= spin() {
+        } else if since.elapsed() < spin() {
+            thread::yield_now();
+        } else {
             thread::park();
         }
     }
