@@ -1,11 +1,12 @@
 //! A team of helper threads that run a call's tasks with the calling thread, the way an
 //! OpenMP runtime runs a parallel loop: the caller takes tasks too, and each helper
-//! spins for a while after a call before it sleeps ([`spin`], `PROJROUTE_SPIN_US`).
+//! keeps polling for a while after a call before it sleeps ([`spin`],
+//! `PROJROUTE_SPIN_US`), yielding its core to any other runnable thread meanwhile.
 //!
 //! Why not rayon's pool alone: its workers sleep within microseconds of running out of
 //! work, and on a shared host (a VM whose cores the hypervisor lends to others while
 //! they sleep) waking one again took 1-3 ms, as long as a whole 1024-row PRLE batch.
-//! Back-to-back calls paid it every time. A helper that is still spinning when the next
+//! Back-to-back calls paid it every time. A helper that is still polling when the next
 //! call comes needs no waking; one that sleeps is woken, and until it arrives the caller
 //! works alone, never waiting for a helper that has not started.
 //!
