@@ -40,9 +40,7 @@ def main() -> None:
     X = rng.normal(size=(m, k)).astype(np.float32)
     W = (rng.normal(size=(k, n)) / np.sqrt(k)).astype(np.float32)
     S = rng.normal(size=(2048, 2048)).astype(np.float32)
-    model = pr.Projector.from_tensors(
-        {"W": W, "bias": np.zeros(n, np.float32)}, json.dumps(header("global", k, n))
-    )
+    model = pr.Projector.from_tensors({"W": W, "bias": np.zeros(n, np.float32)}, json.dumps(header("global", k, n)))
     flops = 2 * m * k * n
     for threads in (1, 2):
         pr.set_num_threads(threads)
