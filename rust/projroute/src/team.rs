@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
-/// How long a helper spins for the next call before it sleeps: `PROJROUTE_SPIN_US`
+/// How long a helper polls for the next call before it sleeps: `PROJROUTE_SPIN_US`
 /// microseconds (read once; 0 sleeps at once), by default 1 ms.
 fn spin() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
@@ -183,7 +183,7 @@ impl Drop for Team {
     }
 }
 
-/// A helper's life: wait for a call (spinning, then asleep), join it unless it is
+/// A helper's life: wait for a call (polling, then asleep), join it unless it is
 /// closed, take tasks, report done; until the team stops.
 fn helper(s: &Shared) {
     let mut seen = 0;
@@ -209,7 +209,7 @@ fn helper(s: &Shared) {
 }
 
 /// The state of the first call after generation `seen`, or `None` once the team stops:
-/// spinning for [`spin`], then parked until the caller unparks this thread.
+/// polling (and yielding) for [`spin`], then parked until the caller unparks this thread.
 fn wait_for_call(s: &Shared, seen: u64) -> Option<u64> {
     let since = Instant::now();
     let mut spins = 0u32;
